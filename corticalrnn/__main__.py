@@ -1,0 +1,5 @@
+import sys
+
+from corticalrnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks (`corticalrnn bench NAME`). Each compares against a baseline in the same run."""
