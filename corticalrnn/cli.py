@@ -52,7 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    from corticalrnn.errors import CorticalRNNError
+
+    try:
+        return int(args._run(args) or 0)
+    except CorticalRNNError as exc:
+        print(f"corticalrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

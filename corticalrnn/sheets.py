@@ -1,0 +1,51 @@
+"""Sheet (population) names of the Mozaik cat V1 model and their properties.
+
+Torch-free; the single place that knows sheet names, order, layer and sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INPUT_SHEETS: tuple[str, ...] = ("X_ON", "X_OFF")
+V1_SHEETS: tuple[str, ...] = ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3")
+ALL_SHEETS: tuple[str, ...] = INPUT_SHEETS + V1_SHEETS
+
+
+@dataclass(frozen=True)
+class SheetInfo:
+    name: str
+    layer: str  # "LGN", "L4", "L2/3"
+    excitatory: bool
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.excitatory else -1
+
+
+SHEET_INFO: dict[str, SheetInfo] = {
+    "X_ON": SheetInfo("X_ON", "LGN", True),
+    "X_OFF": SheetInfo("X_OFF", "LGN", True),
+    "V1_Exc_L4": SheetInfo("V1_Exc_L4", "L4", True),
+    "V1_Inh_L4": SheetInfo("V1_Inh_L4", "L4", False),
+    "V1_Exc_L2/3": SheetInfo("V1_Exc_L2/3", "L2/3", True),
+    "V1_Inh_L2/3": SheetInfo("V1_Inh_L2/3", "L2/3", False),
+}
+
+
+def normalize_sheet_name(name: str) -> str:
+    """Map thesis spellings (``V1_Exc_L23``) to Mozaik names (``V1_Exc_L2/3``); raise on unknown."""
+    canonical = name.replace("L23", "L2/3")
+    if canonical not in SHEET_INFO:
+        raise ValueError(f"unknown sheet name {name!r}; known sheets: {', '.join(ALL_SHEETS)}")
+    return canonical
+
+
+def file_sheet_name(name: str) -> str:
+    """Spelling usable in file names (thesis layout): ``V1_Exc_L2/3`` -> ``V1_Exc_L23``."""
+    return name.replace("L2/3", "L23")
+
+
+def sort_sheets(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Sort sheet names into canonical order (inputs first, then L4 E/I, L2/3 E/I)."""
+    return sorted(names, key=lambda n: ALL_SHEETS.index(normalize_sheet_name(n)))
