@@ -1,0 +1,122 @@
+"""The checkpoint file format (one home): ``torch.save`` of a plain dict, written atomically.
+
+Layout (schema ``corticalrnn.checkpoint``, version 1)::
+
+    format, version, created, tool_version
+    config        the full TrainConfig as a nested dict (corticalrnn.train.config)
+    spec          what the model *is*: {"model_config": dict, "sizes": {sheet: n}, "input_sizes":
+                  {sheet: n}, "neuron_ids": {sheet: int64 tensor}, "observed": {sheet: bool tensor},
+                  "positions": {sheet: float tensor} | None, "bin_ms": float}
+    model         state_dict of the trained weights
+    ema           state_dict of the EMA weights, or None
+    optimizer, scheduler, scaler   their state_dicts (scaler None without fp16)
+    rng           {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    progress      {"step", "epoch", "batch_in_epoch", "best_val", "best_step", "windows_seen"}
+    subset        the neuron-subset file's content (so a checkpoint is self-contained)
+
+Files are written to ``<name>.tmp`` and renamed; a reader meeting another format or version,
+or a file that torch cannot read, raises :class:`~corticalrnn.errors.SchemaError` naming it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corticalrnn.errors import DataMismatchError, SchemaError
+
+FORMAT = "corticalrnn.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus format header) to ``path`` atomically; return the path."""
+    from corticalrnn import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        **payload,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: checkpoint file not found")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign files
+        raise SchemaError(
+            f"{path}: not a readable corticalrnn checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SchemaError(f"{path}: not a corticalrnn checkpoint (format {data.get('format')!r}, "
+                          f"expected {FORMAT!r})" if isinstance(data, dict) else f"{path}: not a checkpoint")
+    if data.get("version") != VERSION:
+        raise SchemaError(f"{path}: checkpoint version {data.get('version')!r}; this tool reads {VERSION}")
+    for key in ("config", "spec", "model", "progress"):
+        if key not in data:
+            raise SchemaError(f"{path}: checkpoint lacks {key!r}")
+    return data
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys where two model specs differ (tensors compared by value); empty when compatible."""
+    fa, fb = _flat(a), _flat(b)
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(key), fb.get(key)
+        if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
+            same = (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
+                    and va.shape == vb.shape and bool(torch.equal(va.cpu(), vb.cpu())))
+        else:
+            same = va == vb
+        if not same:
+            diffs.append(key)
+    return diffs
+
+
+def check_same_architecture(ckpt_spec: dict[str, Any], spec: dict[str, Any], path: str | Path,
+                            ignore: tuple[str, ...] = ("observed",)) -> None:
+    """Raise :class:`DataMismatchError` naming the differing keys when ``spec`` is another architecture.
+
+    ``ignore`` lists top-level spec keys allowed to differ (by default the observed set, so a
+    trained model can be fine-tuned on another observed set).
+    """
+    diffs = [k for k in spec_differences(ckpt_spec, spec) if k.split(".")[0] not in ignore]
+    if diffs:
+        shown = ", ".join(diffs[:12]) + (f" (+{len(diffs) - 12} more)" if len(diffs) > 12 else "")
+        raise DataMismatchError(f"{path}: checkpoint is of another architecture; differs in: {shown}")
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state)`` with a message naming the file on any mismatch."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataMismatchError(f"{path}: checkpoint weights do not fit this model: {exc}") from None

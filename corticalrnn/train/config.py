@@ -1,0 +1,256 @@
+"""Training configuration: dataclasses, TOML loading and ``--set key=value`` overrides.
+
+A config file mirrors the dataclasses section by section::
+
+    [data]
+    store = "runs/store_20ms.zarr"
+    subset = "runs/subset.json"
+
+    [optim]
+    lr = 3e-3
+
+    [train]
+    max_steps = 2000
+
+Unknown keys (in the file or in overrides) raise :class:`~corticalrnn.errors.CorticalRNNError`
+naming every offending key. The ``[model]`` section is kept as a plain table and handed to the
+model's own config dataclass (``corticalrnn.model``), which validates it the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from corticalrnn.errors import CorticalRNNError
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where the training windows come from and how they are split."""
+
+    store: str = ""  # Zarr store with the training windows (training images only)
+    subset: str = ""  # neuron-subset JSON file (corticalrnn.subsets)
+    val_fraction: float = 0.2  # fraction of training *images* held out for model selection
+    split_seed: int = 0  # seed of the image split
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and gradient clipping."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: ``cosine`` (linear warmup + cosine decay), ``onecycle`` or ``constant``."""
+
+    kind: str = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # final lr / peak lr for cosine
+    pct_start: float = 0.3  # onecycle: fraction of steps spent increasing the lr
+
+
+@dataclass
+class LoopConfig:
+    """The training loop: length, batching, precision, checkpointing, logging."""
+
+    max_steps: int = 1000
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU when supported, else fp32) | fp32 | bf16 | fp16
+    teacher_forcing: bool = False  # feed observed neurons' data as their previous-step rate
+    ema_decay: float = 0.0  # EMA of weights (0 disables); evaluation and best.pt use the EMA weights
+    eval_every: int = 100  # validation every N steps (and at the end)
+    checkpoint_every: int = 200  # periodic checkpoint every N steps (and at the end)
+    log_every: int = 10  # training-loss log rows every N steps
+    progress: bool = True  # tqdm progress bar on stderr (rank 0 only)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``corticalrnn train`` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # validated by corticalrnn.model's config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check values that the types alone do not constrain."""
+        problems = []
+        if self.schedule.kind not in ("cosine", "onecycle", "constant"):
+            problems.append(f"schedule.kind must be cosine, onecycle or constant, not {self.schedule.kind!r}")
+        if self.train.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"train.precision must be auto, fp32, bf16 or fp16, not {self.train.precision!r}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            problems.append(f"data.val_fraction must be in [0, 1), not {self.data.val_fraction}")
+        if not 0.0 <= self.train.ema_decay < 1.0:
+            problems.append(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
+        for name in ("max_steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self.train, name) < 1:
+                problems.append(f"train.{name} must be >= 1")
+        if self.optim.lr <= 0:
+            problems.append("optim.lr must be > 0")
+        if problems:
+            raise CorticalRNNError("invalid training config: " + "; ".join(problems))
+
+
+def _hint(tp: Any) -> Any:
+    """Strip ``X | None`` to ``X``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    tp = _hint(tp)
+    origin = typing.get_origin(tp) or tp
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (dict, list, tuple) and isinstance(value, origin if origin is not tuple else (list, tuple)):
+        return origin(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise CorticalRNNError(f"config key {key!r}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from nested dicts; unknown keys raise an error naming them all."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        known = ", ".join(prefix + k for k in fields)
+        raise CorticalRNNError(f"{source}: unknown config key(s) {names} (known: {known})")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = _hint(hints[name])
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise CorticalRNNError(f"{source}: {prefix}{name} must be a table, got {value!r}")
+            kwargs[name] = from_dict(tp, value, source, prefix=f"{prefix}{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=1e-3`` -> (["optim", "lr"], 0.001). Values are TOML literals; bare words are strings."""
+    if "=" not in text:
+        raise CorticalRNNError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the nested dict ``data`` with ``key=value`` overrides applied."""
+    out = _deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CorticalRNNError(f"override {text!r}: {part!r} is not a table")
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML file (optional), apply overrides, and build a validated :class:`TrainConfig`."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise CorticalRNNError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise CorticalRNNError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " (with --set overrides)"
+    cfg = from_dict(TrainConfig, data, source)
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a nested dict (e.g. a checkpoint's copy)."""
+    cfg = from_dict(TrainConfig, data, source)
+    cfg.validate()
+    return cfg
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Serialise a nested dict of scalars/lists (a config) as TOML."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def emit(table: dict[str, Any], name: str) -> None:
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if name:
+            lines.append(f"[{name}]")
+        for k, v in plain.items():
+            if v is not None:
+                lines.append(f"{_toml_key(k)} = {scalar(v)}")
+        if name or plain:
+            lines.append("")
+        for k, v in subs.items():
+            emit(v, f"{name}.{_toml_key(k)}" if name else _toml_key(k))
+
+    emit(data, "")
+    return "\n".join(lines)
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else '"' + k + '"'

@@ -1,0 +1,101 @@
+"""PyTorch DDP under ``torchrun``: process-group setup, deterministic sharding, collective helpers.
+
+``torchrun`` (or ``srun`` + ``torchrun``) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous variables; without them everything runs as a single process (rank 0 of 1). Backend:
+``nccl`` when training on CUDA, ``gloo`` on CPU. Only rank 0 writes files (checkpoints, logs,
+figures); :attr:`DistInfo.is_main` says which process that is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (no-op when alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def current() -> DistInfo:
+    """The DistInfo of an already-initialised process group (rank 0 of 1 when none)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def shutdown() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """This rank's batches of window indices for ``epoch`` (like ``DistributedSampler`` + batching).
+
+    The permutation depends only on ``(seed, epoch)``, so every rank draws the same one and a
+    resumed run sees exactly the order it would have seen. The index list is padded by wrapping
+    around to a multiple of ``world_size`` so that every rank gets the same number of batches
+    (DDP needs them to step together); the last batch of a rank may be smaller.
+    """
+    if n < 1:
+        return []
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    perm = torch.randperm(n, generator=gen).tolist()
+    per_rank = -(-n // world_size)
+    total = per_rank * world_size
+    perm = (perm * (total // n + 1))[:total]
+    mine = perm[rank:total:world_size]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def any_flag(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (for stop decisions)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (returns the input when alone)."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,487 @@
+"""The training loop (one of it): AdamW, clipping, lr schedule, EMA, mixed precision, DDP,
+validation-based model selection, atomic periodic/on-signal checkpoints, exact resume.
+
+Reading order: :class:`Trainer.fit` is the loop; everything else is a helper it calls.
+
+Exactness of ``--resume``: the data order of an epoch is a function of ``(seed, epoch)``
+(:func:`~corticalrnn.train.distributed.epoch_batches`); a checkpoint records the epoch and the
+position inside it, the model/optimizer/scheduler/scaler/EMA states and the torch RNG state, and
+is taken only at step boundaries. A run stopped after k steps and resumed therefore computes the
+same losses as one that never stopped (tested on CPU).
+
+Signals: SIGTERM and SIGUSR1 only set a flag; the loop notices it at the next step boundary,
+writes ``last.pt`` and returns with status ``"interrupted"`` (the CLI exits with
+:data:`EXIT_REQUEUE` so a Slurm script can requeue the job and start it again with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from corticalrnn.errors import CorticalRNNError
+from corticalrnn.train import distributed as ddp
+from corticalrnn.train.checkpoint import (
+    check_same_architecture,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+)
+from corticalrnn.train.config import ScheduleConfig, TrainConfig, to_toml
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with --resume
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+LOG_COLUMNS = ("step", "epoch", "split", "loss", "loss_hidden", "lr", "grad_norm", "windows_per_s",
+               "elapsed_s")
+
+
+class WindowBatches(Protocol):
+    """Training/validation windows as dense batches (``corticalrnn.data`` provides one)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``{"lgn": [B, T, N_in], "v1": [B, T, N_v1]}`` float32 for the given window indices."""
+        ...
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingDiverged(CorticalRNNError):
+    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "interrupted"
+    step: int
+    best_val: float
+    best_step: int
+    run_dir: Path
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
+def lr_factor(step: int, sched: ScheduleConfig, max_steps: int) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based) for the configured schedule."""
+    if sched.kind == "constant":
+        return min(1.0, (step + 1) / sched.warmup_steps) if sched.warmup_steps > 0 else 1.0
+    if sched.kind == "onecycle":
+        up = max(1, int(sched.pct_start * max_steps))
+        start, final = 1 / 25, 1 / 1e4
+        if step < up:
+            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / up))
+        p = min(1.0, (step - up) / max(1, max_steps - up))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
+    # cosine with linear warmup
+    if step < sched.warmup_steps:
+        return (step + 1) / sched.warmup_steps
+    p = min(1.0, (step - sched.warmup_steps) / max(1, max_steps - sched.warmup_steps))
+    return sched.min_lr_ratio + (1 - sched.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's GPU when CUDA is available, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            import os
+
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """fp32 on CPU always; ``auto`` on GPU is bf16 where supported, else fp16 (with GradScaler)."""
+    if device.type != "cuda":
+        return "fp32"
+    if name == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return name
+
+
+class RunLog:
+    """Metrics rows to ``metrics.csv`` and ``metrics.jsonl`` (and TensorBoard when installed)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.csv_path = run_dir / "metrics.csv"
+        self.jsonl_path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run repeats those steps)."""
+        if not self.enabled:
+            return
+        if self.jsonl_path.exists():
+            rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+            keep = [r for r in rows if r.get("step", 0) <= step]
+            _atomic_write(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in keep))
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            keep = [r for r in rows if int(r["step"]) <= step]
+            _atomic_write(self.csv_path, _csv_text(keep))
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{row['split']}/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (empty when absent)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _BatchSet(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches (the sampler yields index lists)."""
+
+    def __init__(self, data: WindowBatches) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.data.batch(indices)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data``; selects the best step on ``val_data`` (training images).
+
+    ``observed`` is the bool mask over the model's V1 units that the loss sees. ``spec`` describes
+    the architecture (saved in checkpoints, checked on resume). ``project`` (optional) is called
+    after every optimizer step, e.g. the model's Dale's-law projection.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: WindowBatches,
+                 val_data: WindowBatches | None, observed: torch.Tensor, run_dir: str | Path,
+                 spec: dict[str, Any], loss_fn: LossFn, subset: dict[str, Any] | None = None,
+                 project: Callable[[], None] | None = None, tensorboard: bool = True) -> None:
+        self.cfg = cfg
+        loop = cfg.train
+        self.device = resolve_device(loop.device)
+        self.dist = ddp.init_distributed(self.device)
+        self.precision = resolve_precision(loop.precision, self.device)
+        self.run_dir = Path(run_dir)
+        self.spec, self.subset, self.loss_fn, self.project = spec, subset, loss_fn, project
+        self.train_data, self.val_data = train_data, val_data
+        if len(train_data) == 0:
+            raise CorticalRNNError("no training windows (check the store and the image split)")
+        self.observed = observed.to(self.device)
+        self.hidden = ~self.observed
+
+        self.raw_model = model.to(self.device)
+        self.model: nn.Module = self.raw_model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                           eps=o.eps, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.schedule, loop.max_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if loop.ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(loop.ema_decay),
+                use_buffers=True)
+        self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf,
+                         "best_step": -1, "windows_seen": 0}
+        self.log = RunLog(self.run_dir, self.dist.is_main, tensorboard)
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- state
+    def autocast(self):  # noqa: ANN201 - context manager
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return nullcontext()
+
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds (see corticalrnn.train.checkpoint)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "config": self.cfg.to_dict(),
+            "spec": self.spec,
+            "model": self.raw_model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": rng,
+            "progress": dict(self.progress),
+            "subset": self.subset,
+            "precision": self.precision,
+        }
+
+    def save(self, name: str) -> Path | None:
+        """Rank 0 writes ``run_dir/name`` atomically; every rank waits for it."""
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir / name, self.state())
+        ddp.barrier()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore the full training state from a checkpoint (for ``--resume``)."""
+        ck = load_checkpoint(path, map_location=self.device)
+        check_same_architecture(ck["spec"], self.spec, path, ignore=())
+        load_state_strict(self.raw_model, ck["model"], path)
+        if self.ema is not None:
+            if ck.get("ema") is None:
+                raise CorticalRNNError(f"{path}: checkpoint has no EMA weights but train.ema_decay > 0")
+            self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler.is_enabled() and ck.get("scaler") is not None:
+            self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if self.device.type == "cuda" and "cuda" in ck["rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        self.progress.update(ck["progress"])
+        self.log.truncate_after(self.progress["step"])
+
+    def init_weights_from(self, path: str | Path) -> None:
+        """Start from a trained model's weights (fine-tuning; the observed set may differ)."""
+        ck = load_checkpoint(path, map_location=self.device)
+        check_same_architecture(ck["spec"], self.spec, path)
+        weights = ck["ema"] if ck.get("ema") is not None else ck["model"]
+        if ck.get("ema") is not None:  # AveragedModel keys are "module.<name>" plus n_averaged
+            weights = {k[len("module."):]: v for k, v in weights.items() if k.startswith("module.")}
+        load_state_strict(self.raw_model, weights, path)
+        if self.ema is not None:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.raw_model,
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.train.ema_decay),
+                use_buffers=True)
+
+    # ------------------------------------------------------------- signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum  # only a flag; the loop acts at the next step boundary
+
+    def _install_signals(self) -> dict[int, Any]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    # ---------------------------------------------------------------- steps
+    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool) -> torch.Tensor:
+        lgn = batch["lgn"].to(self.device, non_blocking=True)
+        if teacher:
+            v1 = batch["v1"].to(self.device, non_blocking=True)
+            return model(lgn, teacher=v1, teacher_mask=self.observed)
+        return model(lgn)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """One optimizer step; returns (loss, grad norm). Raises TrainingDiverged on NaN/inf."""
+        target = batch["v1"].to(self.device, non_blocking=True)
+        self.model.train()
+        with self.autocast():
+            rates = self._forward(self.model, batch, self.cfg.train.teacher_forcing)
+        loss = self.loss_fn(rates.float(), target, self.observed)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        loss_v, gn_v = float(loss.detach()), float(grad_norm)
+        # fp16: an inf gradient is an overflow the scaler handles by skipping the step
+        bad = not math.isfinite(loss_v) or (not self.scaler.is_enabled() and not math.isfinite(gn_v))
+        if ddp.any_flag(bad, self.device):
+            raise TrainingDiverged(
+                f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient'} at step "
+                f"{self.progress['step'] + 1} (loss={loss_v}, grad norm={gn_v}); stopped without "
+                f"taking that step. Last good checkpoint: {self.run_dir / 'last.pt'} (step of its "
+                f"'progress'); lower optim.lr or use train.precision=fp32/bf16.")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.project is not None:
+            with torch.no_grad():
+                self.project()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
+        self.scheduler.step()
+        return loss_v, gn_v
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Free-running Poisson loss on the validation windows, observed (selection) and hidden."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        model = self.ema.module if self.ema is not None else self.raw_model
+        model.eval()
+        idx = list(range(self.dist.rank, len(self.val_data), self.dist.world_size))
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        bs = self.cfg.train.batch_size
+        for i in range(0, len(idx), bs):
+            batch = self.val_data.batch(idx[i:i + bs])
+            target = batch["v1"].to(self.device)
+            with self.autocast():
+                rates = self._forward(model, batch, teacher=False)
+            n = target.shape[0]
+            sums[0] += float(self.loss_fn(rates.float(), target, self.observed)) * n
+            if bool(self.hidden.any()):
+                sums[1] += float(self.loss_fn(rates.float(), target, self.hidden)) * n
+            sums[2] += n
+        sums = ddp.all_sum(sums)
+        out = {"loss": float(sums[0] / sums[2])}
+        if bool(self.hidden.any()):
+            out["loss_hidden"] = float(sums[1] / sums[2])
+        return out
+
+    def _loader(self, batches: list[list[int]]) -> torch.utils.data.DataLoader:
+        nw = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(
+            _BatchSet(self.train_data), batch_size=None, sampler=batches, num_workers=nw,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator(),  # never touch global RNG
+            multiprocessing_context="spawn" if nw > 0 else None, persistent_workers=False)
+
+    # ----------------------------------------------------------------- loop
+    def fit(self, resume: str | Path | None = None, init_from: str | Path | None = None) -> TrainResult:
+        """Train until ``train.max_steps`` or a stop signal; return how it ended."""
+        loop, p = self.cfg.train, self.progress
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()))
+            if self.subset is not None:
+                _atomic_write(self.run_dir / "subset.json", json.dumps(self.subset, indent=1))
+        if init_from is not None:
+            self.init_weights_from(init_from)
+        if resume is not None:
+            self.load(resume)
+        elif self.dist.is_main:
+            for name in ("metrics.csv", "metrics.jsonl"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            torch.manual_seed(loop.seed)
+        old_handlers = self._install_signals()
+        bar = tqdm(total=loop.max_steps, initial=p["step"], file=sys.stderr, dynamic_ncols=True,
+                   disable=not (loop.progress and self.dist.is_main), desc="train")
+        t_start = t_last = time.perf_counter()
+        windows_since = 0
+        status = "finished"
+        saved_at = -1
+        try:
+            while p["step"] < loop.max_steps and status == "finished":
+                batches = ddp.epoch_batches(len(self.train_data), loop.batch_size, p["epoch"], loop.seed,
+                                            self.dist.rank, self.dist.world_size)
+                for batch in self._loader(batches[p["batch_in_epoch"]:]):
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    loss, grad_norm = self.train_step(batch)
+                    n_win = batch["v1"].shape[0] * self.dist.world_size
+                    p["step"] += 1
+                    p["batch_in_epoch"] += 1
+                    p["windows_seen"] += n_win
+                    windows_since += n_win
+                    step = p["step"]
+                    bar.update(1)
+                    if step % loop.log_every == 0 or step == loop.max_steps:
+                        now = time.perf_counter()
+                        wps = windows_since / max(now - t_last, 1e-9)
+                        t_last, windows_since = now, 0
+                        self.log.log({"step": step, "epoch": p["epoch"], "split": "train", "loss": loss,
+                                      "lr": lr, "grad_norm": grad_norm, "windows_per_s": wps,
+                                      "elapsed_s": now - t_start})
+                        bar.set_postfix(loss=f"{loss:.4g}", win_s=f"{wps:.1f}")
+                    if step % loop.eval_every == 0 or step == loop.max_steps:
+                        val = self.validate()
+                        if val:
+                            self.log.log({"step": step, "epoch": p["epoch"], "split": "val", **val,
+                                          "elapsed_s": time.perf_counter() - t_start})
+                            if val["loss"] < p["best_val"]:
+                                p["best_val"], p["best_step"] = val["loss"], step
+                                self.save("best.pt")
+                    if step % loop.checkpoint_every == 0 or step == loop.max_steps:
+                        self.save("last.pt")
+                        saved_at = step
+                    if ddp.any_flag(self._stop_signal is not None, self.device):
+                        if saved_at != step:
+                            self.save("last.pt")
+                        status = "interrupted"
+                        break
+                    if step >= loop.max_steps:
+                        break
+                else:
+                    p["epoch"] += 1
+                    p["batch_in_epoch"] = 0
+                    continue
+                if p["batch_in_epoch"] >= len(batches):  # ended exactly on an epoch boundary
+                    p["epoch"] += 1
+                    p["batch_in_epoch"] = 0
+        finally:
+            bar.close()
+            self.log.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if p["best_step"] < 0 and self.dist.is_main and status == "finished":
+            # no validation split: the final weights are the selected ones
+            save_checkpoint(self.run_dir / "best.pt", self.state())
+        ddp.barrier()
+        return TrainResult(status, p["step"], p["best_val"], p["best_step"], self.run_dir)
