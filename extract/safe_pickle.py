@@ -1,0 +1,485 @@
+"""Restricted unpickling of Mozaik datastore pickles: an allow-list of globals, nothing else resolved.
+
+A pickle names the functions it calls. :class:`SafeUnpickler` resolves only the globals a
+``PickledDataStore`` legitimately contains (neo core classes, quantities, numpy array
+reconstruction under ``numpy.core`` and ``numpy._core``, builtins containers,
+``collections.OrderedDict``, ``datetime``, Mozaik's segment wrapper) and refuses every other
+global with :class:`ForbiddenGlobalError` naming the file and the global, before anything is
+called.
+
+Two modes:
+
+* ``use_neo=False`` (default, and the only mode when neo is not installed): neo and quantities
+  classes map to light stand-ins in this module that keep the pickled state (neo versions that
+  keep lists in ``_items`` and older ones with plain lists; ``SpikeTrainList`` with ``_items`` or
+  with ``_spike_time_array``/``_channel_id_array``). Fast, needs only numpy.
+* ``use_neo=True``: the real neo and quantities classes are returned (still allow-listed).
+
+Either way :func:`spiketrain_data` reads a spike train as plain numbers (ms).
+"""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import datetime
+import importlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corticalrnn.errors import CorticalRNNError, SchemaError
+from extract.mozaik_types import MOZAIK_CLASSES
+
+
+class ForbiddenGlobalError(CorticalRNNError):
+    """A pickle referenced a global outside the allow-list; nothing was executed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# light stand-ins for quantities
+
+
+class LightDimensionality(dict):
+    """quantities.Dimensionality: a dict unit -> power."""
+
+    def __setstate__(self, state: Any) -> None:  # pickled as NEWOBJ + SETITEMS; tolerate a state
+        if isinstance(state, dict):
+            self.update(state)
+
+
+class LightUnit:
+    """quantities.UnitQuantity (and subclasses): name, definition (a quantity or None), symbol."""
+
+    def __init__(self, name: str = "", definition: Any = None, symbol: Any = None, *rest: Any) -> None:
+        self.name = name
+        self.definition = definition
+        self.symbol = symbol
+
+    def __setstate__(self, state: Any) -> None:
+        self._state = state
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.symbol))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LightUnit) and (self.name, self.symbol) == (other.name, other.symbol)
+
+    def seconds(self) -> float:
+        """Size of this unit in seconds (raises for non-time units)."""
+        if self.definition is None:
+            if self.name in ("second", "s") or self.symbol == "s":
+                return 1.0
+            raise ValueError(f"unit {self.name!r} is not a time unit")
+        return _quantity_seconds(self.definition)
+
+    def __repr__(self) -> str:
+        return f"<unit {self.symbol or self.name}>"
+
+
+class LightQuantity:
+    """quantities.Quantity: ``magnitude`` (ndarray) and ``dimensionality`` ({unit: power})."""
+
+    def __init__(self, *args: Any) -> None:
+        self.magnitude: np.ndarray = np.zeros(0)
+        self.dimensionality: dict[Any, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        # quantities writes (version, shape, dtype, fortran, data, dimensionality); older: (nd_state, dim)
+        if len(state) == 2:
+            nd_state, dim = state
+        else:
+            nd_state, dim = tuple(state[:-1]), state[-1]
+        arr = np.empty(0)
+        arr.__setstate__(nd_state)
+        self.magnitude = arr
+        self.dimensionality = dim if isinstance(dim, dict) else {}
+
+    def to_ms(self) -> np.ndarray:
+        """Magnitude converted to milliseconds (float64)."""
+        return np.asarray(self.magnitude, dtype=np.float64) * (1000.0 * _dimensionality_seconds(self))
+
+    def __repr__(self) -> str:
+        return f"<quantity {self.magnitude!r} {self.dimensionality!r}>"
+
+
+def _reconstruct_quantity(cls: Any, base: Any, shape: Any, basetype: Any) -> LightQuantity:
+    return LightQuantity()
+
+
+def _dimensionality_seconds(q: Any) -> float:
+    dim = q.dimensionality if not isinstance(q, dict) else q
+    factor = 1.0
+    for unit, power in dim.items():
+        if int(power) != 1 or len(dim) != 1:
+            raise ValueError(f"not a time quantity: {dim!r}")
+        factor *= unit.seconds()
+    return factor
+
+
+def _quantity_seconds(q: Any) -> float:
+    return float(np.asarray(q.magnitude).reshape(-1)[0]) * _dimensionality_seconds(q)
+
+
+# ---------------------------------------------------------------------------------------------
+# light stand-ins for neo
+
+
+class LightNeo:
+    """Any neo container/data object: keeps the pickled ``__dict__`` verbatim."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            nd_state, extra = state  # ndarray-based data objects (signals, events): keep both
+            self.__dict__.update(extra)
+            self.__dict__["_array_state"] = nd_state
+        elif isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_state"] = state
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        return self.__dict__.get("annotations") or {}
+
+
+class LightObjectList(LightNeo):
+    """neo ObjectList (neo >= 0.12): the list is in ``_items``."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.__dict__.get("_items") or [])
+
+    def __len__(self) -> int:
+        return len(self.__dict__.get("_items") or [])
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.__dict__.get("_items") or [])[i]
+
+
+class LightSegment(LightNeo):
+    """neo Segment: ``spiketrains`` from ``_spiketrains`` (SpikeTrainList/ObjectList) or ``spiketrains``."""
+
+    @property
+    def spiketrains(self) -> list[Any]:
+        d = self.__dict__
+        st = d.get("_spiketrains", d.get("spiketrains"))
+        if st is None:
+            return []
+        if isinstance(st, LightSpikeTrainList):
+            return st.trains()
+        return list(st)
+
+    @property
+    def rec_datetime(self) -> Any:
+        return self.__dict__.get("rec_datetime")
+
+
+class LightBlock(LightNeo):
+    @property
+    def segments(self) -> list[Any]:
+        d = self.__dict__
+        return list(d.get("_segments", d.get("segments")) or [])
+
+
+@dataclass
+class LightSpikeTrain:
+    """A neo SpikeTrain as plain data; ``times`` are in ``units``."""
+
+    times: np.ndarray
+    units: Any
+    t_start: Any
+    t_stop: Any
+    annotations: dict[str, Any]
+    array_annotations: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # no BUILD is expected; tolerate one
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+def _new_spiketrain(cls: Any, signal: Any, t_stop: Any, units: Any = None, *args: Any, **kw: Any) -> Any:
+    """Stand-in for ``neo.core.spiketrain._new_spiketrain`` (positional layout of neo 0.5 … 0.14).
+
+    After ``units``: dtype, copy, sampling_rate, t_start, waveforms, left_sweep, name, file_origin,
+    description, [array_annotations (neo >= 0.8)], annotations, segment, unit.
+    """
+    rest = list(args)
+    t_start = rest[3] if len(rest) > 3 else kw.get("t_start", 0.0)
+    if len(rest) >= 13:  # neo >= 0.8: ..., description, array_annotations, annotations, segment, unit
+        array_annotations, annotations = rest[9], rest[10]
+    elif len(rest) >= 10:  # older: ..., description, annotations[, segment, unit]
+        array_annotations, annotations = None, rest[9]
+    else:
+        array_annotations, annotations = None, kw.get("annotations")
+    if isinstance(signal, LightQuantity):
+        units = units if units is not None else signal
+        signal = signal.magnitude
+    return LightSpikeTrain(
+        times=np.asarray(signal),
+        units=units,
+        t_start=t_start,
+        t_stop=t_stop,
+        annotations=dict(annotations or {}),
+        array_annotations=array_annotations,
+    )
+
+
+class LightSpikeTrainList(LightNeo):
+    """neo SpikeTrainList: trains in ``_items``, or multiplexed in ``_spike_time_array`` + ids."""
+
+    def trains(self) -> list[Any]:
+        d = self.__dict__
+        items = d.get("_items")
+        if items is not None:
+            return list(items)
+        stimes = d.get("_spike_time_array")
+        if stimes is None:
+            return []
+        ids = np.asarray(d.get("_channel_id_array"))
+        all_ids = d.get("_all_channel_ids")
+        all_ids = list(np.unique(ids) if all_ids is None else all_ids)
+        meta = d.get("_spiketrain_metadata") or {}
+        magnitude = stimes.magnitude if isinstance(stimes, LightQuantity) else np.asarray(stimes)
+        units = stimes if isinstance(stimes, LightQuantity) else None
+        ann = d.get("_annotations") or {}
+        out = []
+        for i, cid in enumerate(all_ids):
+            a = {k: (v[i] if _per_channel(v, len(all_ids)) else v) for k, v in ann.items()}
+            a["channel_id"] = cid
+            out.append(
+                LightSpikeTrain(
+                    magnitude[ids == cid], units, meta.get("t_start", 0.0), meta.get("t_stop"), a
+                )
+            )
+        return out
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.trains())
+
+    def __len__(self) -> int:
+        return len(self.trains())
+
+
+def _per_channel(value: Any, n: int) -> bool:
+    return not isinstance(value, str) and hasattr(value, "__len__") and len(value) == n
+
+
+class LightArrayDict(dict):
+    """neo.core.dataobject.ArrayDict (a dict with extra state)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update({k: v for k, v in state.items() if k != "check_function"})
+
+
+def _never_called(*args: Any, **kwargs: Any) -> None:
+    """Stand-in for functions that are only stored (e.g. ArrayDict.check_function)."""
+
+
+_LIGHT_NEO: dict[str, Any] = {
+    "Block": LightBlock,
+    "Segment": LightSegment,
+    "ObjectList": LightObjectList,
+    "SpikeTrainList": LightSpikeTrainList,
+    "_new_spiketrain": _new_spiketrain,
+    "ArrayDict": LightArrayDict,
+    "_normalize_array_annotations": _never_called,
+}
+#: neo module -> names allowed from it
+_NEO_NAMES: dict[str, tuple[str, ...]] = {
+    "neo.core.block": ("Block",),
+    "neo.core.segment": ("Segment",),
+    "neo.core.group": ("Group",),
+    "neo.core.objectlist": ("ObjectList",),
+    "neo.core.spiketrainlist": ("SpikeTrainList",),
+    "neo.core.spiketrain": ("SpikeTrain", "_new_spiketrain"),
+    "neo.core.analogsignal": ("AnalogSignal", "_new_AnalogSignalArray"),
+    "neo.core.irregularlysampledsignal": ("IrregularlySampledSignal", "_new_IrregularlySampledSignal"),
+    "neo.core.event": ("Event", "_new_event"),
+    "neo.core.epoch": ("Epoch", "_new_epoch"),
+    "neo.core.view": ("ChannelView",),
+    "neo.core.imagesequence": ("ImageSequence",),
+    "neo.core.channelindex": ("ChannelIndex",),
+    "neo.core.unit": ("Unit",),
+    "neo.core.recordingchannelgroup": ("RecordingChannelGroup",),
+    "neo.core.dataobject": ("ArrayDict", "_normalize_array_annotations"),
+}
+_QUANTITIES_NAMES: dict[str, tuple[str, ...]] = {
+    "quantities.quantity": ("Quantity", "_reconstruct_quantity"),
+    "quantities.dimensionality": ("Dimensionality",),
+    "quantities.unitquantity": (
+        "UnitQuantity",
+        "UnitTime",
+        "UnitLength",
+        "UnitMass",
+        "UnitCurrent",
+        "UnitSubstance",
+        "UnitTemperature",
+        "UnitLuminousIntensity",
+        "UnitInformation",
+        "UnitAngle",
+        "UnitCurrency",
+        "CompoundUnit",
+        "Dimensionless",
+    ),
+}
+_LIGHT_QUANTITIES: dict[str, Any] = {
+    "Quantity": LightQuantity,
+    "_reconstruct_quantity": _reconstruct_quantity,
+    "Dimensionality": LightDimensionality,
+}
+
+
+def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` limited to plain bases (object, dict, list)."""
+    if base not in (object, dict, list):
+        raise pickle.UnpicklingError(f"copyreg._reconstructor with base {base!r} is not allowed")
+    return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
+
+
+_BASE: dict[tuple[str, str], Any] = {
+    ("builtins", "dict"): dict,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "object"): object,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "dict"): dict,
+    ("__builtin__", "list"): list,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("__builtin__", "object"): object,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("datetime", "datetime"): datetime.datetime,
+    ("datetime", "date"): datetime.date,
+    ("datetime", "time"): datetime.time,
+    ("datetime", "timedelta"): datetime.timedelta,
+    ("datetime", "timezone"): datetime.timezone,
+    ("copyreg", "_reconstructor"): _safe_reconstructor,
+    ("copy_reg", "_reconstructor"): _safe_reconstructor,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+try:  # numpy >= 2 (and 1.26 pickles written by numpy 2 name numpy._core)
+    _np_multiarray = importlib.import_module("numpy._core.multiarray")
+    _np_numeric = importlib.import_module("numpy._core.numeric")
+except ImportError:  # pragma: no cover - numpy < 2
+    _np_multiarray = importlib.import_module("numpy.core.multiarray")
+    _np_numeric = importlib.import_module("numpy.core.numeric")
+for _mod in ("numpy.core", "numpy._core"):
+    _BASE[(f"{_mod}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
+    _BASE[(f"{_mod}.multiarray", "scalar")] = _np_multiarray.scalar
+    if hasattr(_np_numeric, "_frombuffer"):
+        _BASE[(f"{_mod}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+
+def neo_available() -> bool:
+    try:
+        importlib.import_module("neo")
+        importlib.import_module("quantities")
+    except ImportError:
+        return False
+    return True
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` resolves only allow-listed globals."""
+
+    def __init__(self, file: Any, source: str | os.PathLike[str], use_neo: bool = False) -> None:
+        super().__init__(file)
+        self.source = str(source)
+        self.use_neo = use_neo
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key in MOZAIK_CLASSES:
+            return MOZAIK_CLASSES[key]
+        if key in _BASE:
+            return _BASE[key]
+        if name in _NEO_NAMES.get(module, ()):
+            if self.use_neo:
+                return getattr(importlib.import_module(module), name)
+            return _LIGHT_NEO.get(name, LightNeo)
+        if name in _QUANTITIES_NAMES.get(module, ()):
+            if self.use_neo:
+                return getattr(importlib.import_module(module), name)
+            return _LIGHT_QUANTITIES.get(name, LightUnit)
+        raise ForbiddenGlobalError(
+            f"{self.source}: refused to load: the pickle references the forbidden global "
+            f"{module}.{name} (not a Mozaik datastore class); nothing was executed"
+        )
+
+
+def load(path: str | os.PathLike[str], use_neo: bool = False) -> Any:
+    """Load one datastore pickle safely; errors name the file and the problem."""
+    path = Path(path)
+    if use_neo and not neo_available():
+        raise CorticalRNNError(f"{path}: use_neo=True but neo/quantities are not installed")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorticalRNNError(f"{path}: file is missing") from None
+    except OSError as exc:
+        raise CorticalRNNError(f"{path}: cannot read ({exc.strerror})") from None
+    return loads(data, path, use_neo)
+
+
+def loads(data: bytes, source: str | os.PathLike[str], use_neo: bool = False) -> Any:
+    try:
+        return SafeUnpickler(io.BytesIO(data), source, use_neo).load()
+    except CorticalRNNError:
+        raise
+    except EOFError:
+        raise SchemaError(f"{source}: pickle is truncated (ran out of data)") from None
+    except Exception as exc:  # corrupt data raises many types (UnpicklingError, ValueError, ...)
+        problem = f"{type(exc).__name__}: {exc}"
+        raise SchemaError(f"{source}: not a readable datastore pickle ({problem})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading spike trains as numbers, from light or real neo objects
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """One spike train as plain numbers: times relative to t_start, in ms."""
+
+    times_ms: np.ndarray  # float64
+    duration_ms: float
+    annotations: dict[str, Any]
+
+
+def _to_ms(q: Any) -> np.ndarray:
+    if isinstance(q, LightQuantity):
+        return q.to_ms()
+    if isinstance(q, LightUnit):
+        return np.asarray(1000.0 * q.seconds())
+    if hasattr(q, "rescale"):  # real quantities
+        return np.asarray(q.rescale("ms").magnitude, dtype=np.float64)
+    return np.asarray(q, dtype=np.float64)  # plain number: assume ms (neo's default for Mozaik)
+
+
+def spiketrain_data(st: Any) -> TrainData:
+    """Spike times of a (light or real neo) SpikeTrain in ms relative to its ``t_start``."""
+    if isinstance(st, LightSpikeTrain):
+        scale = float(_to_ms(st.units).reshape(-1)[0]) if st.units is not None else 1.0
+        times = np.asarray(st.times, dtype=np.float64) * scale
+        annotations = st.annotations
+    else:
+        times = np.asarray(st.rescale("ms").magnitude, dtype=np.float64)
+        annotations = dict(st.annotations)
+    t_start = float(np.asarray(_to_ms(st.t_start)).reshape(-1)[0]) if st.t_start is not None else 0.0
+    t_stop = float(np.asarray(_to_ms(st.t_stop)).reshape(-1)[0])
+    if t_start:
+        times = times - t_start
+    return TrainData(times_ms=times.reshape(-1), duration_ms=t_stop - t_start, annotations=annotations)
