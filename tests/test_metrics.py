@@ -1,0 +1,330 @@
+"""corticalrnn.metrics: hand-computed examples, naive-loop references, properties, degenerate input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from corticalrnn.errors import DataMismatchError
+from corticalrnn.metrics import (
+    PER_NEURON_METRICS,
+    compute_metrics,
+    mean_rate_prediction,
+    pooled_image_cc,
+    population_label,
+    summarize,
+)
+
+# ------------------------------------------------------------------ naive references (loops, float64
+
+
+def _r(a: list[float], b: list[float]) -> float:
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
+
+
+def _var(a: list[float], ddof: int = 0) -> float:
+    m = sum(a) / len(a)
+    return sum((x - m) ** 2 for x in a) / (len(a) - ddof)
+
+
+def _schoppe(trials: list[list[float]], pred: list[float]) -> tuple[float, float, float]:
+    """CC_abs, CC_max, CC_norm of Schoppe et al. 2016 for N trials of one response vector."""
+    n = len(trials)
+    m = len(trials[0])
+    total = [sum(t[j] for t in trials) for j in range(m)]
+    mean = [x / n for x in total]
+    sp = (_var(total) - sum(_var(t) for t in trials)) / (n * (n - 1))
+    cc_abs = _r(mean, pred)
+    cc_max = math.sqrt(sp / _var(mean))
+    return cc_abs, cc_max, cc_abs / cc_max
+
+
+def _naive_neuron(y: np.ndarray, p: np.ndarray, j: int) -> dict[str, float]:
+    """All per-neuron metrics of neuron j by explicit loops; p per trial [I, K, T, n]."""
+    n_img, k, n_t, _ = y.shape
+    trial = [[float(y[i, kk, t, j]) for i in range(n_img) for t in range(n_t)] for kk in range(k)]
+    ptrial = [[float(p[i, kk, t, j]) for i in range(n_img) for t in range(n_t)] for kk in range(k)]
+    pmean = [sum(pt[m] for pt in ptrial) / k for m in range(len(ptrial[0]))]
+    out = {"single_trial_r": sum(_r(trial[kk], ptrial[kk]) for kk in range(k)) / k}
+    cc_abs, cc_max, cc_norm = _schoppe(trial, pmean)
+    out.update(trial_avg_r=cc_abs, cc_max=cc_max, cc_norm=cc_norm)
+    noise = sum(
+        _var([float(y[i, kk, t, j]) for kk in range(k)], ddof=1) for i in range(n_img) for t in range(n_t)
+    ) / (n_img * n_t)
+    allv = [x for tr in trial for x in tr]
+    total = _var(allv, ddof=1)
+    mse = sum((a - b) ** 2 for tr, pt in zip(trial, ptrial) for a, b in zip(tr, pt)) / len(allv)
+    out["fev"] = (total - noise) / total
+    out["feve"] = 1 - (mse - noise) / (total - noise)
+    oracle = []
+    for kk in range(k):
+        others = [sum(trial[o][m] for o in range(k) if o != kk) / (k - 1) for m in range(len(trial[kk]))]
+        oracle.append(_r(trial[kk], others))
+    out["oracle_r"] = sum(oracle) / k
+    lam0 = sum(allv) / len(allv)
+    gain = 0.0
+    for tr, pt in zip(trial, ptrial):
+        for a, b in zip(tr, pt):
+            gain += a * math.log(max(b, 1e-9)) - max(b, 1e-9) - (a * math.log(lam0) - lam0)
+    out["bits_per_spike"] = gain / (sum(allv) * math.log(2))
+    return out
+
+
+def _poisson_data(rng: np.random.Generator, n_img=3, k=6, n_t=8, n=5, scale=2.0):
+    rate = rng.gamma(2.0, scale / 2, size=(n_img, n_t, n)) + 0.05
+    y = rng.poisson(np.broadcast_to(rate[:, None], (n_img, k, n_t, n))).astype(np.int64)
+    return rate, y
+
+
+# ------------------------------------------------------------------ hand-computed example
+#
+# One image, two trials of three bins, one neuron: R1 = [1, 2, 3], R2 = [1, 0, 2].
+# Sum = [2, 2, 5]: Var = 2 (ddof 0). Var(R1) = Var(R2) = 2/3. SP = (2 - 4/3) / (2*1) = 1/3.
+# Mean = [1, 1, 2.5]: Var = 0.5. CC_max = sqrt((1/3) / 0.5) = sqrt(2/3).
+# Prediction P = [0, 1, 2]: r(mean, P) = 1.5 / sqrt(1.5 * 2) = sqrt(3)/2 = CC_abs.
+# CC_norm = (sqrt(3)/2) / sqrt(2/3) = 3 / (2 sqrt 2).
+# single-trial r: r(R1, P) = 1, r(R2, P) = 0.5 -> 0.75.  Oracle: r(R1, R2) = 0.5 both ways -> 0.5.
+# FEVE: per-bin trial variances (ddof 1) 0, 2, 0.5 -> noise 5/6; total variance of the six values
+# (ddof 1) 5.5/5 = 1.1; MSE = (1+1+1+1+1+0)/6 = 5/6 -> FEVE = 1 - 0/(1.1 - 5/6) = 1;
+# FEV = (1.1 - 5/6)/1.1 = 8/33. With P = 0: MSE = 19/6 -> FEVE = 1 - (14/6)/(4/15) = -7.75.
+
+HAND_Y = np.array([[1, 2, 3], [1, 0, 2]], dtype=np.int64).reshape(1, 2, 3, 1)
+
+
+def test_hand_example_correlations_and_ccnorm() -> None:
+    pred = np.array([0.0, 1.0, 2.0]).reshape(1, 3, 1)
+    res = compute_metrics(HAND_Y, pred)
+    m = {k: float(v[0]) for k, v in res.per_neuron.items()}
+    assert m["single_trial_r"] == pytest.approx(0.75, abs=1e-12)
+    assert m["trial_avg_r"] == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
+    assert m["cc_max"] == pytest.approx(math.sqrt(2 / 3), abs=1e-12)
+    assert m["cc_norm"] == pytest.approx(3 / (2 * math.sqrt(2)), abs=1e-12)
+    assert m["oracle_r"] == pytest.approx(0.5, abs=1e-12)
+    assert m["feve"] == pytest.approx(1.0, abs=1e-12)
+    assert m["fev"] == pytest.approx(8 / 33, abs=1e-12)
+    zero = compute_metrics(HAND_Y, np.zeros((1, 3, 1)))
+    assert zero.per_neuron["feve"][0] == pytest.approx(-7.75, abs=1e-12)
+    # one neuron, one image: the thesis' pooled CC is the per-neuron CC
+    assert res.per_image["thesis_cc_norm"][0] == pytest.approx(3 / (2 * math.sqrt(2)), abs=1e-12)
+    assert res.per_image["thesis_cc_max"][0] == pytest.approx(math.sqrt(2 / 3), abs=1e-12)
+
+
+def test_hand_example_bits_per_spike() -> None:
+    # P = [0.5, 1, 2] in both trials; mean rate 9 spikes / 6 bins = 1.5.
+    # LL(P) - LL(1.5) = (2 ln .5 - 1) + (2 ln 1 - 2) + (5 ln 2 - 4) - (9 ln 1.5 - 9)   [log y! cancels]
+    gain = (2 * math.log(0.5) - 1) + (0 - 2) + (5 * math.log(2) - 4) - (9 * math.log(1.5) - 9)
+    res = compute_metrics(HAND_Y, np.array([0.5, 1.0, 2.0]).reshape(1, 3, 1))
+    assert res.per_neuron["bits_per_spike"][0] == pytest.approx(gain / (9 * math.log(2)), abs=1e-12)
+    assert res.pooled["co_bps"] == pytest.approx(gain / (9 * math.log(2)), abs=1e-12)
+
+
+# ------------------------------------------------------------------ against naive loops
+
+
+@pytest.mark.parametrize("per_trial", [False, True])
+def test_per_neuron_metrics_match_naive_loops(per_trial: bool) -> None:
+    rng = np.random.default_rng(1)
+    rate, y = _poisson_data(rng)
+    if per_trial:
+        pred = rate[:, None] * rng.uniform(0.5, 1.5, size=y.shape)
+        full = pred
+    else:
+        pred = rate * rng.uniform(0.5, 1.5, size=rate.shape)
+        full = np.broadcast_to(pred[:, None], y.shape)
+    res = compute_metrics(y, pred, chunk=2)  # chunks of 2 neurons exercise the accumulation
+    for j in range(y.shape[-1]):
+        ref = _naive_neuron(y, full, j)
+        for name in PER_NEURON_METRICS:
+            assert res.per_neuron[name][j] == pytest.approx(ref[name], rel=1e-9, abs=1e-12), (name, j)
+
+
+def test_pooled_thesis_cc_matches_naive() -> None:
+    rng = np.random.default_rng(2)
+    rate, y = _poisson_data(rng, n_img=2, k=4, n_t=5, n=7)
+    pred = rate * rng.uniform(0.5, 1.5, size=rate.shape)
+    got = pooled_image_cc(y, pred)
+    for i in range(y.shape[0]):
+        trials = [[float(v) for v in y[i, k].ravel()] for k in range(y.shape[1])]
+        cc_abs, cc_max, cc_norm = _schoppe(trials, [float(v) for v in pred[i].ravel()])
+        assert got["thesis_cc_abs"][i] == pytest.approx(cc_abs, rel=1e-9)
+        assert got["thesis_cc_max"][i] == pytest.approx(cc_max, rel=1e-9)
+        assert got["thesis_cc_norm"][i] == pytest.approx(cc_norm, rel=1e-9)
+    # chunked accumulation over neurons inside compute_metrics gives the same numbers
+    res = compute_metrics(y, pred, chunk=3)
+    np.testing.assert_allclose(res.per_image["thesis_cc_norm"], got["thesis_cc_norm"], rtol=1e-10)
+    assert res.pooled["thesis_cc_norm"] == pytest.approx(float(np.mean(got["thesis_cc_norm"])))
+
+
+# ------------------------------------------------------------------ properties
+
+
+def test_perfect_prediction() -> None:
+    rng = np.random.default_rng(3)
+    _, y = _poisson_data(rng)
+    res = compute_metrics(y, y.astype(float))
+    np.testing.assert_allclose(res.per_neuron["single_trial_r"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(res.per_neuron["trial_avg_r"], 1.0, atol=1e-12)
+    # deterministic responses (identical trials) predicted exactly: FEVE = 1, FEV = 1
+    rep = np.repeat(y[:, :1], 3, axis=1)
+    det = compute_metrics(rep, rep[:, 0].astype(float))
+    np.testing.assert_allclose(det.per_neuron["feve"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(det.per_neuron["fev"], 1.0, atol=1e-12)
+
+
+def test_trial_mean_prediction_feve_formula() -> None:
+    # predicting the trial mean: MSE = (K-1)/K * noise, so FEVE = 1 + noise / (K (total - noise))
+    rng = np.random.default_rng(4)
+    _, y = _poisson_data(rng, k=5)
+    k = y.shape[1]
+    res = compute_metrics(y, y.mean(axis=1))
+    noise = y.var(axis=1, ddof=1).mean(axis=(0, 1))
+    total = y.reshape(-1, y.shape[-1]).var(axis=0, ddof=1)
+    np.testing.assert_allclose(res.per_neuron["feve"], 1 + noise / (k * (total - noise)), rtol=1e-10)
+
+
+def test_mean_rate_prediction_scores_zero_bits() -> None:
+    rng = np.random.default_rng(5)
+    _, y = _poisson_data(rng)
+    res = compute_metrics(y, mean_rate_prediction(y))
+    assert res.pooled["co_bps"] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(res.per_neuron["bits_per_spike"], 0.0, atol=1e-12)
+    # the constant prediction has no correlation; it is reported as undefined, not as an error
+    assert np.isnan(res.per_neuron["trial_avg_r"]).all()
+    assert res.undefined["trial_avg_r"] == {"constant prediction": y.shape[-1]}
+    # the model's and the baseline's thesis scores coincide when the model is the baseline
+    assert res.pooled["thesis_cc_abs"] == pytest.approx(res.pooled["baseline_thesis_cc_abs"])
+
+
+def test_true_rate_reaches_ceilings() -> None:
+    rng = np.random.default_rng(6)
+    rate, y = _poisson_data(rng, n_img=10, k=30, n_t=20, n=6, scale=3.0)
+    res = compute_metrics(y, rate)
+    cc = res.per_neuron["cc_norm"]
+    assert np.all(np.abs(cc - 1) < 0.05), cc
+    assert np.all(np.abs(res.per_neuron["feve"] - 1) < 0.1)
+    # the leave-one-out mean is a noisy estimate of the rate: its r is a lower bound on the truth's
+    assert np.all(res.per_neuron["oracle_r"] <= res.per_neuron["single_trial_r"] + 1e-9)
+    assert res.pooled["co_bps"] > 0
+    # predicting each trial with the mean of the other trials gives exactly the oracle correlation
+    loo = (y.sum(axis=1, keepdims=True) - y) / (y.shape[1] - 1)
+    res_loo = compute_metrics(y, loo)
+    np.testing.assert_allclose(res_loo.per_neuron["single_trial_r"], res.per_neuron["oracle_r"], rtol=1e-12)
+
+
+def test_thesis_pooled_cc_rewards_mean_rate() -> None:
+    # heterogeneous mean rates across neurons make the pooled correlation of a constant baseline high
+    rng = np.random.default_rng(7)
+    base = rng.gamma(1.0, 3.0, size=40) + 0.1
+    rate = base * (1 + 0.3 * rng.standard_normal((3, 10, 40))).clip(0.1)
+    y = rng.poisson(np.broadcast_to(rate[:, None], (3, 5, 10, 40)))
+    res = compute_metrics(y, rate)
+    assert res.pooled["baseline_thesis_cc_abs"] > 0.8
+    assert res.pooled["thesis_cc_abs"] > res.pooled["baseline_thesis_cc_abs"]
+    assert np.nanmedian(res.per_neuron["trial_avg_r"]) > 0.5
+
+
+# ------------------------------------------------------------------ degenerate input
+
+
+def test_single_trial_skips_repeat_metrics() -> None:
+    rng = np.random.default_rng(8)
+    rate, y = _poisson_data(rng, k=1)
+    res = compute_metrics(y, rate)
+    for name in ("cc_max", "cc_norm", "fev", "feve", "oracle_r", "thesis_cc_max", "thesis_cc_norm"):
+        assert "2 trials" in res.skipped[name]
+    for name in ("cc_max", "cc_norm", "feve", "oracle_r"):
+        assert np.isnan(res.per_neuron[name]).all()
+        assert name not in res.undefined
+    assert np.isfinite(res.per_neuron["single_trial_r"]).all()
+    assert np.isfinite(res.per_neuron["bits_per_spike"]).all()
+    assert np.isfinite(res.pooled["thesis_cc_abs"])
+
+
+def test_silent_and_constant_neurons_are_reported() -> None:
+    rng = np.random.default_rng(9)
+    rate, y = _poisson_data(rng, n=4)
+    y[..., 0] = 0  # silent
+    y[..., 1] = 2  # constant, not silent
+    pred = rate.copy()
+    pred[..., 2] = 1.0  # constant prediction
+    res = compute_metrics(y, pred)
+    assert res.undefined["trial_avg_r"] == {
+        "silent neuron (no spikes)": 1,
+        "constant response": 1,
+        "constant prediction": 1,
+    }
+    assert np.isnan(res.per_neuron["bits_per_spike"][0])
+    assert np.isfinite(res.per_neuron["trial_avg_r"][3])
+    assert res.undefined["cc_norm"]["silent neuron (no spikes)"] == 1
+    # the silent neuron still counts in the pooled likelihood (predicting spikes for it costs)
+    assert res.co_bps(np.array([0, 3])) < res.co_bps(np.array([3]))
+
+
+def test_all_silent_data() -> None:
+    y = np.zeros((2, 3, 4, 2), dtype=np.int64)
+    res = compute_metrics(y, np.ones((2, 4, 2)))
+    assert "co_bps" in res.skipped and math.isnan(res.pooled["co_bps"])
+    assert all(np.isnan(v).all() for v in res.per_neuron.values())
+
+
+def test_bad_shapes_and_values() -> None:
+    y = np.zeros((2, 3, 4, 5))
+    with pytest.raises(DataMismatchError, match="fits neither"):
+        compute_metrics(y, np.zeros((2, 4, 4)))
+    with pytest.raises(DataMismatchError, match=r"\[images, trials, time, neurons\]"):
+        compute_metrics(y[0], np.zeros((3, 4, 5)))
+    bad = np.zeros((2, 4, 5))
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(DataMismatchError, match="NaN"):
+        compute_metrics(y, bad)
+    with pytest.raises(DataMismatchError, match="baseline rates"):
+        mean_rate_prediction(y, np.ones(3))
+
+
+# ------------------------------------------------------------------ summary table
+
+
+def test_summary_table_per_population_and_group() -> None:
+    rng = np.random.default_rng(10)
+    rate, y = _poisson_data(rng, n=12)
+    sheets = ["V1_Exc_L4"] * 4 + ["V1_Inh_L4"] * 2 + ["V1_Exc_L23"] * 4 + ["V1_Inh_L2/3"] * 2
+    observed = np.zeros(12, dtype=bool)
+    observed[[0, 1, 4, 6, 10]] = True
+    pred = rate * rng.uniform(0.8, 1.2, size=rate.shape)
+    rows = summarize(y, pred, sheets, observed, progress=False)
+    keys = {(r["population"], r["neurons"], r["predictor"]) for r in rows}
+    for pop in ("L4 E", "L4 I", "L2/3 E", "L2/3 I"):
+        for group in ("observed", "hidden", "all"):
+            assert (pop, group, "model") in keys and (pop, group, "baseline") in keys
+    assert ("all", "all", "model") in keys
+    assert [r["population"] for r in rows][:6] == ["L4 E"] * 6
+    full = compute_metrics(y, pred)
+    row = next(
+        r for r in rows if (r["population"], r["neurons"], r["predictor"]) == ("L2/3 E", "hidden", "model")
+    )
+    idx = np.array([7, 8, 9])
+    assert row["n"] == 3
+    assert row["trial_avg_r_median"] == pytest.approx(float(np.median(full.per_neuron["trial_avg_r"][idx])))
+    assert row["feve_mean"] == pytest.approx(float(np.mean(full.per_neuron["feve"][idx])))
+    assert row["co_bps"] == pytest.approx(full.co_bps(idx))
+    thesis = pooled_image_cc(y[..., idx], pred[..., idx])
+    assert row["thesis_cc_norm"] == pytest.approx(float(np.mean(thesis["thesis_cc_norm"])))
+    base = next(
+        r for r in rows if (r["population"], r["neurons"], r["predictor"]) == ("all", "all", "baseline")
+    )
+    assert base["co_bps"] == pytest.approx(0.0, abs=1e-12)
+    assert base["trial_avg_r_n"] == 0  # undefined for a constant prediction
+    assert population_label("V1_Inh_L23") == "L2/3 I"
+
+
+def test_summary_rejects_mismatched_labels() -> None:
+    y = np.zeros((1, 2, 3, 4))
+    with pytest.raises(DataMismatchError, match="one entry per neuron"):
+        summarize(y, np.zeros((1, 3, 4)), ["V1_Exc_L4"] * 3, np.ones(4, bool), progress=False)
