@@ -1,0 +1,180 @@
+"""Model configuration: plain dataclasses, serialisable to/from a dict (checkpoints, TOML)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from corticalrnn.errors import CorticalRNNError
+from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, normalize_sheet_name
+
+NEURON_MODELS = ("leaky", "mlp", "gru")
+SIGN_MODES = ("projected", "reparam")
+REPARAM_FUNCS = ("softplus", "abs")
+MASK_KINDS = ("dense", "distance")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("poisson", "mse")
+SCHEDULES = ("constant", "linear", "exponential")
+
+
+@dataclass(frozen=True)
+class PathwayConfig:
+    """One projection ``pre -> post``; ``delay`` 0 = same time step, 1 = previous step.
+
+    The sign comes from the presynaptic sheet (``corticalrnn.sheets``). ``mask`` ``None`` means the
+    model-wide ``ModelConfig.connectivity``; input (LGN) pathways are always dense.
+    """
+
+    pre: str
+    post: str
+    delay: int
+    mask: str | None = None
+
+    def normalized(self) -> PathwayConfig:
+        return PathwayConfig(normalize_sheet_name(self.pre), normalize_sheet_name(self.post), self.delay,
+                             self.mask)
+
+
+def default_pathways() -> tuple[PathwayConfig, ...]:
+    """The DESIGN.md table: LGN->L4 (t); L4 recurrent (t-1); L4E->L2/3 (t); L2/3 recurrent and
+    excitatory L2/3->L4 feedback (t-1); inhibition only within a layer."""
+    e4, i4, e23, i23 = "V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"
+    p = []
+    for pre in INPUT_SHEETS:
+        p += [PathwayConfig(pre, e4, 0), PathwayConfig(pre, i4, 0)]
+    for pre in (e4, i4, e23):
+        p += [PathwayConfig(pre, e4, 1), PathwayConfig(pre, i4, 1)]
+    p += [PathwayConfig(e4, e23, 0), PathwayConfig(e4, i23, 0)]
+    for pre in (e23, i23):
+        p += [PathwayConfig(pre, e23, 1), PathwayConfig(pre, i23, 1)]
+    return tuple(p)
+
+
+@dataclass(frozen=True)
+class TeacherForcingConfig:
+    """Teacher forcing of observed neurons: the fraction of observed neurons (drawn per window)
+    whose previous-step rate is replaced by the data, as a function of the optimizer step."""
+
+    start: float = 1.0
+    end: float = 0.0
+    schedule: str = "linear"  # constant | linear | exponential
+    steps: int = 10_000  # steps to go from start to end (linear) or the e-folding steps (exponential)
+
+    def fraction_at(self, step: int) -> float:
+        """Teacher-forcing fraction at optimizer step ``step`` (clipped to [0, 1])."""
+        if self.schedule == "constant" or self.steps <= 0:
+            f = self.start
+        elif self.schedule == "linear":
+            f = self.start + (self.end - self.start) * min(step / self.steps, 1.0)
+        else:
+            f = self.end + (self.start - self.end) * math.exp(-step / self.steps)
+        return min(max(f, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines the network (not the data, not the optimiser).
+
+    ``bin_ms`` is needed to turn the time constants into per-step leak factors.
+    """
+
+    bin_ms: float = 20.0
+    pathways: tuple[PathwayConfig, ...] = field(default_factory=default_pathways)
+    connectivity: str = "dense"  # dense | distance (needs positions)
+    distance_sigma_mm: dict[str, float] = field(
+        default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
+    distance_p_max: float = 1.0  # connection probability at distance 0
+    sign_mode: str = "projected"  # projected | reparam
+    reparam: str = "softplus"  # softplus | abs (reparam mode only)
+    spectral_radius: float = 0.9
+    input_gain: float = 1.0  # mean total LGN drive per unit input rate (init scale of U)
+    init_rate: float = 0.1  # initial bias gives this expected count per bin
+    neuron_model: str = "leaky"  # leaky | mlp | gru
+    neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
+    tau_ms: dict[str, float] = field(
+        default_factory=lambda: {"V1_Exc_L4": 20.0, "V1_Inh_L4": 10.0, "V1_Exc_L2/3": 20.0,
+                                 "V1_Inh_L2/3": 10.0})
+    learn_tau: bool = True
+    teacher: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
+    tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (matmul dtype; state and weights stay fp32)
+    cuda_graphs: bool = False  # GPU only: replay captured chunks of the forward loop
+    loss: str = "poisson"  # poisson | mse
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(msg: str) -> CorticalRNNError:
+            return CorticalRNNError(f"model config: {msg}")
+
+        for name, value, allowed in (("connectivity", self.connectivity, MASK_KINDS),
+                                     ("sign_mode", self.sign_mode, SIGN_MODES),
+                                     ("reparam", self.reparam, REPARAM_FUNCS),
+                                     ("neuron_model", self.neuron_model, NEURON_MODELS),
+                                     ("precision", self.precision, PRECISIONS),
+                                     ("loss", self.loss, LOSSES),
+                                     ("teacher.schedule", self.teacher.schedule, SCHEDULES)):
+            if value not in allowed:
+                raise bad(f"{name}={value!r}; expected one of {', '.join(allowed)}")
+        if self.bin_ms <= 0:
+            raise bad(f"bin_ms must be > 0, got {self.bin_ms}")
+        if self.tbptt_steps < 0:
+            raise bad(f"tbptt_steps must be >= 0, got {self.tbptt_steps}")
+        if self.neuron_hidden < 1:
+            raise bad(f"neuron_hidden must be >= 1, got {self.neuron_hidden}")
+        if not 0 < self.distance_p_max <= 1:
+            raise bad(f"distance_p_max must be in (0, 1], got {self.distance_p_max}")
+        if self.spectral_radius < 0 or self.init_rate <= 0:
+            raise bad("spectral_radius must be >= 0 and init_rate > 0")
+        for key in ("exc", "inh"):
+            if self.distance_sigma_mm.get(key, 0) <= 0:
+                raise bad(f"distance_sigma_mm[{key!r}] must be > 0")
+        for sheet, tau in self.tau_ms.items():
+            if sheet not in SHEET_INFO or tau <= 0:
+                raise bad(f"tau_ms[{sheet!r}]={tau}: unknown sheet or non-positive time constant")
+        seen = set()
+        for p in self.pathways:
+            for s in (p.pre, p.post):
+                if s.replace("L23", "L2/3") not in ALL_SHEETS:
+                    raise bad(f"pathway {p.pre} -> {p.post}: unknown sheet {s!r}")
+            q = p.normalized()
+            if q.post in INPUT_SHEETS:
+                raise bad(f"pathway {q.pre} -> {q.post}: inputs cannot be postsynaptic")
+            if q.delay not in (0, 1):
+                raise bad(f"pathway {q.pre} -> {q.post}: delay must be 0 or 1, got {q.delay}")
+            if q.mask is not None and q.mask not in MASK_KINDS:
+                raise bad(f"pathway {q.pre} -> {q.post}: mask {q.mask!r} not in {MASK_KINDS}")
+            key = (q.pre, q.post, q.delay)
+            if key in seen:
+                raise bad(f"pathway {q.pre} -> {q.post} (delay {q.delay}) listed twice")
+            seen.add(key)
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (lists, dicts, numbers, strings): JSON/TOML friendly."""
+        d = asdict(self)
+        d["pathways"] = [{k: v for k, v in p.items() if v is not None} for p in d["pathways"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CorticalRNNError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CorticalRNNError(f"model config: unknown key(s) {', '.join(unknown)}")
+        kw = dict(d)
+        try:
+            if "pathways" in kw:
+                kw["pathways"] = tuple(PathwayConfig(**p) for p in kw["pathways"])
+            if "teacher" in kw and isinstance(kw["teacher"], dict):
+                kw["teacher"] = TeacherForcingConfig(**kw["teacher"])
+        except TypeError as exc:
+            raise CorticalRNNError(f"model config: {exc}") from exc
+        for key in ("distance_sigma_mm", "tau_ms"):
+            if key in kw:
+                kw[key] = dict(kw[key])
+        return cls(**kw)

@@ -1,0 +1,131 @@
+"""Dale's law: sign-constrained weight blocks (projected or reparametrised) and balanced init.
+
+* ``projected``: the parameter *is* the signed weight (fp32 master copy); :meth:`SignedWeight.project_`
+  clamps it to the column signs and zeroes masked entries after each optimiser step. The forward uses
+  the parameter as is (plain GEMMs, exact zeros), masked gradients are zeroed by a hook.
+* ``reparam``: the parameter ``V`` is free; the weight is ``sign * softplus(V)`` (or ``|V|``) times the
+  mask, built once per forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def softplus_inv(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of softplus for y > 0 (stable for large y)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class SignedWeight(nn.Module):
+    """One weight block with fixed column (presynaptic) signs and an optional 0/1 mask."""
+
+    def __init__(self, magnitude: torch.Tensor, col_sign: np.ndarray, mask: np.ndarray | None,
+                 mode: str, reparam: str) -> None:
+        super().__init__()
+        self.mode, self.reparam = mode, reparam
+        sign = torch.as_tensor(col_sign, dtype=torch.float32)
+        self.register_buffer("sign", sign, persistent=False)
+        self.n_exc = int((col_sign > 0).sum())
+        # columns are grouped by population, so E and I columns form runs; store them for fast clamps
+        self._runs = _sign_runs(col_sign)
+        self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool))
+        mag = magnitude.abs() if mask is None else magnitude.abs() * self.mask
+        if mode == "projected":
+            self.param = nn.Parameter(mag * sign)
+            if mask is not None:
+                self.param.register_hook(self._mask_grad)
+        else:
+            floor = torch.full_like(mag, 1e-6)
+            mag = torch.maximum(mag, floor)
+            self.param = nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+
+    def _mask_grad(self, g: torch.Tensor) -> torch.Tensor:
+        return g * self.mask
+
+    def weight(self) -> torch.Tensor:
+        """The signed, masked weight (the parameter itself in projected mode)."""
+        if self.mode == "projected":
+            return self.param
+        mag = F.softplus(self.param) if self.reparam == "softplus" else self.param.abs()
+        w = mag * self.sign.to(mag.dtype)
+        return w if self.mask is None else w * self.mask
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clamp to the column signs and re-apply the mask (projected mode; no-op otherwise)."""
+        if self.mode != "projected":
+            return
+        p = self.param
+        for c0, c1, s in self._runs:
+            if s > 0:
+                p[:, c0:c1].clamp_(min=0)
+            else:
+                p[:, c0:c1].clamp_(max=0)
+        if self.mask is not None:
+            p.mul_(self.mask)
+
+    @torch.no_grad()
+    def violations(self) -> int:
+        """Entries with the wrong sign or non-zero where masked out."""
+        w = self.weight()
+        bad = (w * self.sign.to(w.dtype)) < 0
+        if self.mask is not None:
+            bad |= (w != 0) & ~self.mask
+        return int(bad.sum())
+
+
+def _sign_runs(col_sign: np.ndarray) -> list[tuple[int, int, int]]:
+    runs, start = [], 0
+    for i in range(1, len(col_sign) + 1):
+        if i == len(col_sign) or col_sign[i] != col_sign[start]:
+            runs.append((start, i, int(col_sign[start])))
+            start = i
+    return runs
+
+
+def balanced_magnitudes(shapes: list[tuple[int, int]], col_signs: list[np.ndarray],
+                        masks: list[np.ndarray | None], generator: torch.Generator) -> list[torch.Tensor]:
+    """Random non-negative magnitudes for blocks that share rows, rescaled so that for every row
+    the summed inhibitory weight equals the summed excitatory weight (E/I balance; zero row sums
+    remove the outlier eigenvalue, Rajan & Abbott 2006). Scale is 1/sqrt(fan-in) before
+    :func:`scale_to_radius`."""
+    mags = []
+    for (r, c), m in zip(shapes, masks):
+        w = torch.rand(r, c, generator=generator, dtype=torch.float32)
+        if m is not None:
+            w *= torch.as_tensor(m)
+        mags.append(w)
+    rows = shapes[0][0] if shapes else 0
+    e_sum = torch.zeros(rows)
+    i_sum = torch.zeros(rows)
+    fan = torch.zeros(rows)
+    for w, s in zip(mags, col_signs):
+        st = torch.as_tensor(s)
+        e_sum += w[:, st > 0].sum(1)
+        i_sum += w[:, st < 0].sum(1)
+        fan += (w > 0).sum(1)
+    scale_i = torch.where(i_sum > 0, e_sum / i_sum.clamp_min(1e-12), torch.ones_like(i_sum))
+    scale_i = torch.where(e_sum > 0, scale_i, torch.ones_like(i_sum))
+    norm = 1.0 / fan.clamp_min(1).sqrt()
+    for w, s in zip(mags, col_signs):
+        st = torch.as_tensor(s)
+        w[:, st < 0] *= scale_i[:, None]
+        w *= norm[:, None]
+    return mags
+
+
+def spectral_radius(w: torch.Tensor, exact_max: int = 2500) -> float:
+    """Spectral radius of a square matrix: exact eigenvalues up to ``exact_max`` rows, else the
+    circular-law estimate sqrt(sum_ij var_row(W_ij) / N) * sqrt(N) for balanced random matrices."""
+    n = w.shape[0]
+    if n <= exact_max:
+        return float(torch.linalg.eigvals(w.double()).abs().max())
+    w = w.double()
+    centered = w - w.mean(1, keepdim=True)
+    return float(math.sqrt(float((centered**2).sum()) / n))

@@ -1,0 +1,288 @@
+"""`CorticalRNN`: the E/I-constrained LGN -> L4 -> L2/3 network (see docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.model import loss as loss_mod
+from corticalrnn.model.config import ModelConfig
+from corticalrnn.model.dale import SignedWeight, balanced_magnitudes, softplus_inv, spectral_radius
+from corticalrnn.model.graph import Block, Graph, distance_mask
+from corticalrnn.model.neurons import make_unit
+from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
+from corticalrnn.sheets import SHEET_INFO, V1_SHEETS, file_sheet_name
+
+_CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CorticalRNN(nn.Module):
+    """E/I network of the modelled V1 neurons driven by LGN input.
+
+    ``forward(lgn [B,T,N_in]) -> rates [B,T,N_v1]`` (expected spike counts per bin, >= 0), V1
+    neurons in canonical sheet order. Call :meth:`project_` after every optimiser step (it is a no-op
+    in reparametrised mode).
+    """
+
+    def __init__(self, config: ModelConfig, sizes: dict[str, int],
+                 positions: dict[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.graph = g = Graph(config, sizes)
+        self.sizes = g.sizes
+        self.n_in, self.n_v1 = g.n_in, g.n_v1
+        gen = torch.Generator().manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        perm = g.internal_to_external
+        self.register_buffer("_perm", None if perm is None else torch.as_tensor(perm), persistent=False)
+        self.register_buffer("_inv_perm", None if perm is None else torch.as_tensor(np.argsort(perm)),
+                             persistent=False)
+
+        masks = {b.name: self._block_mask(b, positions, rng) for b in g.blocks}
+        mags: dict[str, torch.Tensor] = {}
+        for st in range(g.n_stages):
+            v1b = [b for b in g.blocks if b.row0 == g.stage_rows[st][0] and b.source == "v1"]
+            for b, m in zip(v1b, balanced_magnitudes([b.shape for b in v1b], [b.col_sign for b in v1b],
+                                                     [masks[b.name] for b in v1b], gen)):
+                mags[b.name] = m
+            for b in g.blocks:
+                if b.row0 == g.stage_rows[st][0] and b.source == "input":
+                    m = torch.rand(b.shape, generator=gen)
+                    if masks[b.name] is not None:
+                        m *= torch.as_tensor(masks[b.name])
+                    mags[b.name] = m * (config.input_gain / m.sum(1, keepdim=True).clamp_min(1e-12))
+        radius = self._radius([b for b in g.blocks if b.source == "v1"], mags)
+        if radius > 0:
+            for b in g.blocks:
+                if b.source == "v1":
+                    mags[b.name] *= config.spectral_radius / radius
+        self.weights = nn.ModuleDict({
+            b.name: SignedWeight(mags[b.name], b.col_sign, masks[b.name], config.sign_mode, config.reparam)
+            for b in g.blocks})
+        self.bias = nn.Parameter(torch.full((g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate)))))
+        self.units = nn.ModuleDict({
+            file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
+                                          config.neuron_hidden, config.learn_tau, gen)
+            for s in g.v1_order})
+        self.layout = RecLayout(tuple(g.stage_rows), tuple(
+            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1)
+            for b in g.blocks if b.source == "v1"
+            for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]))
+        self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
+        self._in_blocks = [b for b in g.blocks if b.source == "input"]
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _block_mask(self, b: Block, positions: dict[str, np.ndarray] | None,
+                    rng: np.random.Generator) -> np.ndarray | None:
+        g, cfg = self.graph, self.config
+        m = g.structure(b)
+        distance = [p for p in b.pathways if b.source == "v1" and (p.mask or cfg.connectivity) == "distance"]
+        if not distance:
+            return m
+        if m is None:
+            m = np.ones(b.shape, dtype=bool)
+        for p in distance:
+            pre_xy, post_xy = (_positions(positions, s, g.sizes[s]) for s in (p.pre, p.post))
+            sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
+            rs, cs = g.slice(p.post), g.slice(p.pre)
+            m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
+                pre_xy, post_xy, sigma, cfg.distance_p_max, rng)
+        return m
+
+    def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor]) -> float:
+        """Spectral radius of the signed V1 connectivity (all delays summed)."""
+        n = self.graph.n_v1
+        if n <= 2500:
+            w = torch.zeros(n, n, dtype=torch.float64)
+            for b in blocks:
+                w[b.row0:b.row1, b.col0:b.col1] += mags[b.name].double() * torch.as_tensor(b.col_sign)
+            return spectral_radius(w)
+        sq = torch.zeros(n, dtype=torch.float64)
+        s1 = torch.zeros(n, dtype=torch.float64)
+        for b in blocks:
+            w = mags[b.name].double() * torch.as_tensor(b.col_sign, dtype=torch.float64)
+            sq[b.row0:b.row1] += (w**2).sum(1)
+            s1[b.row0:b.row1] += w.sum(1)
+        return math.sqrt(float((sq - s1**2 / n).sum()) / n)
+
+    # -- parameters views ------------------------------------------------------------------------
+    def alphas(self) -> list[torch.Tensor]:
+        """Per-population per-step update fraction (internal order)."""
+        return [self.units[file_sheet_name(s)].alpha() for s in self.graph.v1_order]
+
+    def tau_ms(self) -> dict[str, float]:
+        return {s: self.units[file_sheet_name(s)].tau_ms() for s in self.graph.v1_order
+                if hasattr(self.units[file_sheet_name(s)], "tau_ms")}
+
+    def pathway_weight(self, pre: str, post: str, delay: int) -> torch.Tensor:
+        """Signed weight ``[n_post, n_pre]`` of one pathway (differentiable slice; neurons in sheet order)."""
+        g = self.graph
+        for b in g.blocks:
+            for p in b.pathways:
+                if (p.pre, p.post, p.delay) == (pre, post, delay):
+                    rs, cs = g.slice(post), g.slice(pre)
+                    w = self.weights[b.name].weight()
+                    return w[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0]
+        raise KeyError(f"no pathway {pre} -> {post} with delay {delay}")
+
+    def n_synapses(self) -> int:
+        """Number of weights that can be non-zero (structure and masks)."""
+        total = 0
+        for w in self.weights.values():
+            total += int(w.mask.sum()) if w.mask is not None else w.param.numel()
+        return total
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Projected Dale mode: clamp every weight to its presynaptic sign, zero masked entries."""
+        for w in self.weights.values():
+            w.project_()
+
+    apply_constraints_ = project_
+
+    def sign_violations(self) -> dict[str, int]:
+        """Per weight block: entries with the wrong sign or non-zero outside the mask."""
+        return {name: w.violations() for name, w in self.weights.items()}
+
+    def assert_constraints(self) -> None:
+        bad = {k: v for k, v in self.sign_violations().items() if v}
+        if bad:
+            raise CorticalRNNError(f"Dale's law / mask violated in weight blocks {bad}")
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _cdtype(self) -> torch.dtype:
+        return _CDTYPES.get(self.config.precision, self.bias.dtype)
+
+    def _check(self, lgn: torch.Tensor, teacher: torch.Tensor | None,
+               teacher_mask: torch.Tensor | None) -> None:
+        if lgn.dim() != 3 or lgn.shape[-1] != self.n_in:
+            raise DataMismatchError(f"model input: lgn must be [batch, time, {self.n_in}] "
+                                    f"({'+'.join(f'{s}={self.sizes[s]}' for s in self.graph.inputs)}), "
+                                    f"got {list(lgn.shape)}")
+        if lgn.shape[1] < 1:
+            raise DataMismatchError("model input: lgn has no time steps")
+        if not bool(torch.isfinite(lgn).all()):
+            raise DataMismatchError("model input: lgn contains NaN or infinite values")
+        if teacher is not None:
+            if teacher.shape != (lgn.shape[0], lgn.shape[1], self.n_v1):
+                raise DataMismatchError(f"model input: teacher must be [{lgn.shape[0]}, {lgn.shape[1]}, "
+                                        f"{self.n_v1}], got {list(teacher.shape)}")
+            if teacher_mask is None or teacher_mask.shape != (self.n_v1,) or teacher_mask.dtype != torch.bool:
+                raise DataMismatchError(f"model input: teacher_mask must be a bool tensor [{self.n_v1}]")
+            if not bool(torch.isfinite(teacher[..., teacher_mask]).all()):
+                raise DataMismatchError("model input: teacher data of observed neurons contains NaN/inf")
+
+    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+        """Bias + input projection for all steps: one GEMM per input block. ``x`` is [T, B, N_in]."""
+        T, B, _ = x.shape
+        cd = self._cdtype()
+        drive = self.bias.expand(T, B, self.n_v1).clone()
+        for b in self._in_blocks:
+            u = self.weights[b.name].weight()
+            proj = (x[..., b.col0:b.col1].to(cd) @ u.to(cd).t()).to(drive.dtype)
+            if b.delay == 1:
+                proj = torch.cat([torch.zeros_like(proj[:1]), proj[:-1]])
+            drive[:, :, b.row0:b.row1] += proj
+        return drive
+
+    def forward(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
+                teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rates ``[B, T, N_v1]``. With ``teacher`` (data ``[B,T,N_v1]``) and ``teacher_mask`` (bool
+        ``[N_v1]``, the observed neurons), a random ``teacher_fraction`` of the observed neurons (drawn
+        per window) feed the data instead of their own rate to the network; the prediction of every
+        neuron is always the model's. Without ``teacher`` the network runs free (evaluation)."""
+        self._check(lgn, teacher, teacher_mask)
+        return self.run(lgn, teacher, teacher_mask, teacher_fraction, generator)[0]
+
+    def run(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
+            teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0,
+            generator: torch.Generator | None = None, state: object | None = None
+            ) -> tuple[torch.Tensor, object]:
+        """Like :meth:`forward` but also takes/returns the network state, so a trainer can run a long
+        window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
+        B, T, _ = lgn.shape
+        dtype = self.bias.dtype
+        x = lgn.to(dtype).transpose(0, 1)
+        drive = self._drive(x)
+        y = force = None
+        if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
+            y = teacher.to(dtype)
+            f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)
+            if self._perm is not None:
+                y, f = y[..., self._perm], f[:, self._perm]
+            y = y.transpose(0, 1).contiguous()
+            force = f.to(dtype)
+        weights = tuple(self.weights[n].weight() for n in self._v1_blocks)
+        alphas = self.alphas()
+        leaky = self.config.neuron_model == "leaky"
+        pops = [(self.graph.offset[s], self.graph.offset[s] + self.sizes[s]) for s in self.graph.v1_order]
+        units = [self.units[file_sheet_name(s)] for s in self.graph.v1_order]
+        if state is None:
+            v0 = self.bias.expand(B, self.n_v1)
+            if leaky:
+                state = (v0, F.softplus(v0))
+            else:
+                init = [u.initial(v0[:, a:e]) for u, (a, e) in zip(units, pops)]
+                state = ([s for _, s in init], torch.cat([r for r, _ in init], 1))
+        alpha_vec = torch.cat([a.expand(e - s) for a, (s, e) in zip(alphas, pops)]).to(dtype)
+        chunk = self.config.tbptt_steps or T
+        outs = []
+        for t0 in range(0, T, chunk):
+            sl = slice(t0, min(t0 + chunk, T))
+            yc = None if y is None else y[sl]
+            if leaky:
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, self._cdtype(), drive[sl], state[0],
+                                                           state[1], alpha_vec, yc, force, *weights)
+                state = (v_last, rt_last)
+            else:
+                r, state = generic_recurrence(self.layout, self._cdtype(), drive[sl], units, pops, alphas,
+                                              state, yc, force, weights)
+            if chunk < T:
+                state = _detach(state)
+            outs.append(r)
+        rates = outs[0] if len(outs) == 1 else torch.cat(outs)
+        rates = rates.transpose(0, 1)
+        if self._inv_perm is not None:
+            rates = rates[..., self._inv_perm]
+        return rates, state
+
+    def draw_force(self, batch: int, teacher_mask: torch.Tensor, fraction: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """Bool ``[batch, N_v1]``: observed neurons teacher-forced in each window (a random
+        ``fraction`` of them, drawn independently per window and neuron)."""
+        draw = torch.rand(batch, self.n_v1, generator=generator, device=teacher_mask.device) < fraction
+        return draw & teacher_mask
+
+    def loss(self, rates: torch.Tensor, counts: torch.Tensor, observed_mask: torch.Tensor) -> torch.Tensor:
+        """Configured loss (Poisson NLL or MSE) averaged over observed neurons, bins and windows."""
+        fn = loss_mod.poisson_nll if self.config.loss == "poisson" else loss_mod.mse
+        return fn(rates, counts, observed_mask)
+
+
+def _detach(state: object) -> object:
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, (tuple, list)):
+        return type(state)(_detach(s) for s in state)
+    return state
+
+
+def _positions(positions: dict[str, np.ndarray] | None, sheet: str, n: int) -> np.ndarray:
+    if positions is None:
+        raise DataMismatchError("model: connectivity 'distance' needs neuron positions; none were given")
+    pos = {k.replace("L23", "L2/3"): v for k, v in positions.items()}
+    if sheet not in pos:
+        raise DataMismatchError(f"model: no positions for sheet {sheet}")
+    p = np.asarray(pos[sheet])
+    if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
+        raise DataMismatchError(f"model: positions of {sheet} must be [{n}, 2 or 3], got {list(p.shape)}")
+    return p
+
+
+__all__ = ["CorticalRNN", "V1_SHEETS"]

@@ -1,0 +1,77 @@
+"""Plain reference implementation of the network equations (autograd loop, any dtype incl. float64).
+
+Deliberately simple and independent of the fast path's layout: it walks the pathway list sheet by
+sheet in canonical (external) order, builds each pathway's weight through
+:meth:`CorticalRNN.pathway_weight`, and lets autograd differentiate everything. Tests compare the
+fast path against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from corticalrnn.model.network import CorticalRNN
+from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS, file_sheet_name
+
+
+def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
+                      force: torch.Tensor | None = None) -> torch.Tensor:
+    """Rates ``[B, T, N_v1]`` (canonical order). ``force`` (bool ``[B, N_v1]``) marks the neurons whose
+    seen rate is the ``teacher`` data instead of their own rate."""
+    g = model.graph
+    B, T, _ = lgn.shape
+    dtype = model.bias.dtype
+    lgn = lgn.to(dtype)
+    ext, c = {}, 0
+    for s in V1_SHEETS:
+        ext[s] = slice(c, c + g.sizes[s])
+        c += g.sizes[s]
+    x = {s: lgn[..., g.slice(s)] for s in g.inputs}
+    W = {(p.pre, p.post, p.delay): model.pathway_weight(p.pre, p.post, p.delay) for p in g.pathways}
+    leaky = model.config.neuron_model == "leaky"
+    units = {s: model.units[file_sheet_name(s)] for s in V1_SHEETS}
+    alpha = {s: units[s].alpha() for s in V1_SHEETS}
+    bias = {s: model.bias[g.slice(s)] for s in V1_SHEETS}
+    state, seen = {}, {}
+    for s in V1_SHEETS:
+        v0 = bias[s].expand(B, -1)
+        if leaky:
+            state[s], seen[s] = v0, F.softplus(v0)
+        else:
+            seen[s], state[s] = units[s].initial(v0)
+    out = []
+    for t in range(T):
+        now: dict[str, torch.Tensor] = {}
+        rates: dict[str, torch.Tensor] = {}
+        todo = list(V1_SHEETS)
+        while todo:
+            for s in list(todo):
+                same_step = [p.pre for p in g.pathways if p.post == s and p.delay == 0 and p.pre in V1_SHEETS]
+                if any(pre not in now for pre in same_step):
+                    continue
+                current = bias[s].expand(B, -1)
+                for p in g.pathways:
+                    if p.post != s:
+                        continue
+                    w = W[(p.pre, p.post, p.delay)]
+                    if p.pre in INPUT_SHEETS:
+                        if t - p.delay >= 0:
+                            current = current + x[p.pre][:, t - p.delay] @ w.T
+                    else:
+                        current = current + (now[p.pre] if p.delay == 0 else seen[p.pre]) @ w.T
+                if leaky:
+                    state[s] = state[s] + alpha[s] * (current - state[s])
+                    r = F.softplus(state[s])
+                else:
+                    r, state[s] = units[s].step(current, state[s], alpha[s])
+                rates[s] = r
+                if teacher is not None and force is not None:
+                    f = force[:, ext[s]]
+                    now[s] = torch.where(f, teacher[:, t, ext[s]].to(dtype), r)
+                else:
+                    now[s] = r
+                todo.remove(s)
+        seen = now
+        out.append(torch.cat([rates[s] for s in V1_SHEETS], 1))
+    return torch.stack(out, 1)
