@@ -32,9 +32,11 @@ class ToyRNN(nn.Module):
         self.drop = nn.Dropout(0.2)
 
     def forward(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
-                teacher_mask: torch.Tensor | None = None) -> torch.Tensor:
+                teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0) -> torch.Tensor:
         r = torch.zeros(lgn.shape[0], N_V1)
         out = []
+        if teacher is not None:
+            teacher_mask = teacher_mask & (torch.rand(N_V1) < teacher_fraction)
         for t, x in enumerate(lgn.unbind(1)):
             if teacher is not None and t > 0:
                 r = torch.where(teacher_mask, teacher[:, t - 1], r)
@@ -76,7 +78,6 @@ def make_cfg(**train) -> TrainConfig:
     cfg.train.checkpoint_every = 5
     cfg.train.ema_decay = 0.9
     cfg.train.progress = False
-    cfg.train.teacher_forcing = True
     cfg.schedule.warmup_steps = 3
     for k, v in train.items():
         setattr(cfg.train, k, v)
@@ -91,7 +92,8 @@ SPEC = {"model_config": {"kind": "toy"}, "sizes": {"V1": N_V1}}
 def make_trainer(cfg: TrainConfig, run_dir, on_batch=None, spec=SPEC) -> Trainer:
     torch.manual_seed(0)
     return Trainer(cfg, ToyRNN(), ToyData(10, 0, on_batch), ToyData(4, 1), OBSERVED, run_dir, spec,
-                   poisson_loss, subset={"toy": True}, project=None, tensorboard=False)
+                   poisson_loss, subset={"toy": True}, project=None,
+                   teacher_fraction=lambda step: max(0.0, 1 - step / 8), tensorboard=False)
 
 
 def losses(run_dir, split="train") -> list[tuple[int, float]]:

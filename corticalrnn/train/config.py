@@ -78,7 +78,6 @@ class LoopConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU when supported, else fp32) | fp32 | bf16 | fp16
-    teacher_forcing: bool = False  # feed observed neurons' data as their previous-step rate
     ema_decay: float = 0.0  # EMA of weights (0 disables); evaluation and best.pt use the EMA weights
     eval_every: int = 100  # validation every N steps (and at the end)
     checkpoint_every: int = 200  # periodic checkpoint every N steps (and at the end)

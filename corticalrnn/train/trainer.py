@@ -213,13 +213,19 @@ class Trainer:
 
     ``observed`` is the bool mask over the model's V1 units that the loss sees. ``spec`` describes
     the architecture (saved in checkpoints, checked on resume). ``project`` (optional) is called
-    after every optimizer step, e.g. the model's Dale's-law projection.
+    after every optimizer step, e.g. the model's Dale's-law projection. ``teacher_fraction(step)``
+    (optional) is the fraction of observed neurons teacher-forced at that step (the model's
+    ``forward(lgn, teacher, teacher_mask, teacher_fraction)``); validation always runs free.
+    ``autocast`` wraps the forward pass in ``torch.autocast`` for bf16/fp16; models that pick
+    their own matmul dtype (CorticalRNN's ``precision``) pass False and get only the loss scaler.
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: WindowBatches,
                  val_data: WindowBatches | None, observed: torch.Tensor, run_dir: str | Path,
                  spec: dict[str, Any], loss_fn: LossFn, subset: dict[str, Any] | None = None,
-                 project: Callable[[], None] | None = None, tensorboard: bool = True) -> None:
+                 project: Callable[[], None] | None = None,
+                 teacher_fraction: Callable[[int], float] | None = None, autocast: bool = True,
+                 tensorboard: bool = True) -> None:
         self.cfg = cfg
         loop = cfg.train
         self.device = resolve_device(loop.device)
@@ -227,6 +233,7 @@ class Trainer:
         self.precision = resolve_precision(loop.precision, self.device)
         self.run_dir = Path(run_dir)
         self.spec, self.subset, self.loss_fn, self.project = spec, subset, loss_fn, project
+        self.teacher_fraction, self.use_autocast = teacher_fraction, autocast
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:
             raise CorticalRNNError("no training windows (check the store and the image split)")
@@ -256,7 +263,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def autocast(self):  # noqa: ANN201 - context manager
-        if self.precision in ("bf16", "fp16"):
+        if self.use_autocast and self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             return torch.autocast(self.device.type, dtype=dtype)
         return nullcontext()
@@ -333,11 +340,11 @@ class Trainer:
         return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     # ---------------------------------------------------------------- steps
-    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool) -> torch.Tensor:
+    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor], fraction: float) -> torch.Tensor:
         lgn = batch["lgn"].to(self.device, non_blocking=True)
-        if teacher:
+        if fraction > 0:
             v1 = batch["v1"].to(self.device, non_blocking=True)
-            return model(lgn, teacher=v1, teacher_mask=self.observed)
+            return model(lgn, teacher=v1, teacher_mask=self.observed, teacher_fraction=fraction)
         return model(lgn)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -345,7 +352,8 @@ class Trainer:
         target = batch["v1"].to(self.device, non_blocking=True)
         self.model.train()
         with self.autocast():
-            rates = self._forward(self.model, batch, self.cfg.train.teacher_forcing)
+            fraction = 0.0 if self.teacher_fraction is None else self.teacher_fraction(self.progress["step"])
+            rates = self._forward(self.model, batch, fraction)
         loss = self.loss_fn(rates.float(), target, self.observed)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -385,7 +393,7 @@ class Trainer:
             batch = self.val_data.batch(idx[i:i + bs])
             target = batch["v1"].to(self.device)
             with self.autocast():
-                rates = self._forward(model, batch, teacher=False)
+                rates = self._forward(model, batch, 0.0)
             n = target.shape[0]
             sums[0] += float(self.loss_fn(rates.float(), target, self.observed)) * n
             if bool(self.hidden.any()):
