@@ -71,12 +71,18 @@ class LightUnit:
         return isinstance(other, LightUnit) and (self.name, self.symbol) == (other.name, other.symbol)
 
     def seconds(self) -> float:
-        """Size of this unit in seconds (raises for non-time units)."""
+        """Size of this unit in seconds (raises for non-time units); cached."""
+        cached = self.__dict__.get("_seconds")
+        if cached is not None:
+            return float(cached)
         if self.definition is None:
-            if self.name in ("second", "s") or self.symbol == "s":
-                return 1.0
-            raise ValueError(f"unit {self.name!r} is not a time unit")
-        return _quantity_seconds(self.definition)
+            if not (self.name in ("second", "s") or self.symbol == "s"):
+                raise ValueError(f"unit {self.name!r} is not a time unit")
+            value = 1.0
+        else:
+            value = _quantity_seconds(self.definition)
+        self.__dict__["_seconds"] = value
+        return value
 
     def __repr__(self) -> str:
         return f"<unit {self.symbol or self.name}>"
@@ -104,6 +110,10 @@ class LightQuantity:
         """Magnitude converted to milliseconds (float64)."""
         return np.asarray(self.magnitude, dtype=np.float64) * (1000.0 * _dimensionality_seconds(self))
 
+    def scalar_ms(self) -> float:
+        """The (first) value in milliseconds."""
+        return float(self.magnitude.reshape(-1)[0]) * (1000.0 * _dimensionality_seconds(self))
+
     def __repr__(self) -> str:
         return f"<quantity {self.magnitude!r} {self.dimensionality!r}>"
 
@@ -114,12 +124,12 @@ def _reconstruct_quantity(cls: Any, base: Any, shape: Any, basetype: Any) -> Lig
 
 def _dimensionality_seconds(q: Any) -> float:
     dim = q.dimensionality if not isinstance(q, dict) else q
-    factor = 1.0
-    for unit, power in dim.items():
-        if int(power) != 1 or len(dim) != 1:
-            raise ValueError(f"not a time quantity: {dim!r}")
-        factor *= unit.seconds()
-    return factor
+    if len(dim) != 1:
+        raise ValueError(f"not a time quantity: {dim!r}")
+    ((unit, power),) = dim.items()
+    if power != 1 or not isinstance(unit, LightUnit):
+        raise ValueError(f"not a time quantity: {dim!r}")
+    return unit.seconds()
 
 
 def _quantity_seconds(q: Any) -> float:
@@ -459,27 +469,29 @@ class TrainData:
     annotations: dict[str, Any]
 
 
-def _to_ms(q: Any) -> np.ndarray:
+def _scalar_ms(q: Any) -> float:
     if isinstance(q, LightQuantity):
-        return q.to_ms()
+        return q.scalar_ms()
     if isinstance(q, LightUnit):
-        return np.asarray(1000.0 * q.seconds())
+        return 1000.0 * q.seconds()
     if hasattr(q, "rescale"):  # real quantities
-        return np.asarray(q.rescale("ms").magnitude, dtype=np.float64)
-    return np.asarray(q, dtype=np.float64)  # plain number: assume ms (neo's default for Mozaik)
+        return float(np.asarray(q.rescale("ms").magnitude).reshape(-1)[0])
+    return float(np.asarray(q, dtype=np.float64).reshape(-1)[0])  # plain number: taken as ms
 
 
 def spiketrain_data(st: Any) -> TrainData:
     """Spike times of a (light or real neo) SpikeTrain in ms relative to its ``t_start``."""
     if isinstance(st, LightSpikeTrain):
-        scale = float(_to_ms(st.units).reshape(-1)[0]) if st.units is not None else 1.0
-        times = np.asarray(st.times, dtype=np.float64) * scale
+        scale = _scalar_ms(st.units) if st.units is not None else 1.0
+        times = np.asarray(st.times, dtype=np.float64)
+        if scale != 1.0:
+            times = times * scale
         annotations = st.annotations
     else:
         times = np.asarray(st.rescale("ms").magnitude, dtype=np.float64)
         annotations = dict(st.annotations)
-    t_start = float(np.asarray(_to_ms(st.t_start)).reshape(-1)[0]) if st.t_start is not None else 0.0
-    t_stop = float(np.asarray(_to_ms(st.t_stop)).reshape(-1)[0])
+    t_start = _scalar_ms(st.t_start) if st.t_start is not None else 0.0
+    t_stop = _scalar_ms(st.t_stop)
     if t_start:
         times = times - t_start
     return TrainData(times_ms=times.reshape(-1), duration_ms=t_stop - t_start, annotations=annotations)

@@ -180,6 +180,7 @@ class SpikeFileWriter:
         self.options = options or WriterOptions()
         self._rows: list[Presentation] = []
         self._nnz: dict[tuple[str, str], int] = {}
+        self._ds: dict[tuple[str, str], tuple[h5py.Dataset, h5py.Dataset]] = {}
         self._h5: h5py.File | None = None
         self.n_spikes = 0
         names = [s.name for s in self.sheets]
@@ -236,6 +237,7 @@ class SpikeFileWriter:
                     "times", shape=(0,), dtype=np.float32, maxshape=(None,), chunks=(opts.chunk,), **comp
                 )
                 self._nnz[(layout.name, part)] = 0
+                self._ds[(layout.name, part)] = (pg["indptr"], pg["times"])
 
     def append(
         self, presentation: Presentation, spikes: Mapping[str, Mapping[str, PartSpikes]]
@@ -244,7 +246,7 @@ class SpikeFileWriter:
 
         A part may be omitted only when its duration is 0 (it then gets empty rows).
         """
-        h5 = self._require_open()
+        self._require_open()
         where = f"{self.path} presentation {len(self._rows)} (image {presentation.image_id})"
         packed: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         for layout in self.sheets:
@@ -265,14 +267,12 @@ class SpikeFileWriter:
                 )
         # everything validated: now write
         for (name, part), (counts, times) in packed.items():
-            pg = h5[f"sheets/{sheet_key(name)}/{part}"]
+            indptr, ds = self._ds[(name, part)]
             nnz = self._nnz[(name, part)]
-            indptr = pg["indptr"]
             n0 = indptr.shape[0]
             indptr.resize((n0 + counts.size,))
             indptr[n0:] = nnz + np.cumsum(counts)
             if times.size:
-                ds = pg["times"]
                 ds.resize((nnz + times.size,))
                 ds[nnz:] = times
             self._nnz[(name, part)] = nnz + int(times.size)

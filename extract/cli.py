@@ -1,0 +1,151 @@
+"""`corticalrnn extract DATASTORE_DIR... -o OUTDIR`: datastore folders -> one HDF5 spike file each.
+
+Folders run in parallel worker processes (spawn-safe), outputs that are already complete are
+skipped (resume after a crash), a failing folder is reported and does not stop the others;
+the exit status is 1 when any folder failed. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from corticalrnn.bench.common import format_table
+from corticalrnn.errors import CorticalRNNError
+from extract.datastore import ExtractOptions, ExtractResult, extract_folder
+from extract.spikefile import WriterOptions, open_spikefile, tmp_path_for
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "folders", nargs="*", metavar="DATASTORE_DIR", help="datastore folders (globs allowed)"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
+    parser.add_argument("-j", "--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    parser.add_argument("--sheets", nargs="+", default=None, help="sheets to extract (default: all)")
+    parser.add_argument("--from-list", type=Path, default=None, metavar="FILE",
+                        help="file listing datastore folders, one per line (# comments allowed)")
+    parser.add_argument("--compression", choices=["gzip", "lzf"], default=None, help="HDF5 compression")
+    parser.add_argument("--force", action="store_true", help="re-extract folders whose output exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def expand_folders(patterns: list[str], list_file: Path | None) -> list[Path]:
+    """Folders from arguments and an optional list file; globs expanded; order kept, duplicates dropped."""
+    items = list(patterns)
+    if list_file is not None:
+        try:
+            lines = list_file.read_text().splitlines()
+        except OSError as exc:
+            raise CorticalRNNError(f"{list_file}: cannot read folder list ({exc.strerror})") from None
+        items += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    out: list[Path] = []
+    for item in items:
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        if not matches:
+            raise CorticalRNNError(f"no folder matches {item!r}")
+        for m in matches:
+            p = Path(m).resolve()
+            if p not in out:
+                out.append(p)
+    if not out:
+        raise CorticalRNNError("no datastore folders given")
+    return out
+
+
+def output_names(folders: list[Path], outdir: Path) -> dict[Path, Path]:
+    """``<outdir>/<folder name>.h5``; two folders with the same name are an error."""
+    names: dict[str, Path] = {}
+    for f in folders:
+        if f.name in names:
+            raise CorticalRNNError(f"two input folders are both named {f.name!r}: {names[f.name]} and {f}")
+        names[f.name] = f
+    return {f: outdir / f"{f.name}.h5" for f in folders}
+
+
+def _done(output: Path, folder: Path) -> bool:
+    """True when ``output`` is a complete spike file made from ``folder``."""
+    if not output.exists():
+        return False
+    try:
+        with open_spikefile(output) as f:
+            return Path(f.source) == folder
+    except CorticalRNNError:
+        return False
+
+
+def _work(folder: str, output: str, options: ExtractOptions) -> ExtractResult:
+    """Worker entry point (top level so it pickles under spawn); errors become results."""
+    t0 = time.perf_counter()
+    try:
+        return extract_folder(folder, output, options)
+    except CorticalRNNError as exc:
+        return ExtractResult(folder, output, seconds=time.perf_counter() - t0, error=str(exc))
+    except Exception as exc:  # an unexpected bug in one folder must not stop the others
+        msg = f"{folder}: unexpected {type(exc).__name__}: {exc}"
+        return ExtractResult(folder, output, seconds=time.perf_counter() - t0, error=msg)
+    finally:
+        tmp_path_for(output).unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    folders = expand_folders(args.folders, args.from_list)
+    outputs = output_names(folders, args.output)
+    args.output.mkdir(parents=True, exist_ok=True)
+    options = ExtractOptions(
+        sheets=tuple(args.sheets) if args.sheets else None,
+        writer=WriterOptions(compression=args.compression),
+    )
+    results: list[ExtractResult] = []
+    todo: list[Path] = []
+    for f in folders:
+        if not args.force and _done(outputs[f], f):
+            results.append(ExtractResult(str(f), str(outputs[f]), skipped=True))
+        else:
+            todo.append(f)
+    t0 = time.perf_counter()
+    bar = _progress(len(todo), disable=args.no_progress or not todo)
+    if args.workers <= 1 or len(todo) <= 1:
+        for f in todo:
+            results.append(_work(str(f), str(outputs[f]), options))
+            bar.update(1)
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=ctx) as pool:
+            futures = [pool.submit(_work, str(f), str(outputs[f]), options) for f in todo]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update(1)
+    bar.close()
+    wall = time.perf_counter() - t0
+    _print_summary(results, wall)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"corticalrnn extract: FAILED {r.folder}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(total: int, disable: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="folder", desc="extract", file=sys.stderr, disable=disable)
+
+
+def _print_summary(results: list[ExtractResult], wall: float) -> None:
+    done = [r for r in results if not r.error and not r.skipped]
+    row = {
+        "folders": len(results),
+        "extracted": len(done),
+        "skipped": sum(r.skipped for r in results),
+        "failed": sum(bool(r.error) for r in results),
+        "presentations": sum(r.n_presentations for r in done),
+        "spikes": sum(r.n_spikes for r in done),
+        "seconds": round(wall, 3),
+    }
+    print(format_table([row]))
