@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from corticalrnn.errors import CorticalRNNError
-from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS
+from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, V1_SHEETS, normalize_sheet_name, sort_sheets
 from corticalrnn.synth.cortex import (
     CortexConfig,
     ElementResult,
@@ -71,7 +71,25 @@ def sheet_layouts(net: Network) -> dict[str, SheetLayout]:
     return out
 
 
-def _split(net: Network, res: ElementResult, part: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _recorded_sheets(sheets: Sequence[str] | None) -> list[str]:
+    if sheets is None:
+        return list(ALL_SHEETS)
+    out = []
+    for name in sheets:
+        try:
+            canonical = normalize_sheet_name(name)
+        except ValueError as exc:
+            raise CorticalRNNError(str(exc)) from None
+        if canonical not in out:
+            out.append(canonical)
+    if not out:
+        raise CorticalRNNError("no sheets to record")
+    return sort_sheets(out)
+
+
+def _split(
+    net: Network, res: ElementResult, part: str, sheets: Collection[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for v1, slices in ((True, net.v1_slices), (False, net.lgn_slices)):
         idx, t = res.spikes(part, v1=v1)
@@ -92,12 +110,14 @@ def generate(
     *,
     seed: int = 0,
     config: CortexConfig | None = None,
+    sheets: Sequence[str] | None = None,
     progress: bool = False,
 ) -> SynthSummary:
     """Simulate ``trials`` presentations of each image and write the datastore plus its ground truth.
 
     The datastore goes to ``outdir`` (must not exist or be empty), the ground truth to
     :func:`truth_path` (``<outdir>.truth.h5``). Both are written under temporary names first.
+    ``sheets`` limits the recorded sheets (default: all six); the ground truth always has all.
     """
     t0 = time.perf_counter()
     config = config or CortexConfig()
@@ -108,9 +128,10 @@ def generate(
         raise CorticalRNNError(
             f"{tpath}: ground-truth file already exists; remove it or choose another OUTDIR"
         )
+    recorded = _recorded_sheets(sheets)
     stims = stimulus_sequence(list(image_ids), trials, config.image_ms)
     net = build_network(config, seed)
-    layouts = sheet_layouts(net)
+    layouts = {s: lay for s, lay in sheet_layouts(net).items() if s in recorded}
     rb = config.rate_bin_ms
     n_img = len(stims) - 2
     n_bins = int(2 * config.blank_ms + config.image_ms) // rb
@@ -129,8 +150,8 @@ def generate(
         p = 0
         for res in simulate(net, stims):
             stim: Stimulus = res.stim
-            blank = _split(net, res, "pre") if prev is None else _split(net, prev, "post")
-            now = _split(net, res, "stim")
+            blank = _split(net, res, "pre", layouts) if prev is None else _split(net, prev, "post", layouts)
+            now = _split(net, res, "stim", layouts)
             image_id = stim.image_id if stim.kind == "NaturalImage" else None
             name = "InternalStimulus" if stim.kind == "NoStimulation" else stim.kind
             writer.add_stimulus(
