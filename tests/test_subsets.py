@@ -548,3 +548,101 @@ def test_cli_from_store_with_split(tmp_path: Path, fake_store_module: dict[str, 
     )
     assert rc == 0 and S.NeuronSubset.load(out).sizes()["V1_Exc_L4"] == 2
     assert cli_main(["subset", "-o", str(out)]) == 1  # neither store nor thesis files
+
+
+def _write_real_store(path: Path) -> Path:
+    """A tiny real store (no spikes): train images 1-3 (one trial), test images 7-8 (three trials)."""
+    from corticalrnn.binning import BinnedCSR
+    from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
+
+    table = make_table(seed=3)
+    meta = StoreMeta(10, 4, {"origin": "test"}, [SheetMeta(s, ids, pos) for s, (ids, pos) in table.items()])
+    w = StoreWriter.create(path, meta)
+    src = w.add_source(path="generated", sha256="", kind="test")
+    for images, trials, split in (
+        ([1, 2, 3], [0, 0, 0], "train"),
+        ([7, 7, 7, 8, 8, 8], [0, 1, 2] * 2, "test"),
+    ):
+        empty = {
+            s: BinnedCSR(
+                np.zeros(len(images) * len(ids) + 1, np.int64),
+                np.zeros(0, np.int32),
+                np.zeros(0, np.int32),
+                4,
+            )
+            for s, (ids, _) in table.items()
+        }
+        w.append(WindowBlock(np.array(images), np.array(trials), empty, split=split), src)
+    w.commit()
+    return path
+
+
+def test_cli_with_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    from corticalrnn.store import open_store
+
+    path = _write_real_store(tmp_path / "S.zarr")
+    out, split = tmp_path / "sub.json", tmp_path / "split.json"
+    args = [
+        "subset",
+        str(path),
+        "-o",
+        str(out),
+        "--fraction",
+        "0.1",
+        "--observed",
+        "0.1",
+        "--method",
+        "spatial",
+        "--seed",
+        "0",
+        "--split",
+        str(split),
+        "--validation",
+        "0.4",
+    ]
+    assert cli_main(args) == 0
+    sub = S.NeuronSubset.load(out)
+    store = open_store(path)
+    rows = sub.indices(store)
+    for sheet, part in sub.sheets.items():
+        assert np.array_equal(store.neuron_ids(sheet)[rows[sheet]], part.modelled)
+    assert sub.info["source"] == str(path)
+    assert S.ImageSplit.load(split).test.tolist() == [7, 8]
+    assert cli_main([*args[:-4], "--split", str(split), "--test", "store"]) == 0
+    stored = S.ImageSplit.load(split)
+    assert stored.method == "store" and stored.test.tolist() == [7, 8] and len(stored.validation) == 1
+    # a subset made on another model's store does not fit this one
+    other = {s: (ids + 100_000, pos) for s, (ids, pos) in make_table(seed=3).items()}
+    foreign = S.make_subset(other, S.SubsetConfig(fraction=0.1, seed=0))
+    with pytest.raises(DataMismatchError, match=f"{path}: sheet 'X_ON': lacks 50"):
+        foreign.indices(store)
+    assert cli_main(["subset", str(tmp_path / "absent.zarr"), "-o", str(out)]) == 1
+    assert "absent.zarr" in capsys.readouterr().err
+
+
+def test_spatial_subset_of_v1_sample(shared_data: Path) -> None:
+    """Real neuron ids and cortical positions of the thesis sample (37,500 L4 E neurons)."""
+    root = shared_data / "v1_sample"
+    ids = S.read_neuron_id_dir(root / "neuron_ids")
+    pos = np.load(root / "pos_ori_phase_dictionary.npz")
+    table = {
+        sheet: (
+            ids[sheet],
+            np.stack([pos[f"{sheet.replace('L2/3', 'L23')}.x"], pos[f"{sheet.replace('L2/3', 'L23')}.y"]], 1),
+        )
+        for sheet in V1_SHEETS
+    }
+    sub = S.make_subset(table, S.SubsetConfig(fraction=0.1, observed=0.1, method="spatial", seed=0))
+    assert sub.sizes() == {"V1_Exc_L4": 3750, "V1_Inh_L4": 938, "V1_Exc_L2/3": 3750, "V1_Inh_L2/3": 938}
+    assert len(sub.sheets["V1_Exc_L4"].observed) == 375
+    xy = table["V1_Exc_L4"][1]
+    lo, hi = xy.min(0), xy.max(0)
+
+    def grid_var(rows: np.ndarray) -> float:
+        ij = np.clip(((xy[rows] - lo) / (hi - lo) * 10).astype(int), 0, 9)
+        return float(np.bincount(ij[:, 0] * 10 + ij[:, 1], minlength=100).var())
+
+    spatial = sub.indices(table)["V1_Exc_L4"]
+    random = S.make_subset(table, S.SubsetConfig(fraction=0.1, seed=0)).indices(table)["V1_Exc_L4"]
+    assert grid_var(spatial) < 0.5 * grid_var(random)
