@@ -494,16 +494,23 @@ POPULATIONS: tuple[str, ...] = tuple(population_label(s) for s in V1_SHEETS)
 class SummaryRows(list):
     """A list of dict rows (one per population × neuron group × predictor) with extra context.
 
-    ``skipped`` and ``undefined`` come from the model's :class:`MetricResult`;
-    :meth:`to_dataframe` returns a pandas DataFrame when pandas is installed.
+    ``skipped`` and ``undefined`` come from the model's :class:`MetricResult`; ``results`` holds
+    the full :class:`MetricResult` of ``"model"`` and ``"baseline"`` (per-neuron values, so
+    callers need not compute them again); :meth:`to_dataframe` returns a pandas DataFrame when
+    pandas is installed.
     """
 
     def __init__(
-        self, rows: Sequence[dict[str, Any]], skipped: dict[str, str], undefined: dict[str, dict[str, int]]
+        self,
+        rows: Sequence[dict[str, Any]],
+        skipped: dict[str, str],
+        undefined: dict[str, dict[str, int]],
+        results: dict[str, MetricResult] | None = None,
     ) -> None:
         super().__init__(rows)
         self.skipped = skipped
         self.undefined = undefined
+        self.results = results or {}
 
     def to_dataframe(self) -> Any:
         import pandas as pd  # optional dependency
@@ -577,4 +584,4 @@ def summarize(
             row.update(results["model"].thesis_cc(idx, baseline=predictor == "baseline"))
             rows.append(row)
     model = results["model"]
-    return SummaryRows(rows, dict(model.skipped), dict(model.undefined))
+    return SummaryRows(rows, dict(model.skipped), dict(model.undefined), results)

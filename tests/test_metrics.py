@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -322,6 +323,8 @@ def test_summary_table_per_population_and_group() -> None:
     assert base["co_bps"] == pytest.approx(0.0, abs=1e-12)
     assert base["trial_avg_r_n"] == 0  # undefined for a constant prediction
     assert population_label("V1_Inh_L23") == "L2/3 I"
+    np.testing.assert_array_equal(rows.results["model"].per_neuron["feve"], full.per_neuron["feve"])
+    assert json.loads(json.dumps(list(rows)))[0]["population"] == "L4 E"
 
 
 def test_summary_rejects_mismatched_labels() -> None:
