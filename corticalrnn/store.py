@@ -1,4 +1,4 @@
-"""The binned-window store, schema ``corticalrnn.windows`` v1 (Zarr v3): the one module that writes and reads it.
+"""The binned-window store, schema ``corticalrnn.windows`` v1 (Zarr v3): the one module for it.
 
 A store holds fixed-length windows (``n_bins`` bins of ``bin_ms`` ms) of spike counts for every
 neuron of every sheet, as sparse events (layout chosen by measurement; see ``corticalrnn bench
@@ -25,7 +25,7 @@ load``: at 1 ms a window is ~0.5 % occupied, so dense chunks decompress ~100x mo
       image_id int64, trial int64, source int32 (index into attrs.sources),
       presentation int64 (row in the source's presentation table, -1 if none),
       padded bool (part of the window had no recording: zero counts there),
-      valid_bins int32 (leading bins backed by recording; n_bins unless padded),
+      valid_bins int32 (bins wholly inside the recording; n_bins unless padded),
       split int8 (index into attrs.splits)
     sheets/<quoted name>/        quoted with urllib.parse.quote(name, safe=""); attribute name
       neuron_ids int64 [N]; positions float64 [N, D] (optional, x, y[, z] in mm);
@@ -166,7 +166,7 @@ class WindowBlock:
 
     image_id: np.ndarray
     trial: np.ndarray
-    events: Mapping[str, BinnedCSR]
+    events: Mapping[str, BinnedCSR | PackedEvents]
     presentation: np.ndarray | None = None
     padded: np.ndarray | None = None
     valid_bins: np.ndarray | None = None
@@ -176,8 +176,16 @@ class WindowBlock:
         return int(np.asarray(self.image_id).size)
 
 
-def pack_events(counts: BinnedCSR, n_neurons: int, n_windows: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """BinnedCSR with rows ``w*N + n`` -> (per-window indptr int64 [W+1], packed uint64 events)."""
+@dataclass(frozen=True)
+class PackedEvents:
+    """Events of one sheet for ``w`` windows: ``data[win_ptr[i]:win_ptr[i+1]]`` packed (see docstring)."""
+
+    win_ptr: np.ndarray  # int64 [w+1], starts at 0
+    data: np.ndarray  # uint64 [E]
+
+
+def pack_events(counts: BinnedCSR, n_neurons: int, n_windows: int, where: str) -> PackedEvents:
+    """BinnedCSR with rows ``w*N + n`` -> packed events per window."""
     if counts.n_rows != n_windows * n_neurons:
         raise DataMismatchError(
             f"{where}: {counts.n_rows} rows of counts, expected {n_windows} windows x {n_neurons} neurons"
@@ -193,8 +201,24 @@ def pack_events(counts: BinnedCSR, n_neurons: int, n_windows: int, where: str) -
         | (counts.bins.astype(np.uint64) << np.uint64(16))
         | counts.counts.astype(np.uint64)
     )
-    win_ptr = counts.indptr[:: max(n_neurons, 1)] if n_neurons else np.zeros(n_windows + 1, np.int64)
-    return np.ascontiguousarray(win_ptr, dtype=np.int64), packed
+    if n_neurons:
+        win_ptr = counts.indptr[::n_neurons]
+    else:
+        win_ptr = np.zeros(n_windows + 1, np.int64)
+    return PackedEvents(np.ascontiguousarray(win_ptr, dtype=np.int64), packed)
+
+
+def _check_packed(ev: PackedEvents, w: int, n_neurons: int, n_bins: int, where: str) -> None:
+    if ev.win_ptr.shape != (w + 1,) or ev.win_ptr[0] != 0 or ev.win_ptr[-1] != ev.data.size:
+        raise DataMismatchError(f"{where}: packed events do not match {w} windows")
+    if ev.data.size:
+        neuron, bins, count = unpack_events(ev.data)
+        if neuron.max() >= n_neurons or bins.max() >= n_bins or count.min() < 1:
+            raise DataMismatchError(f"{where}: packed events out of range")
+
+
+def _column(values: np.ndarray | None, w: int, default: object, dtype: type) -> np.ndarray:
+    return np.full(w, default, dtype) if values is None else np.asarray(values, dtype)
 
 
 def unpack_events(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,7 +337,9 @@ class WindowStore:
         except ValueError:
             name = sheet
         if name not in self._ids:
-            raise SchemaError(f"{self.path}: no sheet {sheet!r} in this store (sheets: {', '.join(self._sheets)})")
+            raise SchemaError(
+                f"{self.path}: no sheet {sheet!r} in this store (sheets: {', '.join(self._sheets)})"
+            )
         return name
 
     def neuron_ids(self, sheet: str) -> np.ndarray:
@@ -324,7 +350,9 @@ class WindowStore:
 
     def positions(self, sheet: str) -> np.ndarray | None:
         g = self._root[f"sheets/{sheet_key(self._sheet(sheet))}"]
-        return self._read_all(f"sheets/{sheet_key(self._sheet(sheet))}/positions") if "positions" in g else None
+        return (
+            self._read_all(f"sheets/{sheet_key(self._sheet(sheet))}/positions") if "positions" in g else None
+        )
 
     def neuron_property(self, sheet: str, name: str) -> np.ndarray | None:
         """Imported per-neuron property (``ori``, ``phase``) or None."""
@@ -363,7 +391,9 @@ class WindowStore:
         return self.n_windows
 
     def __repr__(self) -> str:
-        return f"<WindowStore {self.path} windows={self.n_windows} bin_ms={self.bin_ms} sheets={self._sheets}>"
+        return (
+            f"<WindowStore {self.path} windows={self.n_windows} bin_ms={self.bin_ms} sheets={self._sheets}>"
+        )
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -401,7 +431,9 @@ class WindowStore:
             except Exception as exc:
                 raise self._fail(f"cannot read array events/data[{a}:{b}] (corrupt chunk?): {exc}") from None
             if block.size != b - a:
-                raise self._fail(f"array events/data is shorter than events/ptr says ({block.size} < {b - a})")
+                raise self._fail(
+                    f"array events/data is shorter than events/ptr says ({block.size} < {b - a})"
+                )
             for k in range(i, j):
                 lo, hi = int(ptr[sw[k] * S]) - a, int(ptr[(sw[k] + 1) * S]) - a
                 out[order[k]] = block[lo:hi]
@@ -484,7 +516,9 @@ def check_compatible(a: WindowStore | StoreMeta, b: WindowStore | StoreMeta, whe
     ba, na, wa, ia = info(a)
     bb, nb, wb, ib = info(b)
     if ba != bb:
-        raise DataMismatchError(f"{where}: bin sizes differ ({ba} ms vs {bb} ms); stores of different bin sizes cannot be mixed")
+        raise DataMismatchError(
+            f"{where}: bin sizes differ ({ba} ms vs {bb} ms); stores of different bin sizes cannot be mixed"
+        )
     if na != nb or _window_key(wa) != _window_key(wb):
         raise DataMismatchError(f"{where}: window definitions differ ({wa} vs {wb})")
     if list(ia) != list(ib):
@@ -566,10 +600,14 @@ class StoreWriter:
                     raise CorticalRNNError(f"{path}: unknown neuron property {prop!r}")
                 v = np.asarray(values, dtype=np.float64)
                 if v.shape != ids.shape:
-                    raise DataMismatchError(f"{path}: {prop} of {sm.name} has shape {v.shape}, expected {ids.shape}")
+                    raise DataMismatchError(
+                        f"{path}: {prop} of {sm.name} has shape {v.shape}, expected {ids.shape}"
+                    )
                 _write_array(g, prop, v, comp)
         for col, dtype in WINDOW_COLUMNS.items():
-            root.create_array(f"windows/{col}", shape=(0,), chunks=(TABLE_CHUNK,), dtype=dtype, compressors=comp)
+            root.create_array(
+                f"windows/{col}", shape=(0,), chunks=(TABLE_CHUNK,), dtype=dtype, compressors=comp
+            )
         from zarr.codecs import Crc32cCodec
 
         root.create_array("events/ptr", shape=(1,), chunks=(TABLE_CHUNK,), dtype=np.int64, compressors=comp)
@@ -639,38 +677,43 @@ class StoreWriter:
         missing = set(self.sheets) - set(block.events)
         if missing:
             raise DataMismatchError(f"{self.path}: block lacks sheets {sorted(missing)}")
-        win_ptrs, packed = [], []
-        for s in self.sheets:
-            ip, ev = pack_events(block.events[s], self._n_neurons[s], w, f"{self.path} sheet {s}")
-            if block.events[s].n_bins != self.n_bins:
-                raise DataMismatchError(f"{self.path}: sheet {s} counts have {block.events[s].n_bins} bins, store {self.n_bins}")
-            win_ptrs.append(ip)
-            packed.append(ev)
-        merged_ip, merged = merge_rows(list(zip(win_ptrs, packed)))
-        # per (window, sheet) offsets: window start + cumulative sheet sizes
-        sizes = np.stack([np.diff(ip) for ip in win_ptrs], axis=1)  # [w, S]
-        flat = np.cumsum(sizes.ravel()) + self._n_events
-        self._ptr.append(flat)
-        self._n_events += int(merged.size)
-        self._pending.append(merged)
-        self._pending_n += merged.size
         splits = [block.split] * w if isinstance(block.split, str) else list(block.split)
         if len(splits) != w:
             raise DataMismatchError(f"{self.path}: {len(splits)} split names for {w} windows")
-        codes = np.array([self._split_code(s) for s in splits], dtype=np.int8)
         cols = {
             "image_id": np.asarray(block.image_id, np.int64),
             "trial": np.asarray(block.trial, np.int64),
             "source": np.full(w, source, np.int32),
-            "presentation": np.full(w, -1, np.int64) if block.presentation is None else np.asarray(block.presentation, np.int64),
-            "padded": np.zeros(w, bool) if block.padded is None else np.asarray(block.padded, bool),
-            "valid_bins": np.full(w, self.n_bins, np.int32) if block.valid_bins is None else np.asarray(block.valid_bins, np.int32),
-            "split": codes,
+            "presentation": _column(block.presentation, w, -1, np.int64),
+            "padded": _column(block.padded, w, False, np.bool_),
+            "valid_bins": _column(block.valid_bins, w, self.n_bins, np.int32),
         }
         for c, v in cols.items():
             if v.shape != (w,):
-                raise DataMismatchError(f"{self.path}: window column {c} has shape {v.shape}, expected ({w},)")
+                raise DataMismatchError(
+                    f"{self.path}: window column {c} has shape {v.shape}, expected ({w},)"
+                )
+        win_ptrs, packed = [], []
+        for s in self.sheets:
+            ev = block.events[s]
+            where = f"{self.path} sheet {s}"
+            if isinstance(ev, BinnedCSR):
+                if ev.n_bins != self.n_bins:
+                    raise DataMismatchError(f"{where}: counts have {ev.n_bins} bins, the store {self.n_bins}")
+                ev = pack_events(ev, self._n_neurons[s], w, where)
+            _check_packed(ev, w, self._n_neurons[s], self.n_bins, where)
+            win_ptrs.append(ev.win_ptr)
+            packed.append(ev.data)
+        merged_ip, merged = merge_rows(list(zip(win_ptrs, packed)))
+        # everything validated: update state
+        cols["split"] = np.array([self._split_code(x) for x in splits], dtype=np.int8)
+        for c, v in cols.items():
             self._table_new[c].append(v)
+        sizes = np.stack([np.diff(ip) for ip in win_ptrs], axis=1)  # [w, S]: row w*S + s
+        self._ptr.append(np.cumsum(sizes.ravel()) + self._n_events)
+        self._n_events += int(merged.size)
+        self._pending.append(merged)
+        self._pending_n += merged.size
         self.sources[source]["n_windows"] = int(self.sources[source]["n_windows"]) + w
         if self._pending_n >= EVENT_SHARD:
             self._flush(final=False)

@@ -1,0 +1,308 @@
+"""`corticalrnn import-npz`: the earlier thesis ``.npz`` layout -> a ``corticalrnn.windows`` store.
+
+Input layout (``DIR``)::
+
+    <split>/<SHEET>/spikes_<image>.npz           scipy.sparse CSR, neurons x bins, integer counts
+    <split>/<SHEET>/spikes_trial_<t>_<image>.npz  same, one file per trial (trial 0 when absent)
+    neuron_ids/neuron_ids_<SHEET>_<any>.npy        Mozaik (NEST) id of each row
+    pos_ori_phase_dictionary.npz                   optional: "<SHEET>.x", ".y", ".ori", ".phase"
+
+Sheet folder names use the thesis spelling (``V1_Exc_L23``) and are normalised to Mozaik names.
+Every split must hold the same sheets and every sheet of a split the same (image, trial) files;
+all matrices must be ``len(neuron_ids) x n_bins`` with one ``n_bins``. The split name is kept per
+window (``windows/split``). Windows are ordered by split (sorted), image, trial.
+
+The bin size is given (``--bin-ms``) or inferred as ``710 // n_bins`` (thesis windows: the 560 ms
+image and the following 150 ms blank, cut to whole bins: 35 bins -> 20 ms); the store records
+whether it was inferred. Provenance: one source per split, whose ``sha256`` is the digest of the
+sorted lines ``<relative path> <sha256 of file>`` of all its files (``n_files`` recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from corticalrnn.binning import BinnedCSR, validate_bin_ms
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.sheets import file_sheet_name, normalize_sheet_name, sort_sheets
+from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock, tmp_path_for
+
+THESIS_WINDOW_MS = 710
+FILE_RE = re.compile(r"^spikes_(?:trial_(?P<trial>\d+)_)?(?P<image>\d+)\.npz$")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Options of an import (see module docstring)."""
+
+    bin_ms: int | None = None
+    positions: Path | None = None  # default: DIR/pos_ori_phase_dictionary.npz when present
+    overwrite: bool = False
+    block_windows: int = 64
+    progress: bool = True
+
+
+@dataclass
+class ImportPlan:
+    """What was found in the folder: per split, sheet -> {(image, trial): file}; neuron ids per sheet."""
+
+    root: Path
+    sheets: list[str]
+    files: dict[str, dict[str, dict[tuple[int, int], Path]]] = field(default_factory=dict)
+    neuron_ids: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def keys(self, split: str) -> list[tuple[int, int]]:
+        return sorted(self.files[split][self.sheets[0]])
+
+
+def scan_folder(root: str | Path) -> ImportPlan:
+    """Find splits, sheets, files and neuron ids; raise on missing sheets/files or bad names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CorticalRNNError(f"{root}: not a folder")
+    files: dict[str, dict[str, dict[tuple[int, int], Path]]] = {}
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "neuron_ids"):
+        for sheet_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            npz = sorted(sheet_dir.glob("spikes_*.npz"))
+            if not npz:
+                continue
+            try:
+                sheet = normalize_sheet_name(sheet_dir.name)
+            except ValueError as exc:
+                raise DataMismatchError(f"{sheet_dir}: {exc}") from None
+            entries: dict[tuple[int, int], Path] = {}
+            for f in npz:
+                m = FILE_RE.match(f.name)
+                if m is None:
+                    raise DataMismatchError(f"{f}: file name is not spikes_[trial_<t>_]<image>.npz")
+                entries[(int(m["image"]), int(m["trial"] or 0))] = f
+            files.setdefault(split_dir.name, {})[sheet] = entries
+    if not files:
+        raise DataMismatchError(f"{root}: no <split>/<SHEET>/spikes_*.npz files found")
+    all_sheets = sort_sheets(sorted({s for split in files.values() for s in split}))
+    for split, by_sheet in files.items():
+        for sheet in all_sheets:
+            if sheet not in by_sheet:
+                raise DataMismatchError(
+                    f"{root / split}: sheet {sheet} is missing (folder {file_sheet_name(sheet)}/ "
+                    f"has no spikes_*.npz; other splits have it)"
+                )
+        ref_sheet = all_sheets[0]
+        ref = set(by_sheet[ref_sheet])
+        for sheet in all_sheets[1:]:
+            keys = set(by_sheet[sheet])
+            for img, trial in sorted(ref ^ keys)[:1]:
+                has, lacks = (ref_sheet, sheet) if (img, trial) in ref else (sheet, ref_sheet)
+                raise DataMismatchError(
+                    f"{root / split}: image {img} trial {trial} exists for {has} but its file is "
+                    f"missing for {lacks} (in {root / split / file_sheet_name(lacks)})"
+                )
+    plan = ImportPlan(root=root, sheets=all_sheets, files=files)
+    id_dir = root / "neuron_ids"
+    for sheet in all_sheets:
+        cands = sorted(id_dir.glob(f"neuron_ids_{file_sheet_name(sheet)}_*.npy"))
+        if sheet != file_sheet_name(sheet):
+            cands += sorted(id_dir.glob(f"neuron_ids_{sheet.replace('/', '')}_*.npy"))
+        if not cands:
+            raise DataMismatchError(
+                f"{id_dir}: no neuron_ids_{file_sheet_name(sheet)}_*.npy for sheet {sheet}"
+            )
+        ids = np.load(cands[0]).astype(np.int64).ravel()
+        for other in cands[1:]:
+            if not np.array_equal(np.load(other).astype(np.int64).ravel(), ids):
+                raise DataMismatchError(f"{other}: neuron ids differ from {cands[0]}")
+        plan.neuron_ids[sheet] = ids
+    return plan
+
+
+def infer_bin_ms(n_bins: int, where: str) -> int:
+    """Thesis windows are 710 ms cut to whole bins: ``710 // n_bins`` (35 bins -> 20 ms)."""
+    b = THESIS_WINDOW_MS // n_bins if n_bins else 0
+    if b < 1:
+        raise CorticalRNNError(f"{where}: cannot infer the bin size from {n_bins} bins; give --bin-ms")
+    return b
+
+
+def _load_matrix(path: Path, hasher_lines: list[str], root: Path) -> sp.csr_matrix:
+    raw = path.read_bytes()
+    hasher_lines.append(f"{path.relative_to(root).as_posix()} {hashlib.sha256(raw).hexdigest()}")
+    try:
+        m = sp.load_npz(io.BytesIO(raw))
+    except Exception as exc:
+        raise DataMismatchError(f"{path}: not a scipy.sparse .npz matrix ({exc})") from None
+    m = sp.csr_matrix(m)
+    m.sum_duplicates()  # also sorts indices
+    m.eliminate_zeros()
+    data = m.data
+    if data.size and (
+        not np.all(np.isfinite(data)) or np.any(data < 0) or np.any(np.asarray(data) != np.round(data))
+    ):
+        raise DataMismatchError(f"{path}: counts must be non-negative integers")
+    return m
+
+
+def _positions(path: Path | None, plan: ImportPlan) -> dict[str, dict[str, np.ndarray]]:
+    """sheet -> {"positions": [N, D], "ori": [N], "phase": [N]} from the thesis dictionary."""
+    if path is None:
+        return {}
+    try:
+        d = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataMismatchError(f"{path}: cannot read positions ({exc})") from None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for sheet in plan.sheets:
+        key = file_sheet_name(sheet)
+        n = plan.neuron_ids[sheet].size
+        entry: dict[str, np.ndarray] = {}
+        coords = [d[f"{key}.{c}"] for c in ("x", "y", "z") if f"{key}.{c}" in d.files]
+        for name, values in [("positions", np.column_stack(coords) if coords else None)] + [
+            (p, d[f"{key}.{p}"] if f"{key}.{p}" in d.files else None) for p in ("ori", "phase")
+        ]:
+            if values is None:
+                continue
+            if values.shape[0] != n:
+                raise DataMismatchError(
+                    f"{path}: {key}.{name} has {values.shape[0]} entries, sheet has {n} neurons"
+                )
+            entry[name] = np.asarray(values, dtype=np.float64)
+        if entry:
+            out[sheet] = entry
+    return out
+
+
+def import_npz(root: str | Path, out: str | Path, config: ImportConfig | None = None) -> Path:
+    """Import a thesis folder into a new store at ``out`` (built under ``out.tmp``, then renamed)."""
+    config = config or ImportConfig()
+    root, out = Path(root), Path(out)
+    if out.exists():
+        if not config.overwrite:
+            raise CorticalRNNError(f"{out}: already exists (use --overwrite to replace it)")
+    plan = scan_folder(root)
+    splits = sorted(plan.files)
+    first = next(iter(plan.files[splits[0]][plan.sheets[0]].values()))
+    n_bins = sp.load_npz(first).shape[1]
+    bin_ms = validate_bin_ms(config.bin_ms) if config.bin_ms is not None else infer_bin_ms(n_bins, str(first))
+    pos_path = config.positions
+    if pos_path is None and (root / "pos_ori_phase_dictionary.npz").exists():
+        pos_path = root / "pos_ori_phase_dictionary.npz"
+    extra = _positions(pos_path, plan)
+    sheets_meta = [
+        SheetMeta(
+            s,
+            plan.neuron_ids[s],
+            positions=extra.get(s, {}).get("positions"),
+            properties={k: v for k, v in extra.get(s, {}).items() if k != "positions"},
+        )
+        for s in plan.sheets
+    ]
+    window = {
+        "origin": "import-npz",
+        "t0_ms": 0.0,
+        "length_ms": n_bins * bin_ms,
+        "bin_ms_inferred": config.bin_ms is None,
+        "source_layout": "thesis npz: image onset, image and following blank",
+    }
+    tmp = tmp_path_for(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    writer = StoreWriter.create(tmp, StoreMeta(bin_ms, n_bins, window, sheets_meta))
+    total = sum(len(plan.keys(s)) for s in splits)
+    bar = tqdm(total=total, desc="import-npz", unit="win", file=sys.stderr, disable=not config.progress)
+    try:
+        for split in splits:
+            keys = plan.keys(split)
+            lines: list[str] = []
+            src = writer.add_source(path=str((root / split).resolve()), kind="npz-folder", sha256="")
+            for b0 in range(0, len(keys), config.block_windows):
+                chunk = keys[b0 : b0 + config.block_windows]
+                events: dict[str, BinnedCSR] = {}
+                for sheet in plan.sheets:
+                    n = plan.neuron_ids[sheet].size
+                    mats = []
+                    for key in chunk:
+                        f = plan.files[split][sheet][key]
+                        m = _load_matrix(f, lines, root)
+                        if m.shape != (n, n_bins):
+                            raise DataMismatchError(
+                                f"{f}: matrix is {m.shape[0]} x {m.shape[1]}, expected {n} neurons "
+                                f"(neuron_ids) x {n_bins} bins"
+                            )
+                        mats.append(m)
+                    stacked = sp.vstack(mats, format="csr")
+                    events[sheet] = BinnedCSR(
+                        stacked.indptr.astype(np.int64),
+                        stacked.indices.astype(np.int32),
+                        stacked.data.astype(np.int64).astype(np.int32),
+                        n_bins,
+                    )
+                writer.append(
+                    WindowBlock(
+                        image_id=np.array([k[0] for k in chunk]),
+                        trial=np.array([k[1] for k in chunk]),
+                        events=events,
+                        split=split,
+                    ),
+                    src,
+                )
+                bar.update(len(chunk))
+            writer.sources[src]["sha256"] = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+            writer.sources[src]["n_files"] = len(lines)
+            writer.commit()
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bar.close()
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "folder", type=Path, help="thesis folder with <split>/<SHEET>/spikes_*.npz and neuron_ids/"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="store to create (STORE.zarr)")
+    parser.add_argument(
+        "--bin-ms", type=int, default=None, help="bin size in ms (default: inferred, 710 // n_bins)"
+    )
+    parser.add_argument(
+        "--positions",
+        type=Path,
+        default=None,
+        help="pos_ori_phase_dictionary.npz (default: FOLDER/ if present)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = ImportConfig(
+        bin_ms=args.bin_ms, positions=args.positions, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    out = import_npz(args.folder, args.output, cfg)
+    from corticalrnn.store import open_store
+
+    store = open_store(out)
+    t = store.windows
+    print(
+        f"wrote {out}: {len(store)} windows ({', '.join(f'{s}: {int((t.split == s).sum())}' for s in store.splits if s)}), "
+        f"{store.n_bins} bins of {store.bin_ms} ms, sheets {', '.join(store.sheets)}, {store.n_events} events"
+    )
+    return 0
