@@ -131,11 +131,15 @@ def _check(data: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.nda
             f"prediction shape {prediction.shape} fits neither the data {data.shape} nor its trial "
             f"average {(n_img, n_t, n_n)}"
         )
-    if data.size and not np.isfinite(data).all():
-        raise DataMismatchError("data contains NaN or infinite values")
-    if prediction.size and not np.isfinite(prediction).all():
-        raise DataMismatchError("prediction contains NaN or infinite values")
     return data, prediction, per_trial
+
+
+def _check_finite(y: np.ndarray, p: np.ndarray) -> None:
+    """Per chunk (no full-size temporary): NaN/inf in data or prediction is a caller's bug."""
+    if not np.isfinite(y).all():
+        raise DataMismatchError("data contains NaN or infinite values")
+    if not np.isfinite(p).all():
+        raise DataMismatchError("prediction contains NaN or infinite values")
 
 
 def mean_rate_prediction(data: np.ndarray, rates: np.ndarray | None = None) -> np.ndarray:
@@ -370,6 +374,7 @@ def compute_metrics(
     parts: dict[str, list[np.ndarray]] = {}
     pooled_model = PooledStats(n_img, k, n_t, n_n)
     pooled_base = PooledStats(n_img, k, n_t, n_n)
+    negative = False
     chunks = _chunks(n_n, n_img * k * n_t * (2 if per_trial else 1), chunk)
     iterator: Any = chunks
     if progress and len(chunks) > 4:
@@ -379,6 +384,8 @@ def compute_metrics(
     for sl in iterator:
         y = np.asarray(data[..., sl], dtype=np.float64)
         p = np.asarray(prediction[..., sl], dtype=np.float64)
+        _check_finite(y, p)
+        negative |= bool(p.size) and float(p.min()) < 0
         for name, value in _chunk_metrics(y, p, per_trial, null[sl]).items():
             parts.setdefault(name, []).append(value)
         pbar = p.mean(axis=1) if per_trial else p
@@ -405,7 +412,7 @@ def compute_metrics(
     if total_spikes == 0:
         skipped["co_bps"] = "no spikes in the data"
     notes: list[str] = []
-    if prediction.size and float(np.min(prediction)) < 0:
+    if negative:
         notes.append("prediction has negative values; clipped at 1e-9 for the Poisson likelihood")
     undefined = _classify_undefined(per_neuron, cat, skipped)
     return MetricResult(
@@ -471,6 +478,7 @@ def pooled_image_cc(data: np.ndarray, prediction: np.ndarray) -> dict[str, np.nd
     for sl in _chunks(n_n, n_img * k * n_t, None):
         y = np.asarray(data[..., sl], dtype=np.float64)
         p = np.asarray(prediction[..., sl], dtype=np.float64)
+        _check_finite(y, p)
         acc.update(sl, y, p.mean(axis=1) if per_trial else p)
     return acc.cc()
 

@@ -115,7 +115,7 @@ def _mapping_entry(source: Mapping[str, Any], sheet: str) -> Any:
 def _source_ids(source: SourceLike, sheet: str) -> np.ndarray:
     if isinstance(source, Mapping):
         entry = _mapping_entry(source, sheet)
-        ids = entry[0] if isinstance(entry, tuple | list) else entry
+        ids = entry[0] if isinstance(entry, tuple) else entry
     else:
         ids = source.neuron_ids(sheet)
     ids = np.asarray(ids)
@@ -130,7 +130,7 @@ def _source_ids(source: SourceLike, sheet: str) -> np.ndarray:
 def _source_positions(source: SourceLike, sheet: str) -> np.ndarray | None:
     if isinstance(source, Mapping):
         entry = _mapping_entry(source, sheet)
-        pos = entry[1] if isinstance(entry, tuple | list) and len(entry) > 1 else None
+        pos = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else None
     else:
         pos = source.positions(sheet)
     return None if pos is None else np.asarray(pos, dtype=np.float64)
@@ -483,7 +483,7 @@ def make_subset(
     """Choose modelled neurons of each sheet of ``source`` and, within them, the observed ones.
 
     ``source`` is a store (``.sheets``, ``.neuron_ids(sheet)``, ``.positions(sheet)``) or a mapping
-    sheet → ``(ids, positions)`` (positions may be None, or the value may be just ids). With
+    sheet → ``(ids, positions)`` tuple (positions may be None) or just ids (array or list). With
     ``method="explicit"`` the modelled ids come from ``modelled_ids`` (V1 sheets not listed there get
     no neurons; inputs follow ``input_fraction``); with ``observed_method="explicit"`` the observed
     ids come from ``observed_ids``. Each sheet draws from its own seeded stream, so adding a sheet
@@ -1051,7 +1051,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation", type=float, default=0.1, help="validation fraction of non-test images"
     )
     parser.add_argument(
-        "--test", default="repeats", help="test images: 'repeats' (multi-trial images) or a fraction"
+        "--test",
+        default="repeats",
+        help="test images: 'repeats' (images with several trials), 'store' (the store's test split) "
+        "or a fraction drawn at random",
     )
 
 
@@ -1060,6 +1063,41 @@ def _load_id_json(path: str) -> dict[str, list[int]]:
     if not isinstance(doc, Mapping) or not all(isinstance(v, list) for v in doc.values()):
         raise SchemaError(f"{path}: expected a JSON object {{sheet: [neuron ids]}}")
     return {str(k): [int(i) for i in v] for k, v in doc.items()}
+
+
+def _window_column(windows: Any, name: str) -> np.ndarray:
+    """A column of a store's window table (a dataclass of arrays, a mapping, or a record array)."""
+    return np.asarray(getattr(windows, name) if hasattr(windows, name) else windows[name])
+
+
+def _split_from_store(store: Any, test: str, validation: float, seed: int) -> ImageSplit:
+    """Image split for ``corticalrnn subset --split``: test images by repeats, store split or fraction."""
+    windows = store.windows
+    images = _window_column(windows, "image_id")
+    if test == "store":
+        labels = _window_column(windows, "split").astype(str)
+        test_ids = np.unique(images[labels == "test"])
+        if not test_ids.size:
+            raise CorticalRNNError(f"{_source_name(store)}: no window is in the store's 'test' split")
+        rest = np.setdiff1d(np.unique(images), test_ids)
+        split = make_image_split(rest, validation=validation, test=0.0, seed=seed)
+        return ImageSplit(
+            split.train,
+            split.validation,
+            test_ids,
+            seed=seed,
+            method="store",
+            info=dict(split.info, test="store"),
+        )
+    if test == "repeats":
+        return make_image_split(
+            images, trials=_window_column(windows, "trial"), validation=validation, test="repeats", seed=seed
+        )
+    try:
+        fraction = float(test)
+    except ValueError as exc:
+        raise CorticalRNNError(f"--test must be 'repeats', 'store' or a fraction, got {test!r}") from exc
+    return make_image_split(images, validation=validation, test=fraction, seed=seed)
 
 
 def _print_summary(subset: NeuronSubset, path: Path) -> None:
@@ -1115,18 +1153,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split:
         if store is None:
             raise CorticalRNNError("--split needs a STORE (its windows list the images and trials)")
-        windows = store.windows
-        try:
-            test: float | str = args.test if args.test == "repeats" else float(args.test)
-        except ValueError as exc:
-            raise CorticalRNNError(f"--test must be 'repeats' or a fraction, got {args.test!r}") from exc
-        split = make_image_split(
-            np.asarray(windows["image_id"]),
-            trials=np.asarray(windows["trial"]),
-            validation=args.validation,
-            test=test,
-            seed=args.seed,
-        )
+        split = _split_from_store(store, args.test, args.validation, args.seed)
         split.save(args.split)
         print(
             f"wrote {args.split}: {len(split.train)} train, {len(split.validation)} validation, "

@@ -331,3 +331,11 @@ def test_summary_rejects_mismatched_labels() -> None:
     y = np.zeros((1, 2, 3, 4))
     with pytest.raises(DataMismatchError, match="one entry per neuron"):
         summarize(y, np.zeros((1, 3, 4)), ["V1_Exc_L4"] * 3, np.ones(4, bool), progress=False)
+
+
+def test_negative_prediction_is_noted_and_clipped() -> None:
+    y = HAND_Y
+    res = compute_metrics(y, np.array([-1.0, 1.0, 2.0]).reshape(1, 3, 1))
+    assert any("negative" in n for n in res.notes)
+    assert np.isfinite(res.per_neuron["bits_per_spike"][0])  # clipped at 1e-9: very bad, but finite
+    assert res.per_neuron["bits_per_spike"][0] < -1

@@ -646,3 +646,12 @@ def test_spatial_subset_of_v1_sample(shared_data: Path) -> None:
     spatial = sub.indices(table)["V1_Exc_L4"]
     random = S.make_subset(table, S.SubsetConfig(fraction=0.1, seed=0)).indices(table)["V1_Exc_L4"]
     assert grid_var(spatial) < 0.5 * grid_var(random)
+
+
+def test_mapping_of_plain_id_lists() -> None:
+    table = {"V1_Exc_L4": [5, 3, 9, 7], "V1_Inh_L4": np.array([11, 12])}
+    sub = S.make_subset(table, S.SubsetConfig(fraction=0.5, observed=0.5, seed=0))
+    assert sub.sizes() == {"V1_Exc_L4": 2, "V1_Inh_L4": 1}
+    assert set(sub.sheets["V1_Exc_L4"].modelled) <= {3, 5, 7, 9}
+    with pytest.raises(CorticalRNNError, match="needs neuron positions"):
+        S.make_subset(table, S.SubsetConfig(method="spatial"))
