@@ -814,7 +814,8 @@ def _sheet_from_filename(path: Path) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _as_index_array(value: Any, n: int, where: str) -> np.ndarray:
+def _as_index_array(value: Any, n: int, where: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """Row indices (or a bool mask) from a thesis pickle as int64, checked against ``n`` rows."""
     arr = np.asarray(value)
     if arr.dtype == bool:
         if arr.ndim != 1 or len(arr) != n:
@@ -829,9 +830,12 @@ def _as_index_array(value: Any, n: int, where: str) -> np.ndarray:
             raise SchemaError(f"{where}: expected integer row indices, got dtype {arr.dtype}")
     arr = arr.astype(np.int64).ravel()
     if arr.min() < 0 or arr.max() >= n:
+        hint = ""
+        if ids is not None and np.isin(arr, ids).all():
+            hint = " (all values are neuron ids of this sheet: the file seems to hold ids, not row indices)"
         raise DataMismatchError(
             f"{where}: index {int(arr.min() if arr.min() < 0 else arr.max())} out of range for a sheet "
-            f"of {n} neurons"
+            f"of {n} neurons{hint}"
         )
     if len(np.unique(arr)) != len(arr):
         raise SchemaError(f"{where}: duplicate indices")
@@ -947,7 +951,7 @@ def subset_from_thesis(
             sheets[sheet] = SheetSubset(ids, ids)
             continue
         value, mfile = models[sheet]
-        m_rows = _as_index_array(value, len(ids), f"{mfile}: sheet {sheet!r}")
+        m_rows = _as_index_array(value, len(ids), f"{mfile}: sheet {sheet!r}", ids)
         if sheet in INPUT_SHEETS:
             sheets[sheet] = SheetSubset(ids[m_rows], ids[m_rows])
             continue
@@ -963,7 +967,7 @@ def subset_from_thesis(
             if visible_relative_to != "auto":
                 mode = visible_relative_to
         else:
-            rows_raw = _as_index_array(vvalue, len(ids), vwhere)
+            rows_raw = _as_index_array(vvalue, len(ids), vwhere, ids)
             fits_sheet = bool(np.isin(rows_raw, m_rows).all())
             fits_model = bool(rows_raw.size == 0 or rows_raw.max() < len(m_rows))
             if visible_relative_to != "auto":

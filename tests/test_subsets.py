@@ -415,6 +415,9 @@ def test_thesis_ambiguous_and_bad_pickles(tmp_path: Path) -> None:
     bad_range = _dump(tmp_path / "m2.pkl", {"V1_Exc_L4": np.array([5, 100])})
     with pytest.raises(DataMismatchError, match="m2.pkl.*out of range"):
         S.subset_from_thesis([bad_range], [vp], ids)
+    as_ids = _dump(tmp_path / "m_ids.pkl", {"V1_Exc_L4": np.array([150, 151])})
+    with pytest.raises(DataMismatchError, match="m_ids.pkl.*seems to hold ids, not row indices"):
+        S.subset_from_thesis([as_ids], [vp], ids)
     nameless = _dump(tmp_path / "indices.pkl", [1, 2, 3])
     with pytest.raises(SchemaError, match="indices.pkl.*names no single sheet"):
         S.subset_from_thesis([nameless], [vp], ids)
