@@ -1,0 +1,285 @@
+"""Tests of corticalrnn.model: fast path vs float64 reference, Dale's law, teacher forcing, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.model import CorticalRNN, ModelConfig, PathwayConfig, poisson_nll
+from corticalrnn.model.dale import spectral_radius
+from corticalrnn.model.reference import reference_forward
+
+SIZES = {"X_ON": 4, "X_OFF": 3, "V1_Exc_L4": 6, "V1_Inh_L4": 3, "V1_Exc_L2/3": 5, "V1_Inh_L2/3": 2}
+N_V1, N_IN = 16, 7
+P = PathwayConfig
+# every kind of pathway: delay-1 input, input to L2/3, same-step L2/3 -> L4 (3 stages, reordered)
+ODD_PATHWAYS = (P("X_ON", "V1_Exc_L2/3", 0), P("X_OFF", "V1_Inh_L2/3", 1), P("X_ON", "V1_Exc_L4", 1),
+                P("V1_Exc_L2/3", "V1_Exc_L4", 0), P("V1_Exc_L2/3", "V1_Inh_L4", 0),
+                P("V1_Inh_L2/3", "V1_Exc_L2/3", 1), P("V1_Exc_L4", "V1_Exc_L2/3", 1),
+                P("V1_Inh_L4", "V1_Exc_L4", 1), P("V1_Exc_L4", "V1_Inh_L4", 0),
+                P("V1_Exc_L2/3", "V1_Inh_L2/3", 1))
+
+
+def positions(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {s: rng.random((n, 2)) * 0.6 for s, n in SIZES.items()}
+
+
+def make(**kw) -> CorticalRNN:
+    kw.setdefault("bin_ms", 5.0)
+    pos = positions() if kw.get("connectivity") == "distance" else None
+    return CorticalRNN(ModelConfig(**kw), SIZES, pos)
+
+
+def data(seed: int = 0, B: int = 3, T: int = 6, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, T, N_IN, generator=g, dtype=dtype)
+    y = torch.rand(B, T, N_V1, generator=g, dtype=dtype)
+    mask = torch.rand(N_V1, generator=g) < 0.5
+    return x, y, mask
+
+
+def grads(out: torch.Tensor, model: CorticalRNN, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    names = [n for n, p in model.named_parameters()]
+    gs = torch.autograd.grad((out * w).sum(), list(model.parameters()), allow_unused=True)
+    return {n: g for n, g in zip(names, gs)}
+
+
+def assert_matches_reference(model: CorticalRNN, teacher: bool, seed: int = 0) -> None:
+    model = model.double()
+    x, y, mask = data(seed)
+    if teacher:
+        force = model.draw_force(x.shape[0], mask, 0.7, torch.Generator().manual_seed(5))
+        out = model(x, y, mask, 0.7, torch.Generator().manual_seed(5))
+        ref = reference_forward(model, x, y, force)
+    else:
+        out, ref = model(x), reference_forward(model, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.rand(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=out.dtype)
+    g_fast, g_ref = grads(out, model, w), grads(ref, model, w)
+    for name, gr in g_ref.items():
+        assert gr is not None, name
+        assert g_fast[name] is not None, name
+        torch.testing.assert_close(g_fast[name], gr, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("neuron_model", ["leaky", "mlp", "gru"])
+@pytest.mark.parametrize("sign_mode,reparam", [("projected", "softplus"), ("reparam", "softplus"),
+                                               ("reparam", "abs")])
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("connectivity", ["dense", "distance"])
+def test_gradients_match_reference(neuron_model, sign_mode, reparam, teacher, connectivity):
+    model = make(neuron_model=neuron_model, sign_mode=sign_mode, reparam=reparam, connectivity=connectivity)
+    assert_matches_reference(model, teacher)
+
+
+@pytest.mark.parametrize("neuron_model", ["leaky", "gru"])
+@pytest.mark.parametrize("connectivity", ["dense", "distance"])
+def test_gradients_match_reference_unusual_graph(neuron_model, connectivity):
+    model = make(neuron_model=neuron_model, pathways=ODD_PATHWAYS, connectivity=connectivity)
+    assert model.graph.n_stages == 3 and model.graph.internal_to_external is not None
+    assert_matches_reference(model, teacher=True, seed=3)
+
+
+def test_default_graph_layout():
+    model = make()
+    g = model.graph
+    assert g.internal_to_external is None and g.n_stages == 2
+    shapes = {b.name: b.shape for b in g.blocks}
+    # L4 rows see L4 E/I and L2/3 E at t-1; L2/3 rows see L4 E at t and L2/3 at t-1; LGN -> L4 at t
+    assert shapes == {"U0_stage0": (9, 7), "W1_stage0": (9, 14), "W0_stage1": (7, 6), "W1_stage1": (7, 7)}
+    assert all(g.structure(b) is None for b in g.blocks)
+    with torch.no_grad():
+        assert float(model.pathway_weight("V1_Inh_L4", "V1_Exc_L4", 1).max()) <= 0
+        assert float(model.pathway_weight("V1_Exc_L2/3", "V1_Inh_L4", 1).min()) >= 0
+    with pytest.raises(KeyError):
+        model.pathway_weight("V1_Inh_L2/3", "V1_Exc_L4", 1)  # inhibition stays within its layer
+
+
+def test_balanced_init_and_spectral_radius():
+    model = make(spectral_radius=0.7).double()
+    n = N_V1
+    w = torch.zeros(n, n, dtype=torch.float64)
+    with torch.no_grad():
+        for b in model.graph.blocks:
+            if b.source == "v1":
+                w[b.row0:b.row1, b.col0:b.col1] += model.weights[b.name].weight()
+    torch.testing.assert_close(w.sum(1), torch.zeros(n, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert float(w.abs().sum(1).min()) > 0.1
+    assert spectral_radius(w) == pytest.approx(0.7, rel=1e-5)
+    assert model.sign_violations() == {k: 0 for k in model.sign_violations()}
+
+
+def test_distance_mask_is_local():
+    big = {"X_ON": 2, "X_OFF": 2, "V1_Exc_L4": 300, "V1_Inh_L4": 60, "V1_Exc_L2/3": 300, "V1_Inh_L2/3": 60}
+    rng = np.random.default_rng(1)
+    pos = {s: rng.random((n, 2)) * 2.0 for s, n in big.items()}
+    model = CorticalRNN(ModelConfig(connectivity="distance", distance_sigma_mm={"exc": 0.2, "inh": 0.1}),
+                        big, pos)
+    w = model.pathway_weight("V1_Exc_L4", "V1_Exc_L4", 1).detach().numpy()
+    d = np.linalg.norm(pos["V1_Exc_L4"][:, None] - pos["V1_Exc_L4"][None], axis=-1)
+    near, far = (w[d < 0.1] != 0).mean(), (w[d > 0.6] != 0).mean()
+    assert near > 0.7 and far < 0.01
+    assert model.n_synapses() < 0.3 * sum(p.numel() for p in model.parameters())
+
+
+def test_chunked_tbptt_forward_and_state_continuation():
+    x, y, mask = data(T=7, dtype=torch.float32)
+    full = make()
+    chunked = make(tbptt_steps=3)
+    chunked.load_state_dict(full.state_dict())
+    torch.testing.assert_close(chunked(x), full(x))
+    r1, state = full.run(x[:, :4])
+    r2, _ = full.run(x[:, 4:], state=state)
+    torch.testing.assert_close(torch.cat([r1, r2], 1), full(x))
+    # truncation: the loss at the end does not reach the first chunk's input weights through time
+    chunked(x)[:, -1].sum().backward()
+    assert chunked.bias.grad is not None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("neuron_model", ["leaky", "gru"])
+def test_reduced_precision_paths(precision, neuron_model):
+    x, _, _ = data(dtype=torch.float32)
+    ref = make(neuron_model=neuron_model)
+    low = make(neuron_model=neuron_model, precision=precision)
+    low.load_state_dict(ref.state_dict())
+    out, out_ref = low(x), ref(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, out_ref, rtol=3e-2, atol=3e-2)
+    out.sum().backward()
+    out_ref.sum().backward()
+    for (n, p), q in zip(low.named_parameters(), ref.parameters()):
+        assert torch.isfinite(p.grad).all(), n
+        assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=0.05 * float(q.grad.abs().max()) + 1e-6), n
+
+
+@pytest.mark.parametrize("sign_mode", ["projected", "reparam"])
+def test_no_sign_violation_after_many_fp16_steps(sign_mode):
+    """fp16 matmuls (CPU), GradScaler, an aggressive Adam: the projected master weights (fp32) and the
+    reparametrised weights never break Dale's law or the distance mask, even when read back in fp16."""
+    torch.manual_seed(0)
+    model = make(sign_mode=sign_mode, precision="fp16", connectivity="distance")
+    x, y, mask = data(B=4, T=8, dtype=torch.float32)
+    counts = torch.poisson(y * 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    flips = 0
+    before = {n: w.weight().detach().clone() for n, w in model.weights.items()}
+    for step in range(300):
+        opt.zero_grad()
+        loss = model.loss(model(x, counts, mask, 0.5), counts, mask)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        model.project_()
+        assert not any(model.sign_violations().values()), step
+        if step == 150:
+            flips = sum(int(((w.weight() == 0) & (before[n] != 0)).sum()) for n, w in model.weights.items())
+    for w in model.weights.values():
+        half = w.weight().detach().half().float()
+        assert int(((half * w.sign) < 0).sum()) == 0
+        if w.mask is not None:
+            assert int((half[~w.mask] != 0).sum()) == 0
+    if sign_mode == "projected":
+        assert flips > 0  # the optimizer did push weights across zero; projection caught them
+
+
+def test_hidden_neurons_get_gradient_only_through_recurrence():
+    model = make().double()
+    x, y, mask = data()
+    rates = model(x)
+    rates.retain_grad()
+    loss = model.loss(rates, torch.poisson(y), mask)
+    loss.backward()
+    hidden = ~mask
+    assert float(rates.grad[..., hidden].abs().max()) == 0.0
+    assert float(rates.grad[..., mask].abs().max()) > 0
+    hidden_bias = model.bias.grad[hidden]  # internal order == canonical for the default graph
+    assert float(hidden_bias.abs().min()) > 0
+
+
+def test_teacher_fraction_zero_and_no_teacher_are_free_running():
+    model = make()
+    x, y, mask = data(dtype=torch.float32)
+    free = model(x)
+    torch.testing.assert_close(model(x, y, mask, 0.0), free)
+    forced = model(x, y, mask, 1.0)
+    assert not torch.allclose(forced, free)
+    # the prediction at t=0 does not depend on the teacher (it only feeds later steps and L2/3 at t)
+    torch.testing.assert_close(forced[:, 0, :9], free[:, 0, :9])
+
+
+def test_tiny_network_overfits_one_window():
+    torch.manual_seed(0)
+    target_model = make(seed=7, init_rate=0.3, input_gain=3.0)
+    x, _, mask = data(B=2, T=12, dtype=torch.float32)
+    with torch.no_grad():
+        target = target_model(x) * 1.5
+    model = make(seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    everyone = torch.ones(N_V1, dtype=torch.bool)
+    first = None
+    for _ in range(250):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        first = float(loss) if first is None else first
+        loss.backward()
+        opt.step()
+        model.project_()
+    final = float(torch.nn.functional.mse_loss(model(x), target))
+    assert final < 0.02 * first
+    assert not any(model.sign_violations().values())
+    assert float(model.loss(model(x), target, everyone)) < float(model.loss(target_model(x), target, everyone))
+
+
+def test_errors_for_bad_inputs():
+    model = make()
+    with pytest.raises(DataMismatchError, match="lgn must be"):
+        model(torch.rand(2, 5, N_IN + 1))
+    with pytest.raises(DataMismatchError, match="lgn must be"):
+        model(torch.rand(5, N_IN))
+    bad = torch.rand(2, 5, N_IN)
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(DataMismatchError, match="NaN"):
+        model(bad)
+    with pytest.raises(DataMismatchError, match="teacher must be"):
+        model(torch.rand(2, 5, N_IN), torch.rand(2, 5, N_V1 - 1), torch.ones(N_V1, dtype=torch.bool))
+    with pytest.raises(DataMismatchError, match="V1_Inh_L4"):
+        CorticalRNN(ModelConfig(), {k: v for k, v in SIZES.items() if k != "V1_Inh_L4"})
+    with pytest.raises(DataMismatchError, match="positions"):
+        CorticalRNN(ModelConfig(connectivity="distance"), SIZES)
+    with pytest.raises(CorticalRNNError, match="cycle"):
+        ModelConfig(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0)))
+        CorticalRNN(ModelConfig(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0))),
+                    SIZES)
+    with pytest.raises(CorticalRNNError, match="sign_mode"):
+        ModelConfig(sign_mode="clip")
+    with pytest.raises(CorticalRNNError, match="unknown key"):
+        ModelConfig.from_dict({"n_layers": 3})
+    with pytest.raises(DataMismatchError, match="observed_mask"):
+        model.loss(torch.rand(2, 5, N_V1), torch.rand(2, 5, N_V1), torch.ones(3, dtype=torch.bool))
+
+
+def test_config_roundtrip_through_json():
+    cfg = ModelConfig(neuron_model="gru", sign_mode="reparam", pathways=ODD_PATHWAYS, tbptt_steps=5,
+                      tau_ms={"V1_Exc_L4": 12.0, "V1_Inh_L4": 5.0, "V1_Exc_L2/3": 15.0, "V1_Inh_L2/3": 6.0})
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert ModelConfig.from_dict({}) == ModelConfig()
+
+
+def test_poisson_nll_against_formula():
+    g = torch.Generator().manual_seed(0)
+    rates = torch.rand(2, 3, 4, generator=g, dtype=torch.float64) + 0.1
+    counts = torch.poisson(rates * 2, generator=g)
+    mask = torch.tensor([True, False, True, False])
+    expected = (rates - counts * torch.log(rates))[..., mask].mean()
+    torch.testing.assert_close(poisson_nll(rates, counts, mask), expected, rtol=1e-6, atol=1e-7)
+    full = poisson_nll(rates, counts, mask, full=True)
+    torch.testing.assert_close(full, expected + torch.lgamma(counts + 1)[..., mask].mean(), rtol=1e-6,
+                               atol=1e-7)
