@@ -25,7 +25,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -41,7 +41,7 @@ def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labe
     Rates are shown in spikes/s.
     """
     n = len(neurons)
-    fig, axes = plt.subplots(n, 2, figsize=(10, 1.9 * n + 0.6), squeeze=False,
+    fig, axes = plt.subplots(n, 2, figsize=(10, 1.5 * n + 0.8), squeeze=False, layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1.3]})
     t = (np.arange(data.shape[1]) + 0.5) * bin_ms
     hz = 1000.0 / bin_ms
@@ -76,7 +76,8 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
     (optional) draws the mean-rate baseline's median as a dashed line.
     """
     pops = list(values)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.2 * len(pops), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.2 * len(pops), 2.8), squeeze=False,
+                             layout="constrained")
     for ax, pop in zip(axes[0], pops):
         groups = values[pop]
         finite = [np.asarray(v, float)[np.isfinite(v)] for v in groups.values()]
@@ -92,14 +93,15 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
             ax.axvline(baseline[pop], color="grey", ls="--", lw=1, label="mean-rate baseline")
         ax.set_title(pop, fontsize=9)
         ax.set_xlabel(metric, fontsize=8)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("neurons")
     return _save(fig, path)
 
 
 def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Training and validation loss (and hidden-neuron validation loss) against the step."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
     val = [(r["step"], r["loss"]) for r in rows if r.get("split") == "val"]
     hid = [(r["step"], r["loss_hidden"]) for r in rows if r.get("split") == "val" and "loss_hidden" in r]
@@ -121,7 +123,8 @@ def truth_scatter(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray
                   bin_ms: float) -> Path:
     """Per population: trial-averaged predicted rate vs the generator's true rate (all bins)."""
     pops = list(pred)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.0 * len(pops), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.0 * len(pops), 3.0), squeeze=False,
+                             layout="constrained")
     hz = 1000.0 / bin_ms
     for ax, pop in zip(axes[0], pops):
         p, t = np.ravel(pred[pop]) * hz, np.ravel(truth[pop]) * hz

@@ -13,6 +13,8 @@ Layout (schema ``corticalrnn.checkpoint``, version 1)::
     rng           {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
     progress      {"step", "epoch", "batch_in_epoch", "best_val", "best_step", "windows_seen"}
     subset        the neuron-subset file's content (so a checkpoint is self-contained)
+    split         the image split's content (train / validation / test image ids) or None
+    precision     the trainer's precision (fp32 | bf16 | fp16)
 
 Files are written to ``<name>.tmp`` and renamed; a reader meeting another format or version,
 or a file that torch cannot read, raises :class:`~corticalrnn.errors.SchemaError` naming it.

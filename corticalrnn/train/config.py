@@ -42,8 +42,10 @@ class DataConfig:
 
     store: str = ""  # Zarr store with the training windows (training images only)
     subset: str = ""  # neuron-subset JSON file (corticalrnn.subsets)
+    split: str = ""  # image-split JSON (corticalrnn.subsets.ImageSplit); empty: made from the store
     val_fraction: float = 0.2  # fraction of training *images* held out for model selection
     split_seed: int = 0  # seed of the image split
+    test_images: str = "auto"  # auto: exclude images with repeated trials (and store-marked test) | none
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -77,6 +79,7 @@ class LoopConfig:
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for torch (0: torch's default); 1 is fastest for tiny models
     precision: str = "auto"  # auto (bf16 on GPU when supported, else fp32) | fp32 | bf16 | fp16
     ema_decay: float = 0.0  # EMA of weights (0 disables); evaluation and best.pt use the EMA weights
     eval_every: int = 100  # validation every N steps (and at the end)
@@ -103,6 +106,8 @@ class TrainConfig:
         problems = []
         if self.schedule.kind not in ("cosine", "onecycle", "constant"):
             problems.append(f"schedule.kind must be cosine, onecycle or constant, not {self.schedule.kind!r}")
+        if self.data.test_images not in ("auto", "none"):
+            problems.append(f"data.test_images must be auto or none, not {self.data.test_images!r}")
         if self.train.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"train.precision must be auto, fp32, bf16 or fp16, not {self.train.precision!r}")
         if not 0.0 <= self.data.val_fraction < 1.0:

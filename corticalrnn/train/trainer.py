@@ -223,17 +223,19 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: WindowBatches,
                  val_data: WindowBatches | None, observed: torch.Tensor, run_dir: str | Path,
                  spec: dict[str, Any], loss_fn: LossFn, subset: dict[str, Any] | None = None,
-                 project: Callable[[], None] | None = None,
+                 project: Callable[[], None] | None = None, split: dict[str, Any] | None = None,
                  teacher_fraction: Callable[[int], float] | None = None, autocast: bool = True,
                  tensorboard: bool = True) -> None:
         self.cfg = cfg
         loop = cfg.train
         self.device = resolve_device(loop.device)
+        if loop.threads > 0:
+            torch.set_num_threads(loop.threads)
         self.dist = ddp.init_distributed(self.device)
         self.precision = resolve_precision(loop.precision, self.device)
         self.run_dir = Path(run_dir)
         self.spec, self.subset, self.loss_fn, self.project = spec, subset, loss_fn, project
-        self.teacher_fraction, self.use_autocast = teacher_fraction, autocast
+        self.teacher_fraction, self.use_autocast, self.split = teacher_fraction, autocast, split
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:
             raise CorticalRNNError("no training windows (check the store and the image split)")
@@ -284,6 +286,7 @@ class Trainer:
             "rng": rng,
             "progress": dict(self.progress),
             "subset": self.subset,
+            "split": self.split,
             "precision": self.precision,
         }
 
@@ -421,6 +424,8 @@ class Trainer:
             _atomic_write(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()))
             if self.subset is not None:
                 _atomic_write(self.run_dir / "subset.json", json.dumps(self.subset, indent=1))
+            if self.split is not None:
+                _atomic_write(self.run_dir / "split.json", json.dumps(self.split, indent=1))
         if init_from is not None:
             self.init_weights_from(init_from)
         if resume is not None:

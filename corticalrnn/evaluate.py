@@ -1,0 +1,390 @@
+"""``corticalrnn evaluate CHECKPOINT STORE``: free-running prediction of the test windows, metrics
+per population × observed/hidden (with the mean-rate baseline beside), a JSON report and figures.
+
+Test windows are the store's windows whose images the checkpoint's run never trained or
+validated on (its image split); every trial of each test image is predicted from that trial's
+own LGN input. With one trial per image the trial-based metrics are skipped and the report says
+which and why. With ``--truth FILE`` (written by ``corticalrnn synth``) the trial-averaged
+prediction is also compared with the generator's true rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+
+# columns of the printed table: (row key, header)
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("population", "population"), ("neurons", "neurons"), ("predictor", "predictor"), ("n", "n"),
+    ("single_trial_r_median", "r_single"), ("trial_avg_r_median", "r_trialavg"),
+    ("cc_norm_median", "CC_norm"), ("feve_median", "FEVE"), ("oracle_r_median", "r_oracle"),
+    ("co_bps", "bits/spike"), ("thesis_cc_abs", "thesis_CC_abs"), ("thesis_cc_norm", "thesis_CC_norm"),
+)
+TRUTH_COLUMNS: tuple[str, ...] = ("population", "neurons", "n", "r_model_truth_median",
+                                  "r_data_truth_median", "r_baseline_truth_median")
+
+
+@dataclass
+class TestData:
+    """Test windows grouped by image: counts and LGN input ``[images, trials, T, N]``."""
+
+    image_ids: np.ndarray
+    trials: np.ndarray  # [images, trials] trial numbers
+    windows: np.ndarray  # [images, trials] store window indices
+    v1: np.ndarray  # float32 [images, trials, T, N_v1]
+    lgn: np.ndarray  # float32 [images, trials, T, N_in]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` computed; ``rows`` is the metrics table (list of dicts)."""
+
+    rows: list[dict[str, Any]]
+    skipped: dict[str, str]
+    truth_rows: list[dict[str, Any]] | None
+    report: dict[str, Any]
+    report_path: Path | None
+    figures: list[Path]
+    per_neuron: dict[str, np.ndarray]
+    prediction: np.ndarray
+    test: TestData
+
+    def table(self) -> str:
+        return format_metrics_table(self.rows)
+
+
+def format_metrics_table(rows: list[dict[str, Any]]) -> str:
+    from corticalrnn.bench.common import format_table
+
+    return format_table([{h: r.get(k, "") for k, h in TABLE_COLUMNS} for r in rows],
+                        [h for _, h in TABLE_COLUMNS])
+
+
+# ------------------------------------------------------------------------------------ data
+def group_test_windows(image_ids: np.ndarray, trials: np.ndarray, candidates: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Group the candidate windows by image into a rectangular ``[images, trials]`` index table.
+
+    Images with fewer trials than the most common count are dropped (with a note) so that every
+    image has the same number of trials, as the trial metrics need.
+    """
+    notes: list[str] = []
+    cand = np.asarray(candidates, dtype=np.int64)
+    imgs = np.unique(image_ids[cand])
+    groups = {}
+    for img in imgs:
+        w = cand[image_ids[cand] == img]
+        w = w[np.argsort(trials[w], kind="stable")]
+        groups[int(img)] = w
+    counts = np.array([len(g) for g in groups.values()])
+    k = int(np.bincount(counts).argmax())
+    keep = [img for img, g in groups.items() if len(g) >= k]
+    dropped = [img for img in groups if len(groups[img]) < k]
+    if dropped:
+        notes.append(f"dropped images {dropped} with fewer than {k} trials")
+    if any(len(groups[i]) > k for i in keep):
+        notes.append(f"used the first {k} trials of images with more")
+    win = np.array([groups[i][:k] for i in keep], dtype=np.int64).reshape(len(keep), k)
+    return np.array(keep, dtype=np.int64), trials[win], win, notes
+
+
+def test_window_candidates(store: Any, split: dict[str, Any] | None) -> np.ndarray:
+    """Window indices usable for testing: never an image of the run's training or validation split;
+    when the store marks windows ``test``, only those."""
+    table = store.windows
+    image_ids = np.asarray(table.image_id, dtype=np.int64)
+    marked = np.asarray(table.split) == "test"
+    ok = marked.copy() if marked.any() else np.ones(len(image_ids), bool)
+    if split is not None:
+        seen = np.concatenate([np.asarray(split.get("train", []), np.int64),
+                               np.asarray(split.get("validation", []), np.int64)])
+        ok &= ~np.isin(image_ids, seen)
+    cand = np.flatnonzero(ok)
+    if cand.size == 0:
+        raise DataMismatchError(f"{store.path}: no test windows: every window shows an image the model "
+                                f"was trained or validated on")
+    return cand
+
+
+def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
+                   max_images: int | None = None) -> TestData:
+    """LGN input and V1 counts of the test windows, grouped ``[images, trials, T, N]``.
+
+    Raises :class:`DataMismatchError` when the store lacks the subset's neurons or has no test window.
+    """
+    from corticalrnn.train.setup import read_windows
+
+    table = store.windows
+    image_ids = np.asarray(table.image_id, dtype=np.int64)
+    trials = np.asarray(table.trial, dtype=np.int64)
+    imgs, tr, win, notes = group_test_windows(image_ids, trials, test_window_candidates(store, split))
+    if max_images is not None and len(imgs) > max_images:
+        imgs, tr, win = imgs[:max_images], tr[:max_images], win[:max_images]
+    lgn, v1 = read_windows(store, subset, win.ravel())
+    return TestData(imgs, tr, win, v1.reshape(win.shape + v1.shape[1:]),
+                    lgn.reshape(win.shape + lgn.shape[1:]), notes)
+
+
+# ------------------------------------------------------------------------------ prediction
+def predict(model: Any, lgn: np.ndarray, batch_size: int = 16, device: str = "cpu",
+            progress: bool = True) -> np.ndarray:
+    """Free-running rates ``[..., T, N_v1]`` for LGN input ``[..., T, N_in]`` (float32 numpy)."""
+    import torch
+    from tqdm import tqdm
+
+    lead = lgn.shape[:-2]
+    flat = lgn.reshape(-1, *lgn.shape[-2:])
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in tqdm(range(0, len(flat), batch_size), desc="predict", disable=not progress,
+                      file=sys.stderr, leave=False):
+            x = torch.as_tensor(flat[i:i + batch_size], device=device)
+            out.append(model(x).float().cpu().numpy())
+    rates = np.concatenate(out) if out else np.zeros((0, *lgn.shape[-2:-1], model.n_v1), np.float32)
+    return rates.reshape(*lead, *rates.shape[-2:])
+
+
+# ----------------------------------------------------------------------------- comparison
+def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labels: np.ndarray,
+                     observed: np.ndarray) -> list[dict[str, Any]]:
+    """Per population × observed/hidden: median over neurons of Pearson r (over images × time)
+    between the generator's true rate and (a) the trial-averaged prediction, (b) the
+    trial-averaged data (how well the data itself pins the rate down), (c) the constant
+    per-neuron mean-rate baseline (undefined: a constant has no correlation; reported as NaN)."""
+    from corticalrnn.metrics import POPULATIONS, population_label
+
+    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = a.reshape(-1, a.shape[-1]).astype(np.float64)
+        b = b.reshape(-1, b.shape[-1]).astype(np.float64)
+        a = a - a.mean(0)
+        b = b - b.mean(0)
+        den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
+
+    r_model = corr(pred.mean(1) if pred.ndim == 4 else pred, truth)
+    r_data = corr(data.mean(1), truth)
+    lab = np.array([population_label(str(x)) for x in labels], dtype=object)
+    rows = []
+    for pop in [p for p in POPULATIONS if p in set(lab)] + ["all"]:
+        in_pop = np.ones(len(lab), bool) if pop == "all" else lab == pop
+        for group, sel in (("observed", in_pop & observed), ("hidden", in_pop & ~observed)):
+            if not sel.any():
+                continue
+            rows.append({"population": pop, "neurons": group, "n": int(sel.sum()),
+                         "r_model_truth_median": _nanmedian(r_model[sel]),
+                         "r_data_truth_median": _nanmedian(r_data[sel]),
+                         "r_baseline_truth_median": math.nan})
+    return rows
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, doc: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------- figures
+def example_neurons(data: np.ndarray, labels: np.ndarray, observed: np.ndarray, sheet: str,
+                    per_group: int = 2) -> list[tuple[int, str]]:
+    """The most active observed and hidden neurons of one sheet (visible rasters)."""
+    rate = data.mean(axis=(0, 1, 2))
+    out = []
+    for group, sel in (("observed", observed), ("hidden", ~observed)):
+        idx = np.flatnonzero((labels == sheet) & sel)
+        for j in idx[np.argsort(-rate[idx], kind="stable")][:per_group]:
+            out.append((int(j), group))
+    return out
+
+
+def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.ndarray,
+                 observed: np.ndarray, ids: np.ndarray, per_neuron: dict[str, np.ndarray],
+                 skipped: dict[str, str], bin_ms: float, log_rows: list[dict[str, Any]],
+                 truth: np.ndarray | None) -> list[Path]:
+    """Rasters/PSTHs (one observed and one hidden example neuron per population), metric
+    histograms per population observed vs hidden, learning curves, truth scatter."""
+    from corticalrnn import plots
+    from corticalrnn.metrics import population_label
+    from corticalrnn.sheets import V1_SHEETS
+
+    figs: list[Path] = []
+    img = int(np.argmax(test.v1.sum(axis=(1, 2, 3))))  # the test image with the most spikes
+    sheets = [s for s in V1_SHEETS if (labels == s).any()]
+    examples = [(j, f"{population_label(s)} {g}\n#{int(ids[j])}")
+                for s in sheets for j, g in example_neurons(test.v1, labels, observed, s, per_group=1)]
+    if examples:
+        figs.append(plots.raster_psth(
+            test.v1[img], pred[img], [j for j, _ in examples], [lab for _, lab in examples], bin_ms,
+            out_dir / "raster_psth.png",
+            title=f"image {int(test.image_ids[img])}: data vs model ({test.v1.shape[1]} trials)",
+            truth=None if truth is None else truth[img]))
+    for metric in ("trial_avg_r", "cc_norm", "bits_per_spike"):
+        if metric in skipped or metric not in per_neuron:
+            continue
+        values = {population_label(s): {"observed": per_neuron[metric][(labels == s) & observed],
+                                        "hidden": per_neuron[metric][(labels == s) & ~observed]}
+                  for s in sheets}
+        figs.append(plots.metric_histograms(values, metric, out_dir / f"hist_{metric}.png"))
+    if log_rows:
+        figs.append(plots.learning_curves(log_rows, out_dir / "learning_curves.png"))
+    if truth is not None:
+        pm = pred.mean(1)
+        figs.append(plots.truth_scatter({population_label(s): pm[..., labels == s] for s in sheets},
+                                        {population_label(s): truth[..., labels == s] for s in sheets},
+                                        out_dir / "truth_scatter.png", bin_ms))
+    return figs
+
+
+# ---------------------------------------------------------------------------------- main
+def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Path | None = None, *,
+             truth: str | Path | None = None, device: str = "auto", batch_size: int = 16,
+             figures: bool = True, progress: bool = True, max_images: int | None = None,
+             weights: str = "auto") -> EvalResult:
+    """Predict the test windows of ``store`` with ``checkpoint`` and compute the metrics table.
+
+    Writes ``report.json`` and PNG figures to ``out_dir`` when given. ``truth`` is a ground-truth
+    rates file of ``corticalrnn synth`` for the same images.
+    """
+    from corticalrnn.metrics import compute_metrics, summarize
+    from corticalrnn.store import open_store
+    from corticalrnn.subsets import NeuronSubset
+    from corticalrnn.train.setup import model_from_checkpoint
+    from corticalrnn.train.trainer import read_log, resolve_device
+
+    checkpoint = Path(checkpoint)
+    dev = resolve_device(device)
+    model, ck = model_from_checkpoint(checkpoint, dev, weights=weights)
+    st = store if hasattr(store, "windows") else open_store(store)
+    if float(st.bin_ms) != float(ck["spec"]["bin_ms"]):
+        raise DataMismatchError(f"{st.path}: {st.bin_ms} ms bins, but {checkpoint} was trained on "
+                                f"{ck['spec']['bin_ms']} ms bins")
+    if ck.get("subset") is None:
+        raise CorticalRNNError(f"{checkpoint}: checkpoint has no neuron subset")
+    subset = NeuronSubset.from_json_dict(ck["subset"], f"{checkpoint} (subset)")
+    test = load_test_data(st, subset, ck.get("split"), max_images=max_images)
+    pred = predict(model, test.lgn, batch_size, str(dev), progress)
+    labels = np.asarray(subset.v1_sheet_labels())
+    observed = np.asarray(subset.observed_mask(), dtype=bool)
+    ids = subset.v1_ids()
+
+    summary = summarize(test.v1, pred, labels, observed, progress=progress)
+    rows = [dict(r) for r in summary]
+    skipped = dict(summary.skipped)
+    per = compute_metrics(test.v1, pred, progress=progress).per_neuron
+
+    truth_rows = truth_arr = None
+    if truth is not None:
+        from corticalrnn.synth.truth import true_rates_for
+
+        truth_arr = true_rates_for(truth, test.image_ids, subset, st)  # [images, T, N_v1]
+        truth_rows = truth_comparison(pred, test.v1, truth_arr, labels, observed)
+
+    figs: list[Path] = []
+    report_path = None
+    log_rows = read_log(checkpoint.parent)
+    report = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(checkpoint), "store": str(st.path), "bin_ms": st.bin_ms,
+        "weights": "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw",
+        "step": ck["progress"]["step"], "best_step": ck["progress"].get("best_step"),
+        "test_images": test.image_ids, "trials_per_image": int(test.v1.shape[1]),
+        "n_windows": int(test.windows.size), "n_bins": int(test.v1.shape[2]),
+        "neurons": subset.summary(), "table": rows, "skipped_metrics": skipped,
+        "undefined_counts": summary.undefined, "notes": test.notes,
+        "truth": truth_rows, "truth_file": None if truth is None else str(truth),
+        "baseline": "constant per-neuron mean rate of the test data (per-neuron correlations of a "
+                    "constant are undefined; compare bits/spike (> 0 beats it) and thesis_CC_*)",
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        if figures:
+            figs = make_figures(out, test, pred, labels, observed, ids, per, skipped, st.bin_ms, log_rows,
+                                truth_arr)
+        report["figures"] = [f.name for f in figs]
+        report_path = write_json(out / "report.json", report)
+    return EvalResult(rows, skipped, truth_rows, report, report_path, figs, per, pred, test)
+
+
+def print_result(res: EvalResult, file: Any = None) -> None:
+    """The metrics table, skipped metrics with reasons, and the ground-truth comparison."""
+    from corticalrnn.bench.common import format_table
+
+    file = file or sys.stdout
+    r = res.report
+    print(f"test images {list(map(int, r['test_images']))}, {r['trials_per_image']} trial(s) each, "
+          f"{r['n_bins']} bins of {r['bin_ms']} ms; medians over neurons; model vs mean-rate baseline",
+          file=file)
+    print(res.table(), file=file)
+    if res.skipped:
+        print("skipped metrics:", file=file)
+        for name, why in res.skipped.items():
+            print(f"  {name}: {why}", file=file)
+    for note in res.test.notes:
+        print(f"note: {note}", file=file)
+    if res.truth_rows:
+        print("\ncomparison with the generator's true rates (Pearson r over images x time, median):",
+              file=file)
+        print(format_table(res.truth_rows, list(TRUTH_COLUMNS)), file=file)
+    if res.report_path is not None:
+        print(f"\nreport: {res.report_path}", file=file)
+        if res.figures:
+            print(f"figures: {', '.join(str(f) for f in res.figures)}", file=file)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint (RUN_DIR/best.pt or last.pt)")
+    parser.add_argument("store", type=Path, help="Zarr store with the test windows")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write report.json and figures here (default: CHECKPOINT_DIR/eval-STORE)")
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="ground-truth rates file from corticalrnn synth (compare with true rates)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N test images")
+    parser.add_argument("--weights", choices=("auto", "raw"), default="auto",
+                        help="auto: EMA weights when the run kept them; raw: the optimised weights")
+    parser.add_argument("--no-figures", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or args.checkpoint.parent / f"eval-{args.store.name.removesuffix('.zarr')}"
+    res = evaluate(args.checkpoint, args.store, out, truth=args.truth, device=args.device,
+                   batch_size=args.batch_size, figures=not args.no_figures, max_images=args.max_images,
+                   weights=args.weights)
+    print_result(res)
+    return 0

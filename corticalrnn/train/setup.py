@@ -1,0 +1,173 @@
+"""From a :class:`~corticalrnn.train.config.TrainConfig` to a running :class:`Trainer`:
+open the store, load the subset, split the images, build the model and its checkpoint spec.
+
+Also the inverse for evaluation and fine-tuning: :func:`model_from_checkpoint` rebuilds the
+trained network from a checkpoint alone (its spec holds sizes, neuron ids and positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.train.config import TrainConfig
+from corticalrnn.train.trainer import Trainer, TrainResult, resolve_device, resolve_precision
+
+
+def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
+    """The model's config from the ``[model]`` table; ``bin_ms`` comes from the store and the
+    matmul precision from the trainer (fp32 on CPU)."""
+    from corticalrnn.model import ModelConfig
+
+    data = dict(cfg.model)
+    if "bin_ms" in data and float(data["bin_ms"]) != float(bin_ms):
+        raise DataMismatchError(f"config model.bin_ms={data['bin_ms']} but the store has {bin_ms} ms bins")
+    data["bin_ms"] = float(bin_ms)
+    if "precision" not in data:
+        data["precision"] = precision
+    return ModelConfig.from_dict(data)
+
+
+def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
+    """What the model *is*, for checkpoints (see corticalrnn.train.checkpoint)."""
+    spec_cfg = mcfg.to_dict()
+    spec_cfg.pop("precision", None)  # a runtime choice (bf16 on GPU, fp32 on CPU), not architecture
+    positions = subset.positions(store)
+    return {
+        "model_config": spec_cfg,
+        "sizes": {s: int(n) for s, n in subset.sizes().items()},
+        "neuron_ids": {s: torch.as_tensor(sub.modelled) for s, sub in subset.sheets.items()},
+        "observed": {s: torch.as_tensor(sub.observed) for s, sub in subset.sheets.items()},
+        "positions": {s: torch.as_tensor(np.asarray(p, dtype=np.float64))
+                      for s, p in positions.items() if p is not None} or None,
+        "bin_ms": float(store.bin_ms),
+    }
+
+
+def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
+    """A fresh CorticalRNN for ``spec`` (weights initialised from the config's seed)."""
+    from corticalrnn.model import CorticalRNN, ModelConfig
+
+    mcfg = ModelConfig.from_dict({**spec["model_config"], "precision": precision})
+    positions = None
+    if spec.get("positions") is not None:
+        positions = {s: p.cpu().numpy() for s, p in spec["positions"].items()}
+    return CorticalRNN(mcfg, dict(spec["sizes"]), positions)
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                          weights: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the trained model of a checkpoint (EMA weights when present unless ``weights="raw"``).
+
+    Returns ``(model, checkpoint_dict)``; the model is in eval mode on ``device``.
+    """
+    from corticalrnn.train.checkpoint import load_checkpoint, load_state_strict
+
+    ck = load_checkpoint(path)
+    device = torch.device(device)
+    model = build_model(ck["spec"], "fp32" if device.type == "cpu" else ck.get("precision", "fp32"))
+    state = ck["model"]
+    if weights == "auto" and ck.get("ema") is not None:
+        state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    load_state_strict(model, state, path)
+    return model.to(device).eval(), ck
+
+
+class TensorWindows:
+    """Windows held in memory as float32 tensors; ``batch(indices)`` gives the trainer's dict."""
+
+    def __init__(self, lgn: np.ndarray, v1: np.ndarray) -> None:
+        self.lgn = torch.from_numpy(np.ascontiguousarray(lgn, dtype=np.float32))
+        self.v1 = torch.from_numpy(np.ascontiguousarray(v1, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return int(self.lgn.shape[0])
+
+    def batch(self, indices: Any) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return {"lgn": self.lgn[idx], "v1": self.v1[idx], "window": idx}
+
+
+def read_windows(store: Any, subset: Any, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LGN input ``[W, T, N_in]`` and V1 counts ``[W, T, N_v1]`` (float32) of ``windows`` for the
+    subset's neurons in model order. Raises DataMismatchError naming the store when neurons are missing."""
+    rows = subset.indices(store, "modelled", name=str(store.path))
+    windows = np.asarray(windows, dtype=np.int64)
+
+    def read(sheets: list[str]) -> np.ndarray:
+        parts = [store.read(s, windows, rows[s], dtype=np.float32) for s in sheets]
+        if not parts:
+            return np.zeros((len(windows), store.n_bins, 0), np.float32)
+        return np.concatenate(parts, axis=-1)
+
+    return read(subset.input_sheets), read(subset.v1_sheets)
+
+
+def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Training and validation window indices and the :class:`ImageSplit` used.
+
+    Test images never enter training: windows the store marks ``test`` and (``data.test_images =
+    "auto"``) images shown in more than one trial are excluded; the validation images are a
+    seeded fraction of the rest, chosen by image so that no image is in both.
+    """
+    from corticalrnn.subsets import ImageSplit, make_image_split
+
+    table = store.windows
+    ids, trials = np.asarray(table.image_id), np.asarray(table.trial)
+    marked_test = np.asarray(table.split) == "test"
+    if cfg.data.split:
+        split = ImageSplit.load(cfg.data.split)
+    else:
+        usable = ~marked_test
+        test_mode: Any = "repeats" if cfg.data.test_images == "auto" else 0.0
+        split = make_image_split(ids[usable], trials=trials[usable], validation=cfg.data.val_fraction,
+                                 test=test_mode, seed=cfg.data.split_seed)
+        if marked_test.any():
+            split = dataclasses.replace(split, test=np.union1d(split.test, np.unique(ids[marked_test])))
+    train_w = np.flatnonzero(np.isin(ids, split.train) & ~marked_test)
+    val_w = np.flatnonzero(np.isin(ids, split.validation) & ~marked_test)
+    if train_w.size == 0:
+        raise CorticalRNNError(f"{store.path}: no training windows after removing test and validation "
+                               f"images (images: {np.unique(ids).size}, test: {split.test.size})")
+    return train_w, val_w, split
+
+
+def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
+    """Everything up to a ready :class:`Trainer` (store, subset, split, data, model)."""
+    from corticalrnn.store import open_store
+    from corticalrnn.subsets import NeuronSubset
+
+    if not cfg.data.store:
+        raise CorticalRNNError("config: data.store is not set (path to the Zarr store)")
+    if not cfg.data.subset:
+        raise CorticalRNNError("config: data.subset is not set (neuron-subset JSON from corticalrnn subset)")
+    store = open_store(cfg.data.store)
+    subset = NeuronSubset.load(cfg.data.subset)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    mcfg = model_config(cfg, store.bin_ms, precision)
+    spec = make_spec(mcfg, subset, store)
+    train_w, val_w, split = split_training_windows(store, cfg)
+    train_data = TensorWindows(*read_windows(store, subset, train_w))
+    val_data = TensorWindows(*read_windows(store, subset, val_w)) if val_w.size else None
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(spec, mcfg.precision)
+    observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
+    teacher = mcfg.teacher
+    trainer = Trainer(cfg, model, train_data, val_data, observed, run_dir, spec, model.loss,
+                      subset=subset.to_json_dict(), project=model.project_,
+                      teacher_fraction=teacher.fraction_at if teacher.start > 0 or teacher.end > 0 else None,
+                      split=split.to_json_dict(), autocast=False)
+    return trainer
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: str | Path | None = None,
+          init_from: str | Path | None = None) -> TrainResult:
+    """Train from a config (what ``corticalrnn train`` runs)."""
+    trainer = prepare(cfg, run_dir)
+    return trainer.fit(resume=resume, init_from=init_from)
