@@ -484,9 +484,11 @@ def make_subset(
 
     ``source`` is a store (``.sheets``, ``.neuron_ids(sheet)``, ``.positions(sheet)``) or a mapping
     sheet → ``(ids, positions)`` tuple (positions may be None) or just ids (array or list). With
-    ``method="explicit"`` the modelled ids come from ``modelled_ids`` (V1 sheets not listed there get
-    no neurons; inputs follow ``input_fraction``); with ``observed_method="explicit"`` the observed
-    ids come from ``observed_ids``. Each sheet draws from its own seeded stream, so adding a sheet
+    ``method="explicit"`` the modelled V1 ids come from ``modelled_ids`` (V1 sheets not listed get
+    no neurons), with ``input_method="explicit"`` the input ids too; with
+    ``observed_method="explicit"`` the observed ids come from ``observed_ids`` (sheets not listed:
+    none observed). Ids given for a stage whose method is not ``explicit`` are an error. Each
+    sheet draws from its own seeded stream, so adding a sheet
     does not change another sheet's choice.
     """
     cfg = config or SubsetConfig()
@@ -510,6 +512,16 @@ def make_subset(
     for extra in set(explicit_m) | set(explicit_o):
         if extra not in wanted:
             raise DataMismatchError(f"{where}: explicit ids given for sheet {extra!r}, which is not selected")
+    for sheet in explicit_m:
+        stage = "input_method" if sheet in INPUT_SHEETS else "method"
+        if getattr(cfg, stage) != "explicit":
+            raise CorticalRNNError(
+                f"modelled ids given for {sheet!r}, but {stage} is {getattr(cfg, stage)!r}"
+            )
+    if explicit_o and obs_method != "explicit":
+        raise CorticalRNNError(f"observed ids given, but the observed method is {obs_method!r}")
+    if cfg.input_method == "explicit" and not any(s in explicit_m for s in wanted if s in INPUT_SHEETS):
+        raise CorticalRNNError("input_method 'explicit' needs modelled_ids for X_ON / X_OFF")
 
     sheets: dict[str, SheetSubset] = {}
     for sheet in wanted:
@@ -517,8 +529,8 @@ def make_subset(
         ids = _source_ids(source, sheet)
         swhere = f"{where}: sheet {sheet!r}"
         if sheet in INPUT_SHEETS:
-            if sheet in explicit_m:
-                modelled = explicit_m[sheet]
+            if cfg.input_method == "explicit":
+                modelled = explicit_m.get(sheet, np.zeros(0, np.int64))
                 _rows_of(ids, modelled, swhere)
             elif cfg.input_fraction == 1.0:
                 modelled = ids
@@ -1033,6 +1045,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input-fraction", type=float, default=1.0, help="fraction of X_ON/X_OFF neurons")
+    parser.add_argument(
+        "--input-method", choices=METHODS, default="random", help="how input neurons are chosen"
+    )
     parser.add_argument("--sheets", nargs="+", default=None, help="only these sheets (default: all)")
     parser.add_argument("--modelled-ids", metavar="JSON", help="explicit modelled ids: JSON {sheet: [ids]}")
     parser.add_argument("--observed-ids", metavar="JSON", help="explicit observed ids: JSON {sheet: [ids]}")
@@ -1143,6 +1158,7 @@ def run(args: argparse.Namespace) -> int:
             observed_method=args.observed_method or ("explicit" if args.observed_ids else None),
             seed=args.seed,
             input_fraction=args.input_fraction,
+            input_method=args.input_method,
             sheets=tuple(args.sheets) if args.sheets else None,
         )
         subset = make_subset(

@@ -199,6 +199,17 @@ def test_explicit_ids_and_their_errors() -> None:
         )
     with pytest.raises(CorticalRNNError, match="needs modelled_ids"):
         S.make_subset(table, S.SubsetConfig(method="explicit"))
+    with pytest.raises(CorticalRNNError, match="method is 'random'"):
+        S.make_subset(table, S.SubsetConfig(method="random"), modelled_ids=modelled)
+    with pytest.raises(CorticalRNNError, match="observed method is 'random'"):
+        S.make_subset(table, S.SubsetConfig(method="explicit"), modelled_ids=modelled, observed_ids=observed)
+    x_on = table["X_ON"][0][:4].tolist()
+    inputs = S.make_subset(
+        table,
+        S.SubsetConfig(method="explicit", input_method="explicit"),
+        modelled_ids={**modelled, "X_ON": x_on},
+    )
+    assert set(inputs.sheets["X_ON"].modelled) == set(x_on) and len(inputs.sheets["X_OFF"].modelled) == 0
     with pytest.raises(CorticalRNNError, match="unknown method"):
         S.SubsetConfig(method="grid")
     with pytest.raises(CorticalRNNError, match="fraction"):
