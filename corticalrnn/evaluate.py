@@ -106,6 +106,7 @@ def test_window_candidates(store: Any, split: dict[str, Any] | None) -> np.ndarr
     image_ids = np.asarray(table.image_id, dtype=np.int64)
     marked = np.asarray(table.split) == "test"
     ok = marked.copy() if marked.any() else np.ones(len(image_ids), bool)
+    ok &= ~np.asarray(table.padded, dtype=bool)
     if split is not None:
         seen = np.concatenate([np.asarray(split.get("train", []), np.int64),
                                np.asarray(split.get("validation", []), np.int64)])
@@ -123,7 +124,7 @@ def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
 
     Raises :class:`DataMismatchError` when the store lacks the subset's neurons or has no test window.
     """
-    from corticalrnn.train.setup import read_windows
+    from corticalrnn.train.setup import subset_windows
 
     table = store.windows
     image_ids = np.asarray(table.image_id, dtype=np.int64)
@@ -131,7 +132,9 @@ def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
     imgs, tr, win, notes = group_test_windows(image_ids, trials, test_window_candidates(store, split))
     if max_images is not None and len(imgs) > max_images:
         imgs, tr, win = imgs[:max_images], tr[:max_images], win[:max_images]
-    lgn, v1 = read_windows(store, subset, win.ravel())
+    data = subset_windows(store, subset, win.ravel())
+    b = data.batch(np.arange(len(data)))
+    v1, lgn = b["v1"].numpy(), b["lgn"].numpy()
     return TestData(imgs, tr, win, v1.reshape(win.shape + v1.shape[1:]),
                     lgn.reshape(win.shape + lgn.shape[1:]), notes)
 
@@ -188,6 +191,42 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
                          "r_data_truth_median": _nanmedian(r_data[sel]),
                          "r_baseline_truth_median": math.nan})
     return rows
+
+
+def true_rates_for(path: str | Path, image_ids: np.ndarray, subset: Any, store: Any) -> np.ndarray:
+    """The generator's trial-averaged true rates on the store's bins: expected counts per bin
+    ``[images, T, N_v1]`` for the subset's V1 neurons (``corticalrnn.synth.truth`` file)."""
+    from corticalrnn.synth.truth import read_truth
+
+    gt = read_truth(path)
+    b, rb, T = int(store.bin_ms), int(gt.rate_bin_ms), int(store.n_bins)
+    t0 = float(store.window_def.get("t0_ms", 0.0))
+    start = t0 + float(gt.window_ms[0])  # ms from the start of the truth's time axis
+    if b % rb or start % rb or start < 0:
+        raise DataMismatchError(f"{path}: true rates in {rb} ms bins from -{gt.window_ms[0]:g} ms cannot be "
+                                f"averaged onto {store.path}'s {b} ms bins from {t0:g} ms")
+    k0, per = int(start // rb), b // rb
+    if k0 + T * per > gt.avg_rates_v1.shape[1]:
+        raise DataMismatchError(f"{path}: true rates end before {store.path}'s windows do")
+    col = {}
+    offset = 0
+    from corticalrnn.sheets import V1_SHEETS
+
+    for sheet in V1_SHEETS:
+        ids = gt.neuron_ids.get(sheet, np.zeros(0, np.int64))
+        col.update({int(i): offset + j for j, i in enumerate(ids)})
+        offset += len(ids)
+    wanted = subset.v1_ids()
+    missing = [int(i) for i in wanted if int(i) not in col]
+    if missing:
+        raise DataMismatchError(f"{path}: lacks {len(missing)} of the model's neurons (e.g. {missing[:5]})")
+    rows = {int(i): r for r, i in enumerate(gt.avg_image_id)}
+    absent = [int(i) for i in image_ids if int(i) not in rows]
+    if absent:
+        raise DataMismatchError(f"{path}: has no true rates for test images {absent}")
+    cols = np.array([col[int(i)] for i in wanted], dtype=np.int64)
+    r = gt.avg_rates_v1[[rows[int(i)] for i in image_ids]][:, k0:k0 + T * per][..., cols]
+    return r.reshape(len(image_ids), T, per, len(cols)).mean(2).astype(np.float64) * (b / 1000.0)
 
 
 def _nanmedian(x: np.ndarray) -> float:
@@ -280,7 +319,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     Writes ``report.json`` and PNG figures to ``out_dir`` when given. ``truth`` is a ground-truth
     rates file of ``corticalrnn synth`` for the same images.
     """
-    from corticalrnn.metrics import compute_metrics, summarize
+    from corticalrnn.metrics import summarize
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
     from corticalrnn.train.setup import model_from_checkpoint
@@ -305,12 +344,10 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     summary = summarize(test.v1, pred, labels, observed, progress=progress)
     rows = [dict(r) for r in summary]
     skipped = dict(summary.skipped)
-    per = compute_metrics(test.v1, pred, progress=progress).per_neuron
+    per = summary.results["model"].per_neuron
 
     truth_rows = truth_arr = None
     if truth is not None:
-        from corticalrnn.synth.truth import true_rates_for
-
         truth_arr = true_rates_for(truth, test.image_ids, subset, st)  # [images, T, N_v1]
         truth_rows = truth_comparison(pred, test.v1, truth_arr, labels, observed)
 

@@ -47,6 +47,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the image split
     test_images: str = "auto"  # auto: exclude images with repeated trials (and store-marked test) | none
     num_workers: int = 0  # DataLoader worker processes
+    cache_mb: float = 1024.0  # hold the windows in memory (dense float32) when they take less than this
 
 
 @dataclass

@@ -81,9 +81,8 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 class TensorWindows:
     """Windows held in memory as float32 tensors; ``batch(indices)`` gives the trainer's dict."""
 
-    def __init__(self, lgn: np.ndarray, v1: np.ndarray) -> None:
-        self.lgn = torch.from_numpy(np.ascontiguousarray(lgn, dtype=np.float32))
-        self.v1 = torch.from_numpy(np.ascontiguousarray(v1, dtype=np.float32))
+    def __init__(self, lgn: torch.Tensor, v1: torch.Tensor) -> None:
+        self.lgn, self.v1 = lgn, v1
 
     def __len__(self) -> int:
         return int(self.lgn.shape[0])
@@ -93,19 +92,20 @@ class TensorWindows:
         return {"lgn": self.lgn[idx], "v1": self.v1[idx], "window": idx}
 
 
-def read_windows(store: Any, subset: Any, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """LGN input ``[W, T, N_in]`` and V1 counts ``[W, T, N_v1]`` (float32) of ``windows`` for the
-    subset's neurons in model order. Raises DataMismatchError naming the store when neurons are missing."""
+def subset_windows(store: Any, subset: Any, windows: np.ndarray, cache_mb: float = 0.0) -> Any:
+    """The subset's neurons in ``windows`` as trainer batches (``corticalrnn.data.WindowBatches``),
+    read once into memory when their dense float32 size is below ``cache_mb``.
+
+    Raises DataMismatchError naming the store when it lacks some of the subset's neurons."""
+    from corticalrnn.data import WindowBatches
+
     rows = subset.indices(store, "modelled", name=str(store.path))
-    windows = np.asarray(windows, dtype=np.int64)
-
-    def read(sheets: list[str]) -> np.ndarray:
-        parts = [store.read(s, windows, rows[s], dtype=np.float32) for s in sheets]
-        if not parts:
-            return np.zeros((len(windows), store.n_bins, 0), np.float32)
-        return np.concatenate(parts, axis=-1)
-
-    return read(subset.input_sheets), read(subset.v1_sheets)
+    wb = WindowBatches(store, np.asarray(windows, dtype=np.int64), rows)
+    dense_mb = len(wb) * wb.n_bins * (wb.sizes["lgn"] + wb.sizes["v1"]) * 4 / 2**20
+    if len(wb) and dense_mb <= cache_mb:
+        b = wb.batch(np.arange(len(wb)))
+        return TensorWindows(b["lgn"], b["v1"])
+    return wb
 
 
 def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -129,8 +129,9 @@ def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np
                                  test=test_mode, seed=cfg.data.split_seed)
         if marked_test.any():
             split = dataclasses.replace(split, test=np.union1d(split.test, np.unique(ids[marked_test])))
-    train_w = np.flatnonzero(np.isin(ids, split.train) & ~marked_test)
-    val_w = np.flatnonzero(np.isin(ids, split.validation) & ~marked_test)
+    usable = ~marked_test & ~np.asarray(table.padded, dtype=bool)
+    train_w = np.flatnonzero(np.isin(ids, split.train) & usable)
+    val_w = np.flatnonzero(np.isin(ids, split.validation) & usable)
     if train_w.size == 0:
         raise CorticalRNNError(f"{store.path}: no training windows after removing test and validation "
                                f"images (images: {np.unique(ids).size}, test: {split.test.size})")
@@ -153,8 +154,8 @@ def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
     mcfg = model_config(cfg, store.bin_ms, precision)
     spec = make_spec(mcfg, subset, store)
     train_w, val_w, split = split_training_windows(store, cfg)
-    train_data = TensorWindows(*read_windows(store, subset, train_w))
-    val_data = TensorWindows(*read_windows(store, subset, val_w)) if val_w.size else None
+    train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
+    val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, mcfg.precision)
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
