@@ -738,14 +738,18 @@ def _read_json(path: Path) -> Any:
         raise SchemaError(f"{path}: not valid JSON: {exc}") from exc
 
 
+def _compact_number_lists(match: re.Match[str]) -> str:
+    return "[" + ", ".join(x.strip() for x in match.group(0)[1:-1].split(",") if x.strip()) + "]"
+
+
 def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> Path:
-    """Write ``doc`` to ``path.tmp``, fsync, rename over ``path``."""
+    """Write ``doc`` to ``path.tmp``, fsync, rename over ``path``; id lists one line each."""
+    text = re.sub(r"\[[\d,\s-]*\]", _compact_number_lists, json.dumps(doc, indent=1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
+            fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -1166,7 +1170,7 @@ def run(args: argparse.Namespace) -> int:
             cfg,
             modelled_ids=_load_id_json(args.modelled_ids) if args.modelled_ids else None,
             observed_ids=_load_id_json(args.observed_ids) if args.observed_ids else None,
-            name=args.store,
+            name=str(Path(args.store).resolve()),
         )
     out = subset.save(args.output)
     _print_summary(subset, out)

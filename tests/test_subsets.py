@@ -280,6 +280,7 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     )
     path = sub.save(tmp_path / "sub" / "subset.json")
     assert not list(path.parent.glob("*.tmp"))
+    assert len(path.read_text().splitlines()) < 60  # id lists on one line each (not one id per line)
     doc = json.loads(path.read_text())
     assert doc["schema"] == "corticalrnn.subset" and doc["schema_version"] == 1
     assert doc["seed"] == 5 and doc["method"]["modelled"] == "spatial"
@@ -299,9 +300,10 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     target.write_text("old")
 
     def boom(*args, **kwargs):
+        assert (tmp_path / "subset.json.tmp").exists()  # fails after the temporary file is written
         raise OSError("disk full")
 
-    monkeypatch.setattr(S.json, "dump", boom)
+    monkeypatch.setattr(S.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         sub.save(target)
     assert target.read_text() == "old"
