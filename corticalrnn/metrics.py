@@ -23,6 +23,9 @@ Per-neuron metrics (:func:`compute_metrics`, NaN where undefined, reasons counte
     condition: noise variance σ² = mean over conditions of the across-trial variance (ddof 1),
     total variance V = variance over all images, trials and bins (ddof 1), MSE = mean squared error
     over the same; FEV = (V − σ²)/V, FEVE = 1 − (MSE − σ²)/(V − σ²). Undefined when V ≤ σ².
+    The ceiling 1 holds for trial-independent predictions; a per-trial prediction that tracks
+    trial-to-trial variability (the data itself, or a model driven by each trial's input) can
+    exceed it, and the trial mean of the data scores 1 + σ²/(K (V − σ²)).
 ``bits_per_spike``
     Poisson log-likelihood gain of the prediction over the neuron's constant mean rate (measured on
     the same data), in bits per recorded spike (Pei et al. 2021, NLB): (LL(pred) − LL(mean)) /
