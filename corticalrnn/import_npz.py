@@ -149,6 +149,8 @@ def _load_matrix(path: Path, hasher_lines: list[str], root: Path) -> sp.csr_matr
         not np.all(np.isfinite(data)) or np.any(data < 0) or np.any(np.asarray(data) != np.round(data))
     ):
         raise DataMismatchError(f"{path}: counts must be non-negative integers")
+    if data.size and data.max() >= 1 << 16:
+        raise DataMismatchError(f"{path}: a bin holds {data.max()} spikes (limit 65535)")
     return m
 
 
@@ -243,7 +245,7 @@ def import_npz(root: str | Path, out: str | Path, config: ImportConfig | None = 
                     events[sheet] = BinnedCSR(
                         stacked.indptr.astype(np.int64),
                         stacked.indices.astype(np.int32),
-                        stacked.data.astype(np.int64).astype(np.int32),
+                        stacked.data.astype(np.int32),
                         n_bins,
                     )
                 writer.append(
@@ -301,8 +303,9 @@ def run(args: argparse.Namespace) -> int:
 
     store = open_store(out)
     t = store.windows
+    per_split = ", ".join(f"{s}: {int((t.split == s).sum())}" for s in store.splits if s)
     print(
-        f"wrote {out}: {len(store)} windows ({', '.join(f'{s}: {int((t.split == s).sum())}' for s in store.splits if s)}), "
+        f"wrote {out}: {len(store)} windows ({per_split}), "
         f"{store.n_bins} bins of {store.bin_ms} ms, sheets {', '.join(store.sheets)}, {store.n_events} events"
     )
     return 0

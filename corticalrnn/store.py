@@ -59,7 +59,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from corticalrnn.binning import BinnedCSR, merge_rows
+from corticalrnn.binning import BinnedCSR
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 from corticalrnn.sheets import normalize_sheet_name, sort_sheets
 
@@ -194,13 +194,11 @@ def pack_events(counts: BinnedCSR, n_neurons: int, n_windows: int, where: str) -
         raise DataMismatchError(f"{where}: a bin holds {int(counts.counts.max())} spikes (limit 65535)")
     if counts.counts.size and int(counts.counts.min()) < 1:
         raise DataMismatchError(f"{where}: event counts must be >= 1")
-    rows = counts.rows()
-    neuron = rows % n_neurons if n_neurons else rows
-    packed = (
-        (neuron.astype(np.uint64) << np.uint64(32))
-        | (counts.bins.astype(np.uint64) << np.uint64(16))
-        | counts.counts.astype(np.uint64)
-    )
+    per_row = np.diff(counts.indptr)
+    neuron_bits = np.arange(n_neurons, dtype=np.uint64) << np.uint64(32)
+    packed = np.repeat(np.tile(neuron_bits, n_windows), per_row)
+    packed |= counts.bins.astype(np.uint64) << np.uint64(16)
+    packed |= counts.counts.astype(np.uint64)
     if n_neurons:
         win_ptr = counts.indptr[::n_neurons]
     else:
@@ -208,13 +206,11 @@ def pack_events(counts: BinnedCSR, n_neurons: int, n_windows: int, where: str) -
     return PackedEvents(np.ascontiguousarray(win_ptr, dtype=np.int64), packed)
 
 
-def _check_packed(ev: PackedEvents, w: int, n_neurons: int, n_bins: int, where: str) -> None:
+def _check_packed(ev: PackedEvents, w: int, n_neurons: int, where: str) -> None:
     if ev.win_ptr.shape != (w + 1,) or ev.win_ptr[0] != 0 or ev.win_ptr[-1] != ev.data.size:
         raise DataMismatchError(f"{where}: packed events do not match {w} windows")
-    if ev.data.size:
-        neuron, bins, count = unpack_events(ev.data)
-        if neuron.max() >= n_neurons or bins.max() >= n_bins or count.min() < 1:
-            raise DataMismatchError(f"{where}: packed events out of range")
+    if ev.data.size and int(ev.data.max() >> np.uint64(32)) >= n_neurons:
+        raise DataMismatchError(f"{where}: packed events name neurons beyond the sheet's {n_neurons}")
 
 
 def _column(values: np.ndarray | None, w: int, default: object, dtype: type) -> np.ndarray:
@@ -701,10 +697,13 @@ class StoreWriter:
                 if ev.n_bins != self.n_bins:
                     raise DataMismatchError(f"{where}: counts have {ev.n_bins} bins, the store {self.n_bins}")
                 ev = pack_events(ev, self._n_neurons[s], w, where)
-            _check_packed(ev, w, self._n_neurons[s], self.n_bins, where)
+            _check_packed(ev, w, self._n_neurons[s], where)
             win_ptrs.append(ev.win_ptr)
             packed.append(ev.data)
-        merged_ip, merged = merge_rows(list(zip(win_ptrs, packed)))
+        # window-major, then sheet order: row w*S + s of events/ptr
+        merged = np.concatenate(
+            [packed[k][win_ptrs[k][i] : win_ptrs[k][i + 1]] for i in range(w) for k in range(len(packed))]
+        )
         # everything validated: update state
         cols["split"] = np.array([self._split_code(x) for x in splits], dtype=np.int8)
         for c, v in cols.items():
