@@ -210,7 +210,7 @@ def _count(fraction: float, n: int, what: str) -> int:
 # the subset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SheetSubset:
     """Modelled and observed neuron ids of one sheet (both int64, ascending, observed ⊆ modelled)."""
 
@@ -226,6 +226,13 @@ class SheetSubset:
             raise CorticalRNNError(f"observed ids not among the modelled ids: {_preview(np.setdiff1d(o, m))}")
         object.__setattr__(self, "modelled", m)
         object.__setattr__(self, "observed", o)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SheetSubset):
+            return NotImplemented
+        return np.array_equal(self.modelled, other.modelled) and np.array_equal(self.observed, other.observed)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def hidden(self) -> np.ndarray:
@@ -585,7 +592,7 @@ def make_subset(
 # image splits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSplit:
     """Image ids of the train / validation / test splits (disjoint), and how they were made."""
 
@@ -608,6 +615,16 @@ class ImageSplit:
             both = np.intersect1d(parts[a], parts[b])
             if both.size:
                 raise CorticalRNNError(f"image split: {a} and {b} share {_preview(both)}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageSplit):
+            return NotImplemented
+        same = all(
+            np.array_equal(getattr(self, p), getattr(other, p)) for p in ("train", "validation", "test")
+        )
+        return same and (self.seed, self.method) == (other.seed, other.method)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def part_of(self, image_ids: Iterable[int]) -> np.ndarray:
         """Split name (``train``/``validation``/``test``/``""``) of each image id."""

@@ -292,6 +292,7 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
         assert np.array_equal(back.sheets[sheet].modelled, sub.sheets[sheet].modelled)
         assert np.array_equal(back.sheets[sheet].observed, sub.sheets[sheet].observed)
     assert np.array_equal(back.observed_mask(), sub.observed_mask())
+    assert back.sheets == sub.sheets and back.sheets["V1_Exc_L4"] != back.sheets["V1_Inh_L4"]
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,6 +350,7 @@ def test_image_split_random_and_repeats(tmp_path: Path) -> None:
     assert list(rep.part_of([1, 2, 3, 4, 5, 9, 77])).count("test") == 2
     path = rep.save(tmp_path / "split.json")
     back = S.ImageSplit.load(path)
+    assert back == rep and back != split
     assert back.method == "repeats" and np.array_equal(back.train, rep.train)
     assert np.array_equal(back.validation, rep.validation) and np.array_equal(back.test, rep.test)
     doc = json.loads(path.read_text())
