@@ -268,7 +268,7 @@ def make_loader(
 
 @dataclass(frozen=True)
 class TrialGroups:
-    """Repeated trials: ``windows[i, r]`` is the store window of image ``images[i]``, trial ``trials[i, r]``."""
+    """Repeated trials: ``windows[i, r]`` is the window of image ``images[i]``, trial ``trials[i, r]``."""
 
     images: np.ndarray  # int64 [I]
     trials: np.ndarray  # int64 [I, R]
@@ -303,6 +303,6 @@ def read_grouped(
     dtype: np.dtype | type = np.float32,
 ) -> np.ndarray:
     """Counts ``[images, trials, T, n]`` of one sheet for the grouped windows."""
-    I, R = groups.windows.shape
+    n_images, n_trials = groups.windows.shape
     dense = store.read(sheet, groups.windows.ravel(), neurons, dtype=dtype)
-    return dense.reshape(I, R, *dense.shape[1:])
+    return dense.reshape(n_images, n_trials, *dense.shape[1:])

@@ -1,0 +1,152 @@
+"""Dataset API: window selection, dense batches of chosen neurons, loaders with spawn workers, trials."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corticalrnn.binning import BinnedCSR
+from corticalrnn.data import (
+    WindowBatches,
+    densify,
+    group_trials,
+    make_loader,
+    open_store,
+    read_grouped,
+    select_windows,
+)
+from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
+from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
+
+T = 10
+SIZES = {"X_ON": 6, "X_OFF": 5, "V1_Exc_L4": 8, "V1_Inh_L4": 3, "V1_Exc_L2/3": 7}
+
+
+def _csr(dense: np.ndarray) -> BinnedCSR:
+    flat = dense.reshape(-1, dense.shape[-1])
+    r, b = np.nonzero(flat)
+    indptr = np.zeros(flat.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(r, minlength=flat.shape[0]), out=indptr[1:])
+    return BinnedCSR(indptr, b.astype(np.int32), flat[r, b].astype(np.int32), dense.shape[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """12 windows: images 0..3 x trials 0..2; images 0, 1 split train, 2, 3 test; window 11 padded."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "s.zarr"
+    meta = StoreMeta(
+        5,
+        T,
+        {"origin": "test"},
+        [SheetMeta(s, np.arange(n) + 100 * k) for k, (s, n) in enumerate(SIZES.items())],
+    )
+    w = StoreWriter.create(path, meta)
+    dense = {s: rng.poisson(0.5, (12, n, T)) for s, n in SIZES.items()}
+    images, trials = np.repeat(np.arange(4), 3), np.tile(np.arange(3), 4)
+    padded = np.zeros(12, bool)
+    padded[11] = True
+    src = w.add_source(path="x", sha256="x", kind="test")
+    w.append(
+        WindowBlock(
+            images,
+            trials,
+            {s: _csr(d) for s, d in dense.items()},
+            padded=padded,
+            split=["train"] * 6 + ["test"] * 6,
+        ),
+        src,
+    )
+    w.commit()
+    return path, {s: d.transpose(0, 2, 1) for s, d in dense.items()}  # [W, T, N]
+
+
+def test_select_windows(tiny) -> None:
+    st = open_store(tiny[0])
+    assert select_windows(st).tolist() == list(range(11))
+    assert select_windows(st, include_padded=True).tolist() == list(range(12))
+    assert select_windows(st, images=[1, 3], trials=[0, 2]).tolist() == [3, 5, 9]
+    assert select_windows(st, split="test").tolist() == [6, 7, 8, 9, 10]
+    with pytest.raises(CorticalRNNError, match="no split"):
+        select_windows(st, split="valid")
+    assert st.images().tolist() == [0, 1, 2, 3] and st.trials().tolist() == [0, 1, 2]
+
+
+def test_batches_of_chosen_neurons(tiny) -> None:
+    path, dense = tiny
+    neurons = {"V1_Exc_L2/3": np.array([6, 0, 3]), "X_OFF": np.array([4, 1]), "V1_Exc_L4": np.arange(8)[::-2]}
+    wb = WindowBatches(path, windows=[2, 9, 4, 0], neurons=neurons)
+    assert wb.sizes == {"lgn": 2, "v1": 7}
+    b = wb.batch([1, 3, 2])
+    win = np.array([9, 0, 4])
+    assert b["window"].tolist() == win.tolist() and b["window"].dtype == torch.int64
+    assert b["lgn"].dtype == torch.float32 and b["lgn"].shape == (3, T, 2)
+    assert np.array_equal(b["lgn"].numpy(), dense["X_OFF"][win][:, :, [4, 1]])
+    # V1 vector: canonical sheet order (L4 E before L2/3 E), each in the order given
+    want_v1 = np.concatenate(
+        [dense["V1_Exc_L4"][win][:, :, neurons["V1_Exc_L4"]], dense["V1_Exc_L2/3"][win][:, :, [6, 0, 3]]],
+        axis=2,
+    )
+    assert np.array_equal(b["v1"].numpy(), want_v1)
+    everything = WindowBatches(path)
+    full = everything.batch(np.arange(len(everything)))
+    assert full["lgn"].shape == (11, T, 11) and full["v1"].shape == (11, T, 18)
+    assert np.array_equal(full["v1"][:, :, 8:11].numpy(), dense["V1_Inh_L4"][:11])
+
+
+def test_bad_neuron_selection(tiny) -> None:
+    with pytest.raises(SchemaError, match="no sheet 'V1_Inh_L2/3'"):
+        WindowBatches(tiny[0], neurons={"V1_Inh_L2/3": np.arange(2)})
+    with pytest.raises(CorticalRNNError, match="out of range"):
+        WindowBatches(tiny[0], neurons={"X_ON": np.array([6])})
+    with pytest.raises(CorticalRNNError, match="duplicate"):
+        WindowBatches(tiny[0], neurons={"X_ON": np.array([1, 1])})
+
+
+def test_loader_order_and_pickling(tiny) -> None:
+    wb = WindowBatches(tiny[0], neurons={"X_ON": np.arange(3), "V1_Inh_L4": np.arange(3)})
+    clone = pickle.loads(pickle.dumps(wb))
+    assert clone._store is None and np.array_equal(clone.batch([0])["v1"], wb.batch([0])["v1"])
+    loader = make_loader(wb, batch_size=4, shuffle=True, seed=3)
+    first = [b["window"].tolist() for b in loader]
+    second = [b["window"].tolist() for b in loader]
+    assert sorted(sum(first, [])) == list(range(11)) and [len(x) for x in first] == [4, 4, 3]
+    assert first != second  # a new permutation per epoch, reproducible from the seed
+    again = make_loader(wb, batch_size=4, shuffle=True, seed=3)
+    assert [b["window"].tolist() for b in again] == first
+    assert [len(b["window"]) for b in make_loader(wb, batch_size=4, drop_last=True)] == [4, 4]
+
+
+def test_spawn_workers_match_main_process(tiny) -> None:
+    wb = WindowBatches(tiny[0], neurons={"X_OFF": np.arange(5), "V1_Exc_L4": np.array([7, 2])})
+    main = list(make_loader(wb, batch_size=3, shuffle=True, seed=1))
+    workers = list(make_loader(wb, batch_size=3, shuffle=True, seed=1, num_workers=2, context="spawn"))
+    assert len(main) == len(workers) == 4
+    for a, b in zip(main, workers):
+        for key in ("lgn", "v1", "window"):
+            assert torch.equal(a[key], b[key])
+
+
+def test_densify_matches_numpy(tiny) -> None:
+    wb = WindowBatches(tiny[0])
+    sparse = wb.sparse_batch([0, 5])
+    assert sparse["v1_index"].dtype == np.int32 and sparse["v1_count"].dtype == np.uint8
+    d = densify({k: torch.as_tensor(v) for k, v in sparse.items()}, "cpu")
+    ref = tiny[1]
+    assert np.array_equal(d["lgn"][:, :, :6].numpy(), ref["X_ON"][[0, 5]])
+
+
+def test_group_trials(tiny) -> None:
+    path, dense = tiny
+    st = open_store(path)
+    g = group_trials(st, select_windows(st, images=[0, 2, 1]))
+    assert g.images.tolist() == [0, 1, 2] and g.windows.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    arr = read_grouped(st, "V1_Exc_L4", g, np.array([5, 1]))
+    assert arr.shape == (3, 3, T, 2) and arr.dtype == np.float32
+    assert np.array_equal(arr[1, 2], dense["V1_Exc_L4"][5][:, [5, 1]])
+    with pytest.raises(DataMismatchError, match="different numbers of trials"):
+        group_trials(st)  # image 3 has only 2 non-padded trials
