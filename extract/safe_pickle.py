@@ -20,6 +20,7 @@ Either way :func:`spiketrain_data` reads a spike train as plain numbers (ms).
 
 from __future__ import annotations
 
+import codecs
 import collections
 import copyreg
 import datetime
@@ -229,9 +230,8 @@ def _new_spiketrain(cls: Any, signal: Any, t_stop: Any, units: Any = None, *args
         array_annotations, annotations = None, rest[9]
     else:
         array_annotations, annotations = None, kw.get("annotations")
-    if isinstance(signal, LightQuantity):
-        units = units if units is not None else signal
-        signal = signal.magnitude
+    if isinstance(signal, LightQuantity):  # times as a quantity: convert now, units become ms
+        signal, units = signal.to_ms(), None
     return LightSpikeTrain(
         times=np.asarray(signal),
         units=units,
@@ -257,8 +257,9 @@ class LightSpikeTrainList(LightNeo):
         all_ids = d.get("_all_channel_ids")
         all_ids = list(np.unique(ids) if all_ids is None else all_ids)
         meta = d.get("_spiketrain_metadata") or {}
-        magnitude = stimes.magnitude if isinstance(stimes, LightQuantity) else np.asarray(stimes)
-        units = stimes if isinstance(stimes, LightQuantity) else None
+        # times as a quantity are converted to ms here; plain numbers are taken as ms
+        magnitude = stimes.to_ms() if isinstance(stimes, LightQuantity) else np.asarray(stimes)
+        units = None
         ann = d.get("_annotations") or {}
         out = []
         for i, cid in enumerate(all_ids):
@@ -378,6 +379,7 @@ _BASE: dict[tuple[str, str], Any] = {
     ("datetime", "timezone"): datetime.timezone,
     ("copyreg", "_reconstructor"): _safe_reconstructor,
     ("copy_reg", "_reconstructor"): _safe_reconstructor,
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles: encode(str, "latin1")
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
