@@ -500,14 +500,20 @@ def _simulate_batch(net: Network, stims: list[Stimulus], pre_ms: int) -> list[El
     buf = np.empty((_CHUNK_MS, n_v1, B), np.float32)
     for t0 in range(0, T, _CHUNK_MS):
         C = min(_CHUNK_MS, T - t0)
-        # LGN spikes and noise for the chunk, each element from its own stream.
-        x = np.empty((n_lgn, C, B), np.float32)
-        xi = np.empty((C, n_v1, B), np.float32)
+        # LGN spikes and noise for the chunk, each element from its own stream. Every element draws
+        # whole chunks, and nothing past its own end, so its draws do not depend on the batch.
+        x = np.zeros((n_lgn, C, B), np.float32)
+        xi = np.zeros((C, n_v1, B), np.float32)
         for e, g in enumerate(rngs):
-            counts = g.poisson(lam[e][t0 : t0 + C] * (cfg.dt_ms / 1000.0))
-            x[:, :, e] = counts.T
-            spikes_lgn[e].append(_spike_times(g, counts, t0))
-            xi[:, :, e] = g.standard_normal((C, n_v1))
+            valid = min(max(steps[e] - t0, 0), _CHUNK_MS)
+            if valid == 0:
+                continue
+            lam_chunk = np.zeros((_CHUNK_MS, n_lgn), np.float32)
+            lam_chunk[:valid] = lam[e][t0 : t0 + valid]
+            counts = g.poisson(lam_chunk * (cfg.dt_ms / 1000.0))
+            x[:, :valid, e] = counts[:valid].T
+            spikes_lgn[e].append(_spike_times(g, counts[:valid], t0))
+            xi[:valid, :, e] = g.standard_normal((_CHUNK_MS, n_v1))[:valid]
         drive4 = (U4 @ x.reshape(n_lgn, C * B)).reshape(n4, C, B) + bias4[:, :, None]
         for c in range(C):
             eta *= decay
@@ -531,8 +537,13 @@ def _simulate_batch(net: Network, stims: list[Stimulus], pre_ms: int) -> list[El
             chunk.reshape(C // rb, rb, n_v1, B).mean(1).transpose(2, 0, 1)
         )
         for e, g in enumerate(rngs):
-            counts = g.poisson(chunk[:, :, e] * (cfg.dt_ms / 1000.0))
-            spikes_v1[e].append(_spike_times(g, counts, t0))
+            valid = min(max(steps[e] - t0, 0), _CHUNK_MS)
+            if valid == 0:
+                continue
+            rate_chunk = np.zeros((_CHUNK_MS, n_v1), np.float32)
+            rate_chunk[:valid] = chunk[:valid, :, e]
+            counts = g.poisson(rate_chunk * (cfg.dt_ms / 1000.0))  # rate 0 draws nothing
+            spikes_v1[e].append(_spike_times(g, counts[:valid], t0))
     out = []
     for e, s in enumerate(stims):
         n = steps[e]
