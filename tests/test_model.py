@@ -24,6 +24,15 @@ ODD_PATHWAYS = (P("X_ON", "V1_Exc_L2/3", 0), P("X_OFF", "V1_Inh_L2/3", 1), P("X_
                 P("V1_Exc_L2/3", "V1_Inh_L2/3", 1))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: OpenMP threads only add overhead (and contention on shared CI cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def positions(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {s: rng.random((n, 2)) * 0.6 for s, n in SIZES.items()}
@@ -158,19 +167,19 @@ def test_reduced_precision_paths(precision, neuron_model):
         assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=0.05 * float(q.grad.abs().max()) + 1e-6), n
 
 
-@pytest.mark.parametrize("sign_mode", ["projected", "reparam"])
-def test_no_sign_violation_after_many_fp16_steps(sign_mode):
+@pytest.mark.parametrize("sign_mode,steps", [("projected", 300), ("reparam", 100)])
+def test_no_sign_violation_after_many_fp16_steps(sign_mode, steps):
     """fp16 matmuls (CPU), GradScaler, an aggressive Adam: the projected master weights (fp32) and the
     reparametrised weights never break Dale's law or the distance mask, even when read back in fp16."""
     torch.manual_seed(0)
     model = make(sign_mode=sign_mode, precision="fp16", connectivity="distance")
-    x, y, mask = data(B=4, T=8, dtype=torch.float32)
+    x, y, mask = data(B=4, T=5, dtype=torch.float32)
     counts = torch.poisson(y * 2)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     flips = 0
     before = {n: w.weight().detach().clone() for n, w in model.weights.items()}
-    for step in range(300):
+    for step in range(steps):
         opt.zero_grad()
         loss = model.loss(model(x, counts, mask, 0.5), counts, mask)
         scaler.scale(loss).backward()
@@ -178,7 +187,7 @@ def test_no_sign_violation_after_many_fp16_steps(sign_mode):
         scaler.update()
         model.project_()
         assert not any(model.sign_violations().values()), step
-        if step == 150:
+        if step == steps // 2:
             flips = sum(int(((w.weight() == 0) & (before[n] != 0)).sum()) for n, w in model.weights.items())
     for w in model.weights.values():
         half = w.weight().detach().half().float()
@@ -221,20 +230,22 @@ def test_tiny_network_overfits_one_window():
     with torch.no_grad():
         target = target_model(x) * 1.5
     model = make(seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
     everyone = torch.ones(N_V1, dtype=torch.bool)
     first = None
-    for _ in range(250):
+    for _ in range(150):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), target)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         loss.backward()
         opt.step()
         model.project_()
-    final = float(torch.nn.functional.mse_loss(model(x), target))
-    assert final < 0.02 * first
-    assert not any(model.sign_violations().values())
-    assert float(model.loss(model(x), target, everyone)) < float(model.loss(target_model(x), target, everyone))
+    with torch.no_grad():
+        final = float(torch.nn.functional.mse_loss(model(x), target))
+        assert final < 0.02 * first
+        assert not any(model.sign_violations().values())
+        assert float(model.loss(model(x), target, everyone)) < float(model.loss(target_model(x), target,
+                                                                                 everyone))
 
 
 def test_errors_for_bad_inputs():

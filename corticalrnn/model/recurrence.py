@@ -128,7 +128,7 @@ class LeakyRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dR: torch.Tensor, _dv: Any, _drt: Any) -> tuple[Any, ...]:
         V, RT, v0, rt0, alpha, force, *weights = ctx.saved_tensors
-        layout, cdtype, forced = ctx.layout, ctx.cdtype, ctx.forced
+        layout, cdtype = ctx.layout, ctx.cdtype
         T, B, N = V.shape
         dt = V.dtype
         wc = tuple(w.to(cdtype) for w in weights)
@@ -137,7 +137,8 @@ class LeakyRecurrence(torch.autograd.Function):
         per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
         delay1 = [(i, b) for i, b in enumerate(layout.blocks) if b.delay == 1]
         dI = torch.empty_like(V)
-        dv_a, dv_b = torch.zeros(B, N, dtype=dt, device=V.device), torch.empty(B, N, dtype=dt, device=V.device)
+        dv_a = torch.zeros(B, N, dtype=dt, device=V.device)
+        dv_b = torch.empty_like(dv_a)
         dalpha = torch.zeros(N, dtype=dt, device=V.device)
         g = torch.empty(B, N, dtype=dt, device=V.device)
         for t in range(T - 1, -1, -1):
