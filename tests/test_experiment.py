@@ -1,0 +1,65 @@
+"""Python API: subset -> train -> evaluate -> reobserve -> fine-tune -> sweep, on a tiny store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.experiment import Experiment, write_csv
+
+FAST = {"train.batch_size": 4, "train.eval_every": 5, "train.progress": False, "train.threads": 1,
+        "optim.lr": 0.02, "model.teacher.steps": 5}
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    from test_evaluate import write_store
+
+    d = tmp_path_factory.mktemp("exp")
+    write_store(d / "train.zarr", list(range(100, 106)), 1)
+    write_store(d / "test.zarr", [200, 201], 3, seed=1)
+    return Experiment(d / "train.zarr", test_store=d / "test.zarr", workdir=d / "work", overrides=FAST)
+
+
+def test_subset_train_evaluate_finetune(exp):
+    subset = exp.make_subset(fraction=0.5, observed=0.5, method="spatial", seed=0)
+    assert exp.subset_path("m0.5-o0.5-spatial-s0").exists()
+    again = exp.load_subset("m0.5-o0.5-spatial-s0")
+    assert np.array_equal(again.v1_ids(), subset.v1_ids())
+    run = exp.train(subset, steps=6, name="a")
+    assert run.best.exists() and run.result.step == 6
+    res = exp.evaluate(run, figures=False, progress=False)
+    assert any(r["neurons"] == "hidden" and r["predictor"] == "model" for r in res.rows)
+    assert (run.run_dir / "eval-test" / "report.json").exists()
+
+    other = exp.reobserve(subset, observed=0.5, seed=5)
+    assert np.array_equal(other.v1_ids(), subset.v1_ids())
+    assert not np.array_equal(other.observed_mask(), subset.observed_mask())
+    tuned = exp.finetune(run, other, steps=3)
+    assert tuned.result.step == 3 and tuned.name == "a-finetune"
+
+    different = exp.make_subset(fraction=0.5, observed=0.5, seed=9)
+    with pytest.raises(DataMismatchError, match="same modelled neurons"):
+        exp.finetune(run, different, steps=2)
+
+
+def test_sweep_observed_table(exp):
+    rows = exp.sweep_observed([0.25, 0.75], fraction=0.5, steps=4)
+    assert {r["observed_fraction"] for r in rows} == {0.25, 0.75}
+    assert {r["neurons"] for r in rows} == {"observed", "hidden"}
+    assert all("trial_avg_r_median" in r and "co_bps" in r for r in rows)
+    assert (exp.workdir / "sweep_observed.csv").exists()
+    assert len(json.loads((exp.workdir / "sweep_observed.json").read_text())) == len(rows)
+
+
+def test_unknown_override_is_named(tmp_path, exp):
+    with pytest.raises(CorticalRNNError, match="optim.learning_rate"):
+        Experiment(exp.store_path, workdir=tmp_path, overrides={"optim.learning_rate": 1})
+
+
+def test_write_csv_union_of_columns(tmp_path):
+    p = write_csv([{"a": 1}, {"b": 2}], tmp_path / "t.csv")
+    assert p.read_text().splitlines() == ["a,b", "1,", ",2"]
