@@ -1,0 +1,233 @@
+"""``corticalrnn demo``: the whole pipeline on built-in synthetic data, on CPU, in a few minutes.
+
+1. synthesize a ground-truth cortex: a training datastore (one trial per image) and a test
+   datastore (same network seed, other images, several trials), each with its true rates;
+2. extract both to HDF5 spike files (``extract``); 3. trim them into Zarr stores;
+4. choose a spatially uniform subset (modelled neurons, and observed ones among them);
+5. train on CPU; 6. evaluate on the held-out test trials and against the generator's true
+   rates: print the metrics table, write ``report.json`` and figures.
+
+Every number printed is computed in this run. Steps whose outputs exist are reused, so a second
+run (e.g. with more ``--steps``) skips the simulation; ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corticalrnn.errors import CorticalRNNError
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Sizes of one demo variant (full, or ``--quick`` for tests)."""
+
+    scale: float
+    train_images: int
+    test_images: int
+    test_trials: int
+    steps: int
+    batch_size: int
+    fraction: float
+    observed: float
+
+
+FULL = DemoSize(scale=0.5, train_images=48, test_images=6, test_trials=10, steps=600, batch_size=8,
+                fraction=0.5, observed=0.3)
+QUICK = DemoSize(scale=0.25, train_images=8, test_images=2, test_trials=3, steps=6, batch_size=4,
+                 fraction=0.5, observed=0.5)
+TRAIN_FIRST_IMAGE, TEST_FIRST_IMAGE = 50000, 300000
+
+
+def demo_config(size: DemoSize, steps: int, bin_ms: int, threads: int) -> dict[str, Any]:
+    """The training config of the demo (also written to OUT/run/config.toml)."""
+    return {
+        "data": {"val_fraction": 0.15},
+        "optim": {"lr": 0.01, "weight_decay": 0.0, "grad_clip": 1.0},
+        "schedule": {"kind": "cosine", "warmup_steps": max(1, steps // 20), "min_lr_ratio": 0.05},
+        "train": {"max_steps": steps, "batch_size": size.batch_size, "device": "cpu", "threads": threads,
+                  "eval_every": max(1, steps // 10), "checkpoint_every": max(1, steps // 5),
+                  "log_every": max(1, steps // 60), "seed": 0},
+        "model": {"bin_ms": float(bin_ms), "neuron_model": "leaky", "sign_mode": "projected",
+                  "spectral_radius": 0.5, "init_rate": 0.1,
+                  "teacher": {"start": 1.0, "end": 0.0, "schedule": "linear", "steps": max(1, steps // 2)}},
+    }
+
+
+def _step(msg: str) -> float:
+    print(f"\n== {msg}", flush=True)
+    return time.perf_counter()
+
+
+def _synth(folder: Path, first: int, n: int, trials: int, seed: int, scale: float, progress: bool) -> Path:
+    from corticalrnn.synth import CortexConfig, generate, truth_path
+
+    truth = truth_path(folder)
+    if folder.is_dir() and truth.exists():
+        print(f"reusing {folder}")
+        return truth
+    shutil.rmtree(folder, ignore_errors=True)
+    truth.unlink(missing_ok=True)
+    s = generate(folder, list(range(first, first + n)), trials, seed=seed, config=CortexConfig(scale=scale),
+                 progress=progress)
+    print(f"{folder}: {n} images x {trials} trial(s), {sum(s.neurons.values())} neurons, "
+          f"{sum(s.spikes.values())} spikes")
+    return truth
+
+
+def _extract(folder: Path, out: Path) -> Path:
+    from extract.datastore import extract_folder
+
+    if out.exists():
+        print(f"reusing {out}")
+        return out
+    res = extract_folder(folder, out)
+    print(f"{out}: {getattr(res, 'n_presentations', '?')} presentations")
+    return out
+
+
+def _trim(spikes: Path, out: Path, bin_ms: int, split: str, progress: bool) -> Path:
+    from corticalrnn.trim import TrimConfig, WindowSpec, trim
+
+    if out.exists():
+        print(f"reusing {out}")
+        return out
+    # 70 ms of blank on each side: 700 ms windows, a whole number of 10 or 20 ms bins
+    cfg = TrimConfig(bin_ms=bin_ms, window=WindowSpec(before_ms=70, after_ms=70), split=split,
+                     progress=progress)
+    trim([spikes], out, cfg)
+    return out
+
+
+def run_demo(out: Path, size: DemoSize, steps: int, bin_ms: int, seed: int, threads: int,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the pipeline into ``out``; returns the summary written to ``out/summary.json``."""
+    from corticalrnn.evaluate import print_result
+    from corticalrnn.experiment import Experiment
+
+    t_all = time.perf_counter()
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    t = _step(f"1/6 synthesize ground-truth cortex (scale {size.scale}, seed {seed})")
+    _synth(data / "train", TRAIN_FIRST_IMAGE, size.train_images, 1, seed, size.scale, progress)
+    test_truth = _synth(data / "test", TEST_FIRST_IMAGE, size.test_images, size.test_trials, seed, size.scale,
+                        progress)
+    times["synthesize"] = time.perf_counter() - t
+
+    t = _step("2/6 extract datastores -> HDF5 spike-time files")
+    h5_train = _extract(data / "train", data / "train.h5")
+    h5_test = _extract(data / "test", data / "test.h5")
+    times["extract"] = time.perf_counter() - t
+
+    t = _step(f"3/6 trim -> Zarr stores ({bin_ms} ms bins)")
+    st_train = _trim(h5_train, data / f"train_{bin_ms}ms.zarr", bin_ms, "train", progress)
+    st_test = _trim(h5_test, data / f"test_{bin_ms}ms.zarr", bin_ms, "test", progress)
+    times["trim"] = time.perf_counter() - t
+
+    t = _step(f"4/6 subset: {size.fraction:g} of each V1 sheet modelled, {size.observed:g} of those observed "
+              f"(spatially uniform)")
+    exp = Experiment(st_train, test_store=st_test, workdir=out, truth=test_truth,
+                     config=demo_config(size, steps, bin_ms, threads))
+    subset = exp.make_subset(fraction=size.fraction, observed=size.observed, method="spatial", seed=seed,
+                             name="demo")
+    from corticalrnn.bench.common import format_table
+
+    print(format_table(subset.summary()))
+    times["subset"] = time.perf_counter() - t
+
+    t = _step(f"5/6 train on CPU: {steps} steps, batch {size.batch_size}")
+    run = exp.train(subset, name="run", train__progress=progress)
+    print(f"best validation loss {run.result.best_val:.5g} at step {run.result.best_step}")
+    times["train"] = time.perf_counter() - t
+
+    t = _step("6/6 evaluate on the held-out test trials and against the true rates")
+    res = exp.evaluate(run, progress=progress)
+    print_result(res)
+    times["evaluate"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_all
+
+    summary = {"out": str(out), "bin_ms": bin_ms, "steps": steps, "size": size.__dict__, "seconds": times,
+               "headline": headline(res.rows, res.truth_rows), "report": str(res.report_path)}
+    from corticalrnn.evaluate import write_json
+
+    write_json(out / "summary.json", summary)
+    print("\n" + format_headline(summary["headline"]))
+    print("\ntimes (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    print(f"outputs in {out}: report {res.report_path}, figures {len(res.figures)}, summary.json")
+    return summary
+
+
+def headline(rows: list[dict[str, Any]], truth_rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Hidden vs observed, all populations pooled: the model beside the mean-rate baseline."""
+    out = []
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["neurons"] in ("observed", "hidden") and r["population"] != "all":
+            by.setdefault((r["neurons"], r["predictor"]), []).append(r)
+    for group in ("observed", "hidden"):
+        m, b = by.get((group, "model"), []), by.get((group, "baseline"), [])
+        if not m:
+            continue
+        row = {"neurons": group, "n": sum(r["n"] for r in m)}
+        for key in ("trial_avg_r_median", "cc_norm_median", "co_bps", "thesis_cc_abs"):
+            row[f"model {key}"] = _weighted(m, key)
+            row[f"baseline {key}"] = _weighted(b, key)
+        if truth_rows:
+            t = [r for r in truth_rows if r["neurons"] == group and r["population"] != "all"]
+            row["model r(true rate)"] = _weighted(t, "r_model_truth_median")
+        out.append(row)
+    return out
+
+
+def _weighted(rows: list[dict[str, Any]], key: str) -> float:
+    """Neuron-count-weighted mean of a per-population value (NaNs skipped)."""
+    import math
+
+    num = den = 0.0
+    for r in rows:
+        v = r.get(key)
+        if v is not None and isinstance(v, float) and math.isfinite(v):
+            num += v * r["n"]
+            den += r["n"]
+    return num / den if den else math.nan
+
+
+def format_headline(rows: list[dict[str, Any]]) -> str:
+    from corticalrnn.bench.common import format_table
+
+    return ("headline (per-population medians, weighted by neurons; baseline = constant mean rate):\n"
+            + format_table(rows))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps (for tests)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: by size)")
+    parser.add_argument("--bin-ms", type=int, default=20, choices=(10, 20), help="bin size (ms)")
+    parser.add_argument("--seed", type=int, default=1, help="network and subset seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)")
+    parser.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing its data")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    size = QUICK if args.quick else FULL
+    steps = args.steps if args.steps is not None else size.steps
+    if steps < 1:
+        raise CorticalRNNError(f"--steps must be >= 1, got {steps}")
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    run_dir = args.out / "runs" / "run"
+    if run_dir.exists():  # a new training run each time; data is reused
+        shutil.rmtree(run_dir)
+    run_demo(args.out, size, steps, args.bin_ms, args.seed, args.threads, not args.no_progress)
+    sys.stdout.flush()
+    return 0
