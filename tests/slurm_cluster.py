@@ -77,16 +77,21 @@ class ClusterConfig:
     """Knobs of the test cluster (defaults suit fast tests)."""
 
     cpus: int = 8  # advertised CPUs (overcommitted on purpose: array tasks run side by side)
-    real_memory_mb: int = 4000
+    real_memory_mb: int = 65536  # advertised only (not enforced): lets jobs ask for --mem
     kill_wait_s: int = 10  # SIGTERM -> SIGKILL grace on cancel / requeue / preemption
     start_timeout_s: float = 60.0
     partition: str = "debug"
-    node: str = "n1"
+    gpus: int = 0  # fake GPUs (a gres count without devices) so scripts that ask for --gres=gpu run
+
+
+def node_name() -> str:
+    """The node's name: this host's short name (so that job scripts can resolve it, e.g. torchrun)."""
+    return socket.gethostname().split(".")[0]
 
 
 def _conf_text(root: Path, cfg: ClusterConfig, name: str, ctld_port: int, slurmd_port: int,
                munge_socket: Path) -> str:
-    host = socket.gethostname().split(".")[0]
+    host = node_name()
     user = getpass.getuser()
     lines = {
         "ClusterName": name,
@@ -129,11 +134,14 @@ def _conf_text(root: Path, cfg: ClusterConfig, name: str, ctld_port: int, slurmd
         "MailProg": shutil.which("true") or "/bin/true",
         "PlugStackConfig": str(root / "etc" / "plugstack.conf"),
     }
+    if cfg.gpus:
+        lines["GresTypes"] = "gpu"
     text = "".join(f"{k}={v}\n" for k, v in lines.items())
+    gres = f" Gres=gpu:{cfg.gpus}" if cfg.gpus else ""
     text += (
-        f"NodeName={cfg.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cfg.cpus} "
-        f"RealMemory={cfg.real_memory_mb} State=UNKNOWN\n"
-        f"PartitionName={cfg.partition} Nodes={cfg.node} Default=YES MaxTime=INFINITE State=UP\n"
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cfg.cpus} RealMemory={cfg.real_memory_mb}{gres} "
+        f"State=UNKNOWN\n"
+        f"PartitionName={cfg.partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
     )
     return text
 
@@ -276,7 +284,7 @@ def _wait_ready(cluster: SlurmCluster, timeout: float) -> None:
                                        f"{cluster.log_tail(name)}")
         proc = cluster.run("sinfo" if "sinfo" in cluster.binaries.paths else "scontrol",
                            *(["-h", "-o", "%T"] if "sinfo" in cluster.binaries.paths else
-                             ["show", "node", cluster.config.node]), check=False, timeout=20)
+                             ["show", "node", node_name()]), check=False, timeout=20)
         last = proc.stdout + proc.stderr
         states = last.lower()
         if proc.returncode == 0 and "idle" in states and "drain" not in states and "down" not in states:
@@ -309,6 +317,16 @@ def start_cluster(root: Path, config: ClusterConfig | None = None) -> SlurmClust
     os.chmod(key, 0o600)
     sock = munge_dir / "munge.sock"
     (root / "etc" / "plugstack.conf").write_text("")
+    if config.gpus:  # fake GPU "devices": character devices that exist everywhere
+        devices = []
+        for i in range(config.gpus):
+            dev = root / "dev" / f"gpu{i}"
+            dev.parent.mkdir(exist_ok=True)
+            if not dev.exists():
+                dev.symlink_to("/dev/null" if i % 2 == 0 else "/dev/zero")
+            devices.append(str(dev))
+        (root / "etc" / "gres.conf").write_text(
+            "".join(f"NodeName={node_name()} Name=gpu File={d}\n" for d in devices))
     name = f"crnn{os.getpid()}"
     conf = root / "etc" / "slurm.conf"
     cluster = SlurmCluster(root, binaries, config, conf, munge_dir)
@@ -330,7 +348,7 @@ def start_cluster(root: Path, config: ClusterConfig | None = None) -> SlurmClust
             ctld_port, slurmd_port = free_port(), free_port()
             conf.write_text(_conf_text(root, config, name, ctld_port, slurmd_port, sock))
             env = cluster.env()
-            for daemon, extra in (("slurmctld", ["-i"]), ("slurmd", ["-N", config.node])):
+            for daemon, extra in (("slurmctld", ["-i"]), ("slurmd", [])):
                 with open(root / "log" / f"{daemon}.out", "ab") as out:
                     cluster.processes[daemon] = subprocess.Popen(
                         [binaries[daemon], "-D", "-f", str(conf), *extra], env=env,
