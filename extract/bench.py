@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from corticalrnn.bench.common import PeakRSS, human_bytes, time_call
+from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
 from corticalrnn.sheets import ALL_SHEETS
 
 #: neurons per sheet in the full cat V1 model (thesis data)
@@ -158,3 +158,105 @@ def write_datastore(folder: str | Path, spec: DatastoreSpec | None = None) -> Sp
     (folder / "datastore.analysis.pickle").write_bytes(pickle.dumps([], protocol=4))
     (folder / "info").write_text("{'model_name': 'generated'}")
     return record
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", type=float, default=0.02,
+                        help="fraction of the full model's neurons per sheet (default 0.02: 2163 neurons)")
+    parser.add_argument("--images", type=int, default=6, help="NaturalImage presentations (default 6)")
+    parser.add_argument("--rate-hz", type=float, default=4.5,
+                        help="mean rate (default 4.5 Hz: ~350,000 spikes per 712 ms window at full scale)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to generate (default: a temp dir)")
+
+
+def _baseline(folder: Path) -> int:
+    """Thesis-style reading: plain pickle into neo objects, one dense 1 ms count array per segment."""
+    from extract.datastore import Datastore
+    from extract.mozaik_types import MOZAIK_CLASSES
+
+    class _Unpickler(pickle.Unpickler):  # plain unpickling; only Mozaik's class needs a stand-in
+        def find_class(self, module: str, name: str) -> Any:
+            return MOZAIK_CLASSES.get((module, name)) or super().find_class(module, name)
+
+    store = Datastore(folder)  # same pairing as the fast path (not part of what differs)
+    plan = store.plan(store.sheets)
+    with open(folder / "datastore.recordings.pickle", "rb") as fh:
+        _Unpickler(fh).load()
+    total = 0
+    for pres in plan:
+        for refs in pres.parts.values():
+            for ref in (refs or {}).values():
+                with open(store.segment_path(ref), "rb") as fh:
+                    seg = _Unpickler(fh).load()
+                trains = seg.spiketrains
+                duration = float(trains[0].t_stop.rescale("ms").magnitude)
+                edges = np.arange(0.0, np.floor(duration) + 1.0)
+                dense = np.zeros((len(trains), edges.size - 1), dtype=np.uint8)
+                for i, st in enumerate(trains):
+                    dense[i] = np.histogram(st.rescale("ms").magnitude, bins=edges)[0]
+                total += int(dense.sum())
+    return total
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    from extract.datastore import extract_folder
+
+    sizes = {s: max(1, int(round(n * args.scale))) for s, n in FULL_SIZES.items()}
+    spec = DatastoreSpec(sizes=sizes, images=tuple(range(50000, 50000 + args.images)), trials=1,
+                         rate_hz=args.rate_hz, seed=0)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        folder = Path(tmp) / "bench_datastore"
+        write_datastore(folder, spec)
+        seg_sizes = [p.stat().st_size for p in folder.glob("Segment*.pickle")]
+        out = Path(tmp) / "out.h5"
+        result: dict[str, Any] = {}
+
+        def ours() -> None:
+            result["r"] = extract_folder(folder, out)
+
+        t_ours = time_call(ours, repeats=args.repeats, warmup=1)
+        n_pres, n_spikes = result["r"].n_presentations, result["r"].n_spikes
+        t_base = time_call(lambda: _baseline(folder), repeats=args.repeats, warmup=1)
+        with PeakRSS() as mem_ours:
+            ours()
+        with PeakRSS() as mem_base:
+            _baseline(folder)
+        out_bytes = out.stat().st_size
+    figures = {
+        "neurons": sum(sizes.values()),
+        "presentations": n_pres,
+        "spikes": n_spikes,
+        "segments": len(seg_sizes),
+        "datastore_bytes": int(sum(seg_sizes)),
+        "largest_segment_bytes": int(max(seg_sizes)),
+        "output_bytes": int(out_bytes),
+        "extract_median_s": t_ours.median,
+        "baseline_median_s": t_base.median,
+        "extract_presentations_per_s": n_pres / t_ours.median,
+        "baseline_presentations_per_s": n_pres / t_base.median,
+        "extract_spikes_per_s": n_spikes / t_ours.median,
+        "baseline_spikes_per_s": n_spikes / t_base.median,
+        "speedup": t_base.median / t_ours.median,
+        "extract_peak_rss_growth_bytes": mem_ours.growth_bytes,
+        "baseline_peak_rss_growth_bytes": mem_base.growth_bytes,
+    }
+    rows = [
+        {"method": name, "median s": figures[f"{key}_median_s"],
+         "presentations/s": figures[f"{key}_presentations_per_s"],
+         "Mspikes/s": figures[f"{key}_spikes_per_s"] / 1e6,
+         "peak RSS growth": human_bytes(figures[f"{key}_peak_rss_growth_bytes"])}
+        for name, key in (("extract (safe, HDF5)", "extract"), ("baseline (neo + dense 1 ms)", "baseline"))
+    ]  # fmt: skip
+    print(
+        f"datastore: {figures['neurons']} neurons, {n_pres} presentations, {n_spikes} spikes, "
+        f"{len(seg_sizes)} segments, {human_bytes(figures['datastore_bytes'])} "
+        f"(largest segment {human_bytes(figures['largest_segment_bytes'])})"
+    )
+    print(format_table(rows))
+    print(f"speedup (median): {figures['speedup']:.2f}x")
+    return figures

@@ -90,22 +90,31 @@ class LightUnit:
 
 
 class LightQuantity:
-    """quantities.Quantity: ``magnitude`` (ndarray) and ``dimensionality`` ({unit: power})."""
+    """quantities.Quantity: ``magnitude`` (ndarray, built on first use) and ``dimensionality``."""
+
+    __slots__ = ("_nd_state", "_magnitude", "dimensionality")
 
     def __init__(self, *args: Any) -> None:
-        self.magnitude: np.ndarray = np.zeros(0)
+        self._nd_state: Any = None
+        self._magnitude: np.ndarray | None = None
         self.dimensionality: dict[Any, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
         # quantities writes (version, shape, dtype, fortran, data, dimensionality); older: (nd_state, dim)
         if len(state) == 2:
-            nd_state, dim = state
+            self._nd_state, dim = state
         else:
-            nd_state, dim = tuple(state[:-1]), state[-1]
-        arr = np.empty(0)
-        arr.__setstate__(nd_state)
-        self.magnitude = arr
+            self._nd_state, dim = tuple(state[:-1]), state[-1]
         self.dimensionality = dim if isinstance(dim, dict) else {}
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        if self._magnitude is None:
+            arr = np.empty(0)
+            if self._nd_state is not None:
+                arr.__setstate__(self._nd_state)
+            self._magnitude = arr
+        return self._magnitude
 
     def to_ms(self) -> np.ndarray:
         """Magnitude converted to milliseconds (float64)."""
@@ -113,7 +122,12 @@ class LightQuantity:
 
     def scalar_ms(self) -> float:
         """The (first) value in milliseconds."""
-        return float(self.magnitude.reshape(-1)[0]) * (1000.0 * _dimensionality_seconds(self))
+        st = self._nd_state
+        if self._magnitude is None and st is not None and len(st) == 5 and isinstance(st[4], bytes):
+            value = float(np.frombuffer(st[4], dtype=st[2], count=1)[0])  # scalar fast path
+        else:
+            value = float(self.magnitude.reshape(-1)[0])
+        return value * (1000.0 * _dimensionality_seconds(self))
 
     def __repr__(self) -> str:
         return f"<quantity {self.magnitude!r} {self.dimensionality!r}>"
@@ -287,8 +301,8 @@ class LightArrayDict(dict):
     """neo.core.dataobject.ArrayDict (a dict with extra state)."""
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.__dict__.update({k: v for k, v in state.items() if k != "check_function"})
+        if isinstance(state, dict):  # keep the length; the check function is never needed
+            self.__dict__["length"] = state.get("length")
 
 
 def _never_called(*args: Any, **kwargs: Any) -> None:

@@ -56,7 +56,7 @@ PART_DURATION: dict[str, str] = {
     "blank_after": "blank_after_ms",
 }
 _STR = h5py.string_dtype("utf-8")
-_CHUNK = 1 << 16
+_CHUNK = 1 << 13  # elements per HDF5 chunk (64 KiB of indptr, 32 KiB of times)
 
 
 def sheet_key(name: str) -> str:
