@@ -23,6 +23,7 @@ through image offsets. Elements are simulated in batches, each with its own rand
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -432,8 +433,6 @@ def simulate(net: Network, stimuli: Sequence[Stimulus]) -> Iterator[ElementResul
     The first element starts with a full ``blank_ms`` blank (it is recorded before the first
     stimulus); later ones with a ``warmup_ms`` blank that is not recorded.
     """
-    from threadpoolctl import threadpool_limits
-
     cfg = net.config
     if not stimuli:
         return
@@ -443,9 +442,18 @@ def simulate(net: Network, stimuli: Sequence[Stimulus]) -> Iterator[ElementResul
     for stims, pre in batches:
         # One BLAS thread: the per-step products are small (threads cost more than they bring,
         # badly so on a shared machine) and the float sums do not depend on the thread count.
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _one_blas_thread():
             out = _simulate_batch(net, stims, pre)
         yield from out
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Limit BLAS to one thread while simulating (no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a declared dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _baseline_state(net: Network) -> np.ndarray:
