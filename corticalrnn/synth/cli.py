@@ -14,8 +14,8 @@ import re
 import sys
 
 from corticalrnn.errors import CorticalRNNError
+from corticalrnn.synth.cortex import CortexConfig
 
-DEFAULT_SCALE = 0.5
 MAX_IMAGES = 1_000_000
 
 
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale",
         type=float,
-        default=DEFAULT_SCALE,
+        default=CortexConfig.scale,
         help="network size; 1.0 = 400 E + 100 I per V1 layer and 12x12 LGN grids (default %(default)s)",
     )
     parser.add_argument(
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from corticalrnn.bench.common import format_table, human_bytes
-    from corticalrnn.synth import CortexConfig, generate
+    from corticalrnn.synth import generate
 
     image_ids = parse_image_ids(args.images)
     if args.trials < 1:

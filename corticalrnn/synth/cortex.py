@@ -66,7 +66,7 @@ END_BLANK_MS = 150.0
 class CortexConfig:
     """Everything that defines the ground-truth network and its simulation (besides the seed)."""
 
-    scale: float = 1.0  # 1.0: 400 E + 100 I per V1 layer, 12x12 LGN grid per ON/OFF sheet
+    scale: float = 0.5  # 1.0 = 400 E + 100 I per V1 layer, 12x12 LGN grid per ON/OFF sheet
     blank_ms: float = 150.0  # Mozaik null_stimulus_period
     image_ms: float = 560.0
     dt_ms: float = 1.0
@@ -91,7 +91,7 @@ class CortexConfig:
     pathways: dict[tuple[str, str], tuple[float, float]] = field(
         default_factory=lambda: dict(DEFAULT_PATHWAYS)
     )
-    batch: int = 32  # elements simulated together (memory/speed only; results do not depend on it)
+    batch: int = 32  # elements simulated together (memory/speed; same draws, sums differ by rounding)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.scale) and self.scale > 0):
