@@ -18,7 +18,7 @@ from itertools import product
 from pathlib import Path
 
 import pytest
-from slurm_cluster import ClusterConfig, SlurmCluster, SlurmUnavailable, start_cluster
+from slurm_cluster import ClusterConfig, SlurmCluster, SlurmUnavailable, free_port, start_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "slurm"
@@ -212,7 +212,7 @@ def test_train_preempted_twice_resumes_to_uninterrupted_result(slurm: SlurmClust
     (final,) = slurm.wait(job, timeout=240)
     text = log.read_text()
     assert (final["state"], final["exit_code"], final["restarts"]) == ("COMPLETED", "0:0", 2), text
-    assert "requeued job" in text and "SIGTERM" in text
+    assert "requeueing job" in text and "SIGTERM" in text
     assert "stopped on a signal" in text and f"finished {TRAIN_STEPS} steps" in text
 
     out, _ = ref.communicate(timeout=300)
@@ -278,3 +278,38 @@ def test_sweep_array_expands_the_grid(slurm: SlurmCluster, tmp_path: Path) -> No
     (task,) = slurm.wait(bad, timeout=60)
     assert (task["state"], task["exit_code"]) == ("FAILED", "2:0")
     assert "outside the grid of 6 points" in (tmp_path / f"bad-{bad}_6.out").read_text()
+
+
+def test_multinode_script_ddp_preempted_resumes(slurm: SlurmCluster, tmp_path: Path,
+                                                train_config: Path) -> None:
+    """srun + torchrun rendezvous (one node here, 2 CPU processes on gloo), stopped by the
+    time-limit warning, requeued and resumed: same weights as an uninterrupted torchrun run."""
+    import torch
+
+    ref_dir = tmp_path / "reference"
+    ref = subprocess.Popen([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "-m",
+                            "corticalrnn", "train", "--config", str(train_config), "--run-dir", str(ref_dir)],
+                           env={**os.environ, **job_env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    run_dir = tmp_path / "run"
+    log = tmp_path / "multinode.out"
+    job = slurm.sbatch(SLURM / "train-multinode.sbatch", str(run_dir), "--config", str(train_config),
+                       options=[f"--output={log}", "--nodes=1", "--gpus-per-node=2", "--cpus-per-task=2",
+                                "--time=15"],
+                       cwd=tmp_path, env=job_env(NPROC_PER_NODE="2", RDZV_PORT=str(free_port())))
+    wait_for("step 8", lambda: last_step(run_dir) >= 8, 240, slurm, log)
+    slurm.run("scancel", "--batch", "--signal=USR1", str(job))
+    release(slurm, job, log)
+    (final,) = slurm.wait(job, timeout=300)
+    text = log.read_text()
+    assert (final["state"], final["exit_code"], final["restarts"]) == ("COMPLETED", "0:0", 1), text
+    assert "1 node(s) x 2 process(es)" in text and "requeueing job" in text
+    assert "stopped on a signal" in text and f"finished {TRAIN_STEPS} steps" in text
+
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    got = torch.load(run_dir / "last.pt", weights_only=True)
+    want = torch.load(ref_dir / "last.pt", weights_only=True)
+    assert got["progress"]["step"] == want["progress"]["step"] == TRAIN_STEPS
+    for name, tensor in want["model"].items():
+        assert torch.equal(got["model"][name], tensor), f"weights {name} differ from the uninterrupted run"
