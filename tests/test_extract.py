@@ -309,3 +309,18 @@ def test_duplicate_folder_names_rejected(tmp_path):
     folders = extract_cli.expand_folders([str(tmp_path / "*" / "x")], None)
     with pytest.raises(CorticalRNNError, match="both named 'x'"):
         extract_cli.output_names(folders, tmp_path / "out")
+
+
+def test_bench_runs_and_reports_consistent_figures(tmp_path, capsys):
+    from extract import bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args(["--scale", "0.001", "--images", "1", "--repeats", "1", "--workdir", str(tmp_path)])
+    fig = bench.run_bench(args)
+    assert fig["presentations"] == 1 and fig["neurons"] == 108
+    assert fig["spikes"] > 0
+    assert fig["extract_spikes_per_s"] == pytest.approx(fig["spikes"] / fig["extract_median_s"])
+    assert fig["speedup"] == pytest.approx(fig["baseline_median_s"] / fig["extract_median_s"])
+    assert "speedup" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # the generated datastore is removed
