@@ -106,7 +106,7 @@ def _trim(spikes: Path, out: Path, bin_ms: int, split: str, progress: bool) -> P
 
 
 def run_demo(out: Path, size: DemoSize, steps: int, bin_ms: int, seed: int, threads: int,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, figures: bool = True) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns the summary written to ``out/summary.json``."""
     from corticalrnn.evaluate import print_result
     from corticalrnn.experiment import Experiment
@@ -149,7 +149,7 @@ def run_demo(out: Path, size: DemoSize, steps: int, bin_ms: int, seed: int, thre
     times["train"] = time.perf_counter() - t
 
     t = _step("6/6 evaluate on the held-out test trials and against the true rates")
-    res = exp.evaluate(run, progress=progress)
+    res = exp.evaluate(run, progress=progress, figures=figures)
     print_result(res)
     times["evaluate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
@@ -216,6 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing its data")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out / "runs" / "run"
     if run_dir.exists():  # a new training run each time; data is reused
         shutil.rmtree(run_dir)
-    run_demo(args.out, size, steps, args.bin_ms, args.seed, args.threads, not args.no_progress)
+    run_demo(args.out, size, steps, args.bin_ms, args.seed, args.threads, not args.no_progress,
+             not args.no_figures)
     sys.stdout.flush()
     return 0

@@ -251,11 +251,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: Path, doc: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False))
-    tmp.replace(path)
-    return path
+    from corticalrnn.atomic import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(_jsonable(doc), indent=1, allow_nan=False))
 
 
 # ------------------------------------------------------------------------------- figures

@@ -68,18 +68,18 @@ def to_dataframe(rows: list[dict[str, Any]]) -> Any:
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write table rows to CSV (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    from corticalrnn.atomic import write_text_atomic
+
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return write_text_atomic(path, buf.getvalue())
 
 
 class Experiment:

@@ -6,7 +6,6 @@ computes a metric (that is ``corticalrnn.metrics``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,14 @@ DATA_COLOR, PRED_COLOR, TRUTH_COLOR = "black", "#ff7f0e", "#2ca02c"
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    from corticalrnn.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, fsync=False) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

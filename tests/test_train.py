@@ -257,3 +257,12 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(SchemaError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    from corticalrnn.train.setup import model_config
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        model_config(load_config(path), 20, "fp32")

@@ -23,12 +23,12 @@ or a file that torch cannot read, raises :class:`~corticalrnn.errors.SchemaError
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from corticalrnn.atomic import atomic_path
 from corticalrnn.errors import DataMismatchError, SchemaError
 
 FORMAT = "corticalrnn.checkpoint"
@@ -40,7 +40,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     from corticalrnn import __version__
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "format": FORMAT,
         "version": VERSION,
@@ -48,16 +47,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         "tool_version": __version__,
         **payload,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     return path
 
 

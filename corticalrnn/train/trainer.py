@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from corticalrnn.atomic import write_text_atomic
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.train import distributed as ddp
 from corticalrnn.train.checkpoint import (
@@ -182,9 +183,7 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:

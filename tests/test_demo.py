@@ -1,0 +1,24 @@
+"""`corticalrnn demo --quick`: the whole pipeline end to end at tiny size."""
+
+from __future__ import annotations
+
+import json
+
+from corticalrnn.cli import main
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--no-figures", "--steps", "4"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    report = json.loads((out / "runs" / "run" / "eval-test_20ms" / "report.json").read_text())
+    assert summary["steps"] == 4 and report["trials_per_image"] == 3
+    assert report["truth"] and {r["neurons"] for r in report["truth"]} == {"observed", "hidden"}
+    assert {r["neurons"] for r in summary["headline"]} == {"observed", "hidden"}
+    for word in ("CC_norm", "bits/spike", "true rates", "headline"):
+        assert word in text
+    # data is reused by a second run; the training run is new
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--no-figures", "--steps", "2"]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
