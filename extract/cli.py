@@ -2,13 +2,16 @@
 
 Folders run in parallel worker processes (spawn-safe), outputs that are already complete are
 skipped (resume after a crash), a failing folder is reported and does not stop the others;
-the exit status is 1 when any folder failed. Never imports torch.
+the exit status is 1 when any folder failed. On SIGTERM (Slurm time limit, preemption) the
+workers are stopped, their temporary files removed, and the exit status is 143; running the same
+command again resumes. Never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -109,19 +112,24 @@ def run(args: argparse.Namespace) -> int:
             todo.append(f)
     t0 = time.perf_counter()
     bar = _progress(len(todo), disable=args.no_progress or not todo)
-    if args.workers <= 1 or len(todo) <= 1:
-        for f in todo:
-            results.append(_work(str(f), str(outputs[f]), options))
-            bar.update(1)
-    else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_work, str(f), str(outputs[f]), options) for f in todo]
-            for fut in as_completed(futures):
-                results.append(fut.result())
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        if args.workers <= 1 or len(todo) <= 1:
+            for f in todo:
+                results.append(_work(str(f), str(outputs[f]), options))
                 bar.update(1)
+        else:
+            _run_pool(todo, outputs, options, args.workers, results, bar)
+    except _Terminated:
+        bar.close()
+        for f in todo:  # workers were stopped mid-file: remove their temporary files
+            tmp_path_for(outputs[f]).unlink(missing_ok=True)
+        done = sum(1 for r in results if not r.error and not r.skipped)
+        print(f"corticalrnn extract: terminated (SIGTERM) after {done} folder(s); "
+              "run again to resume", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     bar.close()
     wall = time.perf_counter() - t0
     _print_summary(results, wall)
@@ -129,6 +137,33 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"corticalrnn extract: FAILED {r.folder}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (Slurm time limit, preemption, scancel)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _run_pool(todo, outputs, options, workers, results, bar) -> None:  # type: ignore[no-untyped-def]
+    """Folders in spawned worker processes; on SIGTERM the workers are stopped at once."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+    try:
+        futures = [pool.submit(_work, str(f), str(outputs[f]), options) for f in todo]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            bar.update(1)
+    except _Terminated:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _progress(total: int, disable: bool):  # type: ignore[no-untyped-def]

@@ -324,3 +324,31 @@ def test_bench_runs_and_reports_consistent_figures(tmp_path, capsys):
     assert fig["speedup"] == pytest.approx(fig["baseline_median_s"] / fig["extract_median_s"])
     assert "speedup" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # the generated datastore is removed
+
+
+def test_sigterm_stops_cleanly_and_resumes(generated, tmp_path, monkeypatch, capsys):
+    import signal
+
+    folder = generated[0]
+    second = _copy(folder, tmp_path / "gen_b")
+    real = extract_cli.extract_folder
+
+    def killed_midway(src, output, options):
+        if Path(src).name == "gen_b":
+            tmp_path_for(output).write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)  # as Slurm does before the time limit
+        return real(src, output, options)
+
+    monkeypatch.setattr(extract_cli, "extract_folder", killed_midway)
+    out = tmp_path / "out"
+    args = argparse.Namespace(
+        folders=[str(folder), str(second)], output=out, workers=1, sheets=["X_ON"], from_list=None,
+        compression=None, force=False, no_progress=True,
+    )
+    assert extract_cli.run(args) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["gen_a.h5"]  # no partial or temporary file
+    monkeypatch.setattr(extract_cli, "extract_folder", real)
+    assert extract_cli.run(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gen_a.h5", "gen_b.h5"]
+    assert "skipped" in capsys.readouterr().out
