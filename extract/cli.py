@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             results.append(ExtractResult(str(f), str(outputs[f]), skipped=True))
         else:
             todo.append(f)
+    # one worker: also a bar over the presentations of the folder being extracted
+    options.progress = not args.no_progress and (args.workers <= 1 or len(todo) <= 1)
     t0 = time.perf_counter()
     bar = _progress(len(todo), disable=args.no_progress or not todo)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,7 @@ class ExtractOptions:
     sheets: tuple[str, ...] | None = None  # None: every sheet in the datastore
     use_neo: bool = False  # unpickle into real neo objects (slower) instead of light stand-ins
     writer: WriterOptions = field(default_factory=WriterOptions)
+    progress: bool = False  # a progress bar over presentations (stderr)
 
 
 @dataclass
@@ -406,10 +408,18 @@ def extract_folder(
     rows = iter_presentations(store, plan, sheets)
     first = next(rows)
     layouts = [SheetLayout(s, first[2][s], store.positions(s, first[2][s])) for s in sheets]
-    with SpikeFileWriter(output, store.path, layouts, options.writer) as writer:
+    from tqdm import tqdm
+
+    with (
+        SpikeFileWriter(output, store.path, layouts, options.writer) as writer,
+        tqdm(total=len(plan), desc=store.path.name, unit="presentation", leave=False,
+             file=sys.stderr, disable=not options.progress) as bar,
+    ):  # fmt: skip
         writer.append(first[0], first[1])
+        bar.update(1)
         for row, spikes, _ in rows:
             writer.append(row, spikes)
+            bar.update(1)
         n_spikes = writer.n_spikes
     return ExtractResult(
         folder=str(store.path),
