@@ -38,7 +38,7 @@ class DemoSize:
     observed: float
 
 
-FULL = DemoSize(scale=0.5, train_images=48, test_images=6, test_trials=10, steps=600, batch_size=8,
+FULL = DemoSize(scale=0.5, train_images=48, test_images=6, test_trials=10, steps=400, batch_size=8,
                 fraction=0.5, observed=0.3)
 QUICK = DemoSize(scale=0.25, train_images=8, test_images=2, test_trials=3, steps=6, batch_size=4,
                  fraction=0.5, observed=0.5)
@@ -54,8 +54,10 @@ def demo_config(size: DemoSize, steps: int, bin_ms: int, threads: int) -> dict[s
         "train": {"max_steps": steps, "batch_size": size.batch_size, "device": "cpu", "threads": threads,
                   "eval_every": max(1, steps // 10), "checkpoint_every": max(1, steps // 5),
                   "log_every": max(1, steps // 60), "seed": 0},
+        # local (distance-dependent) recurrent connections: a hidden unit then listens to its
+        # cortical neighbours, which is what lets it predict its neuron (dense: hidden r ~ 0)
         "model": {"bin_ms": float(bin_ms), "neuron_model": "leaky", "sign_mode": "projected",
-                  "spectral_radius": 0.5, "init_rate": 0.1,
+                  "connectivity": "distance", "spectral_radius": 0.5, "init_rate": 0.1,
                   "teacher": {"start": 1.0, "end": 0.0, "schedule": "linear", "steps": max(1, steps // 2)}},
     }
 
