@@ -436,7 +436,9 @@ class SafeUnpickler(pickle.Unpickler):
             if self.use_neo:
                 return getattr(importlib.import_module(module), name)
             return _LIGHT_NEO.get(name, LightNeo)
-        if name in _QUANTITIES_NAMES.get(module, ()):
+        if name in _QUANTITIES_NAMES.get(module, ()) or (
+            module == "quantities.unitquantity" and name.startswith("Unit") and name.isidentifier()
+        ):  # every UnitQuantity subclass (UnitTime, UnitMass, ...) only stores a definition
             if self.use_neo:
                 return getattr(importlib.import_module(module), name)
             return _LIGHT_QUANTITIES.get(name, LightUnit)

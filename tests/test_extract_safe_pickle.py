@@ -259,3 +259,13 @@ def test_use_neo_requires_neo(monkeypatch, tmp_path):
     p.write_bytes(pickle.dumps([1]))
     with pytest.raises(Exception, match="neo/quantities are not installed"):
         safe_pickle.load(p, use_neo=True)
+
+
+@pytest.mark.parametrize("use_neo", [False, True])
+def test_quantities_of_other_units(tmp_path, use_neo):
+    """Block annotations may hold quantities of any unit (mV, uS, nA, Hz); they load, values kept."""
+    pq = pytest.importorskip("quantities")
+    values = [1.5 * pq.mV, 2 * pq.uS, np.array([1.0, 2.0]) * pq.nA, 3 * pq.Hz]
+    got = loads(pickle.dumps(values, protocol=4), tmp_path / "b.pickle", use_neo=use_neo)
+    for g, v in zip(got, values):
+        np.testing.assert_array_equal(np.asarray(g.magnitude), np.asarray(v.magnitude))
