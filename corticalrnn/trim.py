@@ -361,6 +361,12 @@ def _run(
     try:
         hashes = list(pool.map(sha256_file, paths)) if pool else [sha256_file(p) for p in paths]
         done = writer.committed_sha256()
+        extra = [src["path"] for src in writer.sources if src.get("sha256") not in set(hashes)]
+        if extra and not config.append:
+            raise CorticalRNNError(
+                f"{writer.path} (partial store of an earlier run) holds inputs not given now: "
+                f"{', '.join(extra[:3])}; rerun with the same inputs or remove {writer.path}"
+            )
         todo = [i for i, h in enumerate(hashes) if h not in done]
         skipped = len(paths) - len(todo)
         plans = []

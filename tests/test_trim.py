@@ -249,6 +249,9 @@ def test_resume_refuses_other_parameters(tmp_path: Path, files) -> None:
     out.rename(tmp_path_for(out))  # looks like an unfinished run with 5 ms bins
     with pytest.raises(CorticalRNNError, match="bin sizes differ.*remove"):
         trim([files[0]["path"]], out, _cfg(10))
+    with pytest.raises(CorticalRNNError, match="holds inputs not given now"):
+        trim([files[1]["path"]], out, _cfg(5))
+    assert not out.exists()
 
 
 def test_append(tmp_path: Path, files) -> None:
