@@ -63,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
             raise CorticalRNNError(
                 "give --config FILE and/or --set KEY=VALUE (at least data.store, data.subset)")
         cfg = load_config(args.config, overrides)
-    result = train(cfg, args.run_dir, resume=resume, init_from=args.init_from)
+    from corticalrnn.train.distributed import shutdown
+
+    try:
+        result = train(cfg, args.run_dir, resume=resume, init_from=args.init_from)
+    finally:
+        shutdown()
     if result.status == "interrupted":
         print(f"stopped on a signal at step {result.step}; checkpoint {result.last_checkpoint}; "
               f"resume with --resume", file=sys.stderr)

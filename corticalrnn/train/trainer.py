@@ -261,6 +261,7 @@ class Trainer:
                          "best_step": -1, "windows_seen": 0}
         self.log = RunLog(self.run_dir, self.dist.is_main, tensorboard)
         self._stop_signal: int | None = None
+        self._saved_step = -1  # step of the last last.pt written by this process
 
     # ----------------------------------------------------------------- state
     def autocast(self):  # noqa: ANN201 - context manager
@@ -314,6 +315,7 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in ck["rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
         self.progress.update(ck["progress"])
+        self._saved_step = self.progress["step"]
         self.log.truncate_after(self.progress["step"])
 
     def init_weights_from(self, path: str | Path) -> None:
@@ -366,11 +368,14 @@ class Trainer:
         # fp16: an inf gradient is an overflow the scaler handles by skipping the step
         bad = not math.isfinite(loss_v) or (not self.scaler.is_enabled() and not math.isfinite(gn_v))
         if ddp.any_flag(bad, self.device):
+            last = self.run_dir / "last.pt"
+            kept = (f"the last good checkpoint is {last} (step {self._saved_step})" if self._saved_step >= 0
+                    else "no checkpoint was written yet")
+            what = "loss" if not math.isfinite(loss_v) else "gradient"
             raise TrainingDiverged(
-                f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient'} at step "
-                f"{self.progress['step'] + 1} (loss={loss_v}, grad norm={gn_v}); stopped without "
-                f"taking that step. Last good checkpoint: {self.run_dir / 'last.pt'} (step of its "
-                f"'progress'); lower optim.lr or use train.precision=fp32/bf16.")
+                f"non-finite {what} at step {self.progress['step'] + 1} (loss={loss_v}, grad norm={gn_v}); "
+                f"stopped without taking that step; {kept}. Lower optim.lr, set optim.grad_clip, or use "
+                f"train.precision=fp32/bf16.")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.project is not None:
@@ -472,10 +477,11 @@ class Trainer:
                                 self.save("best.pt")
                     if step % loop.checkpoint_every == 0 or step == loop.max_steps:
                         self.save("last.pt")
-                        saved_at = step
+                        saved_at = self._saved_step = step
                     if ddp.any_flag(self._stop_signal is not None, self.device):
                         if saved_at != step:
                             self.save("last.pt")
+                            self._saved_step = step
                         status = "interrupted"
                         break
                     if step >= loop.max_steps:
