@@ -24,6 +24,7 @@ import codecs
 import collections
 import copyreg
 import datetime
+import functools
 import importlib
 import io
 import os
@@ -104,7 +105,8 @@ class LightQuantity:
         if len(state) == 2:
             self._nd_state, dim = state
         else:
-            self._nd_state, dim = tuple(state[:-1]), state[-1]
+            self._nd_state, dim = state[:-1], state[-1]
+        self._magnitude = None
         self.dimensionality = dim if isinstance(dim, dict) else {}
 
     @property
@@ -133,8 +135,9 @@ class LightQuantity:
         return f"<quantity {self.magnitude!r} {self.dimensionality!r}>"
 
 
-def _reconstruct_quantity(cls: Any, base: Any, shape: Any, basetype: Any) -> LightQuantity:
-    return LightQuantity()
+#: stand-in for ``quantities.quantity._reconstruct_quantity(cls, base, shape, basetype)``: a bare
+#: LightQuantity made in C (no Python call per quantity); BUILD then calls ``__setstate__``.
+_reconstruct_quantity = functools.partial(object.__new__, LightQuantity)
 
 
 def _dimensionality_seconds(q: Any) -> float:
