@@ -27,11 +27,11 @@ ENV PYTHONUNBUFFERED=1 \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# A C compiler and libc headers: torch.compile (Inductor) and Triton build small C launchers at
-# run time; the runtime base images have no compiler. Versions float with the (pinned) base image.
+# C and C++ compilers: torch.compile builds code at run time (Triton's C launchers on GPU,
+# Inductor's C++ kernels on CPU); the runtime base images have none. Versions follow the pinned base.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # torch: keep the base image's build (never let pip replace it); install it on a plain Python base.
