@@ -178,16 +178,18 @@ class CorticalRNN(nn.Module):
                 raise DataMismatchError("model input: teacher data of observed neurons contains NaN/inf")
 
     def _drive(self, x: torch.Tensor) -> torch.Tensor:
-        """Bias + input projection for all steps: one GEMM per input block. ``x`` is [T, B, N_in]."""
-        T, B, _ = x.shape
+        """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.
+        ``x`` is ``[N_in, T, B]``."""
+        _, T, B = x.shape
         cd = self._cdtype()
-        drive = self.bias.expand(T, B, self.n_v1).clone()
+        drive = self.bias[:, None, None].expand(self.n_v1, T, B).clone()
         for b in self._in_blocks:
             u = self.weights[b.name].weight()
-            proj = (x[..., b.col0:b.col1].to(cd) @ u.to(cd).t()).to(drive.dtype)
+            xs = x[b.col0:b.col1].reshape(b.col1 - b.col0, T * B).to(cd)
+            proj = (u.to(cd) @ xs).to(drive.dtype).view(-1, T, B)
             if b.delay == 1:
-                proj = torch.cat([torch.zeros_like(proj[:1]), proj[:-1]])
-            drive[:, :, b.row0:b.row1] += proj
+                proj = torch.cat([torch.zeros_like(proj[:, :1]), proj[:, :-1]], 1)
+            drive[b.row0:b.row1] += proj
         return drive
 
     def forward(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
@@ -208,7 +210,7 @@ class CorticalRNN(nn.Module):
         window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
         B, T, _ = lgn.shape
         dtype = self.bias.dtype
-        x = lgn.to(dtype).transpose(0, 1)
+        x = lgn.to(dtype).permute(2, 1, 0).contiguous()
         drive = self._drive(x)
         y = force = None
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
@@ -216,38 +218,39 @@ class CorticalRNN(nn.Module):
             f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)
             if self._perm is not None:
                 y, f = y[..., self._perm], f[:, self._perm]
-            y = y.transpose(0, 1).contiguous()
-            force = f.to(dtype)
+            y = y.permute(2, 1, 0).contiguous()
+            force = f.t().to(dtype).contiguous()
         weights = tuple(self.weights[n].weight() for n in self._v1_blocks)
         alphas = self.alphas()
         leaky = self.config.neuron_model == "leaky"
         pops = [(self.graph.offset[s], self.graph.offset[s] + self.sizes[s]) for s in self.graph.v1_order]
         units = [self.units[file_sheet_name(s)] for s in self.graph.v1_order]
         if state is None:
-            v0 = self.bias.expand(B, self.n_v1)
+            v0 = self.bias[:, None].expand(self.n_v1, B)
             if leaky:
                 state = (v0, F.softplus(v0))
             else:
-                init = [u.initial(v0[:, a:e]) for u, (a, e) in zip(units, pops)]
-                state = ([s for _, s in init], torch.cat([r for r, _ in init], 1))
+                init = [u.initial(v0[a:e]) for u, (a, e) in zip(units, pops)]
+                state = ([s for _, s in init], torch.cat([r for r, _ in init]))
         alpha_vec = torch.cat([a.expand(e - s) for a, (s, e) in zip(alphas, pops)]).to(dtype)
         chunk = self.config.tbptt_steps or T
         outs = []
         for t0 in range(0, T, chunk):
             sl = slice(t0, min(t0 + chunk, T))
-            yc = None if y is None else y[sl]
+            yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, self._cdtype(), drive[sl], state[0],
-                                                           state[1], alpha_vec, yc, force, *weights)
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, self._cdtype(), drive[:, sl],
+                                                           state[0], state[1], alpha_vec, yc, force,
+                                                           *weights)
                 state = (v_last, rt_last)
             else:
-                r, state = generic_recurrence(self.layout, self._cdtype(), drive[sl], units, pops, alphas,
+                r, state = generic_recurrence(self.layout, self._cdtype(), drive[:, sl], units, pops, alphas,
                                               state, yc, force, weights)
             if chunk < T:
                 state = _detach(state)
             outs.append(r)
-        rates = outs[0] if len(outs) == 1 else torch.cat(outs)
-        rates = rates.transpose(0, 1)
+        rates = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        rates = rates.permute(2, 1, 0)
         if self._inv_perm is not None:
             rates = rates[..., self._inv_perm]
         return rates, state

@@ -1,0 +1,273 @@
+"""`corticalrnn bench model`: training-step time and memory of the network.
+
+In one run, on the same sizes and data:
+(a) the fast path (``CorticalRNN``: weights built once, one input GEMM, custom autograd recurrence
+    with one weight-gradient GEMM over all steps);
+(b) a naive baseline in the style of the earlier code: per-layer RNNCell-style cells, sign
+    constraints re-applied at every time step, ``x[:, t]`` indexing, autograd through everything;
+(c) the FLOP lower bound: 3 x forward FLOPs (forward, input-gradient and weight-gradient GEMMs)
+    divided by the GEMM rate measured on a large square matmul in the same run.
+Plus dense x mask vs a sparse (CSR) kernel for the per-step product at several densities.
+A training step = forward + Poisson loss on 10% observed neurons + backward + Adam step (+ projection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import multiprocessing as mp
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
+
+FULL = {"X_ON": 7200, "X_OFF": 7200, "V1_Exc_L4": 37500, "V1_Inh_L4": 9370, "V1_Exc_L2/3": 37500,
+        "V1_Inh_L2/3": 9370}
+
+
+def scaled_sizes(frac: float) -> dict[str, int]:
+    """Sizes at a fraction of the full model (0.1 -> 720/720 LGN, 3750/937/3750/937 V1)."""
+    return {k: max(2, int(v * frac)) for k, v in FULL.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=float, default=0.1, help="main size as a fraction of full (0.1 = 10%%)")
+    p.add_argument("--sizes", default="0.01,0.025,0.05,0.1",
+                   help="comma-separated fractions for the scaling table (fast path, 20 ms bins)")
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--window-ms", type=float, default=712.0, help="window at the coarse bin size")
+    p.add_argument("--bin-ms", type=float, default=20.0)
+    p.add_argument("--fine-bin-ms", type=float, default=1.0)
+    p.add_argument("--fine-window-ms", type=float, default=24.0,
+                   help="shorter window for the fine-bin measurement")
+    p.add_argument("--repeats", type=int, default=2, help="timed training steps of the fast path")
+    p.add_argument("--naive-repeats", type=int, default=1)
+    p.add_argument("--naive-max-steps", type=int, default=8,
+                   help="run the naive baseline on at most this many time steps and extrapolate "
+                        "linearly (it keeps one copy of every weight per step: ~12 GB at 10%% x 36)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for every measurement (0 = torch default); on shared, busy cores "
+                        "1 thread can beat 2 by several x because OpenMP threads wait on each other")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--skip-sparse", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="small everything (main scale 0.025, table 0.01/0.025, 1 repeat): ~1 minute")
+
+
+class NaiveLayered(nn.Module):
+    """Earlier-code style: per-layer cells, constraints re-applied per step, autograd throughout."""
+
+    def __init__(self, sizes: dict[str, int], bin_ms: float, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n_in = sizes["X_ON"] + sizes["X_OFF"]
+        self.e4, self.i4, self.e23, self.i23 = (sizes[s] for s in
+                                                ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"))
+        n4, n23 = self.e4 + self.i4, self.e23 + self.i23
+        k4, k23 = self.n_in + n4 + self.e23, self.e4 + n23
+        self.v4 = nn.Parameter(torch.rand(n4, k4, generator=g) / math.sqrt(k4))
+        self.v23 = nn.Parameter(torch.rand(n23, k23, generator=g) / math.sqrt(k23))
+        self.b4 = nn.Parameter(torch.full((n4,), -2.0))
+        self.b23 = nn.Parameter(torch.full((n23,), -2.0))
+        self.register_buffer("s4", torch.cat([torch.ones(self.n_in + self.e4), -torch.ones(self.i4),
+                                              torch.ones(self.e23)]))
+        self.register_buffer("s23", torch.cat([torch.ones(self.e4 + self.e23), -torch.ones(self.i23)]))
+        self.log_tau = nn.Parameter(torch.tensor([math.log(20.0)] * 2))
+        self.bin_ms = bin_ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        n4, n23 = self.e4 + self.i4, self.e23 + self.i23
+        r4, r23 = x.new_zeros(B, n4), x.new_zeros(B, n23)
+        v4, v23 = x.new_zeros(B, n4), x.new_zeros(B, n23)
+        out = []
+        for t in range(T):
+            a = -torch.expm1(-self.bin_ms / self.log_tau.exp())
+            w4 = F.relu(self.v4) * self.s4  # Dale re-applied every step
+            w23 = F.relu(self.v23) * self.s23
+            v4 = v4 + a[0] * (F.linear(torch.cat([x[:, t], r4, r23[:, :self.e23]], 1), w4, self.b4) - v4)
+            r4 = F.softplus(v4)
+            v23 = v23 + a[1] * (F.linear(torch.cat([r4[:, :self.e4], r23], 1), w23, self.b23) - v23)
+            r23 = F.softplus(v23)
+            out.append(torch.cat([r4, r23], 1))
+        return torch.stack(out, 1)
+
+
+def gemm_rate(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of one large square matmul (median)."""
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    t = time_call(lambda: a @ b, repeats=repeats)
+    return 2 * n**3 / t.median
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, observed: torch.Tensor,
+             opt: torch.optim.Optimizer, project: bool):
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        rates = model(x)
+        r = rates.clamp_min(1e-8)
+        loss = ((r - counts * torch.log(r)) * observed).sum() / observed.sum().clamp_min(1) / rates.shape[0]
+        loss.backward()
+        opt.step()
+        if project:
+            model.project_()
+    return step
+
+
+def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n_in = sizes["X_ON"] + sizes["X_OFF"]
+    n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
+    x = torch.poisson(torch.full((B, T, n_in), 0.5), generator=g)
+    counts = torch.poisson(torch.full((B, T, n_v1), 0.2), generator=g)
+    observed = (torch.rand(n_v1, generator=g) < 0.1).float()
+    return x, counts, observed
+
+
+def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str):
+    from corticalrnn.model import CorticalRNN, ModelConfig
+    return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision), sizes)
+
+
+def _isolated(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a fresh (spawned) process so that RSS-based peak memory of one case is
+    not hidden by memory the allocator kept from an earlier case."""
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+        return ex.submit(_child, fn, threads, *args).result()
+
+
+def _child(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision: str,
+                 repeats: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    model = _fast_model(sizes, bin_ms, precision)
+    build_s = time.perf_counter() - t0
+    x, counts, observed = _data(sizes, B, T)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with PeakRSS() as mem:
+        t = time_call(_step_fn(model, x, counts, observed, opt, True), repeats=repeats, warmup=1)
+    n_w = model.n_synapses()
+    assert not any(model.sign_violations().values())
+    del model, opt
+    return {"step_s": t.median, "peak_bytes": mem.growth_bytes, "weights": n_w, "build_s": build_s}
+
+
+def measure_naive(sizes: dict[str, int], B: int, T: int, bin_ms: float, repeats: int,
+                  max_steps: int) -> dict[str, Any]:
+    T_run = min(T, max_steps)
+    model = NaiveLayered(sizes, bin_ms)
+    x, counts, observed = _data(sizes, B, T_run)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = _step_fn(model, x, counts, observed, opt, False)
+    with PeakRSS() as mem:
+        t = time_call(step, repeats=repeats, warmup=1)
+    scale = T / T_run
+    del model, opt
+    return {"step_s": t.median * scale, "measured_steps": T_run, "peak_bytes": mem.growth_bytes * scale,
+            "extrapolated": T_run < T}
+
+
+def train_flops(sizes: dict[str, int], B: int, T: int) -> float:
+    """3 x forward GEMM FLOPs (forward, dL/dr, dL/dW) for the default (dense) graph."""
+    from corticalrnn.model.config import ModelConfig
+    from corticalrnn.model.graph import Graph
+    g = Graph(ModelConfig(), sizes)
+    n_w = sum(b.shape[0] * b.shape[1] for b in g.blocks)
+    return 3 * 2 * B * T * n_w
+
+
+def sparse_vs_dense(rows: int, cols: int, B: int, densities: list[float], repeats: int = 3
+                    ) -> list[dict[str, Any]]:
+    """Per-step product W @ r^T: dense W (masked, zeros stored) vs CSR W (torch.sparse.mm)."""
+    out = []
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(cols, B, generator=g)
+    for d in densities:
+        w = torch.rand(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) < d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            ws = w.to_sparse_csr()
+        td = time_call(functools.partial(torch.mm, w, r), repeats=repeats).median
+        tsp = time_call(functools.partial(torch.mm, ws, r), repeats=repeats).median
+        out.append({"density": d, "dense_ms": td * 1e3, "csr_ms": tsp * 1e3, "csr_speedup": td / tsp})
+        del w, ws
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.scale, args.sizes, args.repeats = 0.025, "0.01,0.025", 1
+    B = args.batch
+    T = int(round(args.window_ms / args.bin_ms))
+    T_fine = int(round(args.fine_window_ms / args.fine_bin_ms))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    th = torch.get_num_threads()
+    log(f"threads={th}; measuring GEMM rate")
+    rate = gemm_rate()
+    results: dict[str, Any] = {"gemm_gflops": rate / 1e9, "threads": th,
+                               "batch": B, "precision": args.precision}
+    main_rows = []
+    for label, bin_ms, steps in (("coarse", args.bin_ms, T), ("fine", args.fine_bin_ms, T_fine)):
+        sizes = scaled_sizes(args.scale)
+        log(f"{label}: scale {args.scale} bins {bin_ms} ms x {steps} steps, fast path")
+        fast = _isolated(measure_fast, th, sizes, B, steps, bin_ms, args.precision, args.repeats)
+        bound = train_flops(sizes, B, steps) / rate
+        row = {"case": f"{args.scale:.1%} {bin_ms:g}ms x{steps}", "fast_s": fast["step_s"],
+               "fast_mem": human_bytes(fast["peak_bytes"]), "bound_s": bound,
+               "fast/bound": fast["step_s"] / bound}
+        res = {"sizes": sizes, "steps": steps, "bin_ms": bin_ms, "fast": fast, "flop_bound_s": bound}
+        if not args.skip_naive:
+            log(f"{label}: naive baseline ({min(steps, args.naive_max_steps)} steps)")
+            naive = _isolated(measure_naive, th, sizes, B, steps, bin_ms, args.naive_repeats,
+                              args.naive_max_steps)
+            res["naive"] = naive
+            row.update({"naive_s": naive["step_s"], "naive_mem": human_bytes(naive["peak_bytes"]),
+                        "naive/fast": naive["step_s"] / fast["step_s"],
+                        "naive_note": f"extrap. from {naive['measured_steps']} steps"
+                        if naive["extrapolated"] else "measured"})
+        results[label] = res
+        main_rows.append(row)
+    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s ({th} threads); batch {B}; "
+          f"step = fwd + Poisson loss + bwd + Adam")
+    print(format_table(main_rows))
+
+    table = []
+    for frac in [float(s) for s in args.sizes.split(",") if s]:
+        sizes = scaled_sizes(frac)
+        log(f"scaling: {frac:.1%}")
+        fast = _isolated(measure_fast, th, sizes, B, T, args.bin_ms, args.precision, max(1, args.repeats))
+        n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
+        bound = train_flops(sizes, B, T) / rate
+        table.append({"size": f"{frac:.1%}", "V1 neurons": n_v1, "weights (M)": fast["weights"] / 1e6,
+                      "step_s": fast["step_s"], "peak_mem": human_bytes(fast["peak_bytes"]),
+                      "bound_s": bound, "step/bound": fast["step_s"] / bound})
+    print(f"\nscaling ({args.bin_ms:g} ms bins, {T} steps, batch {B}, fast path)")
+    print(format_table(table))
+    results["scaling"] = table
+
+    if not args.skip_sparse:
+        s = scaled_sizes(args.scale)
+        rows, cols = s["V1_Exc_L4"] + s["V1_Inh_L4"], s["V1_Exc_L4"] + s["V1_Inh_L4"] + s["V1_Exc_L2/3"]
+        log("sparse vs dense x mask")
+        sp = sparse_vs_dense(rows, cols, B, [0.01, 0.05, 0.2])
+        print(f"\nper-step product [{rows} x {cols}] @ [{cols} x {B}]: dense x mask vs CSR")
+        print(format_table(sp))
+        results["sparse_vs_dense"] = sp
+    return results
