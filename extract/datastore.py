@@ -298,6 +298,8 @@ class ExtractOptions:
 
 @dataclass
 class ExtractResult:
+    """Outcome of one folder (the CLI's summary row); ``error`` is set instead of raising in workers."""
+
     folder: str
     output: str
     n_presentations: int = 0
