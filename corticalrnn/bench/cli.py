@@ -1,4 +1,7 @@
-"""`corticalrnn bench {extract,bin,load,model,all}`: print a table; `--json PATH` writes the figures."""
+"""`corticalrnn bench {extract,bin,load,model,all}`: print a table; `--json PATH` writes the figures.
+
+Only the benchmark that runs is imported: `bench extract` works without torch installed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import argparse
 import importlib
 import json
 from pathlib import Path
+
+from corticalrnn.atomic import write_text_atomic
 
 # name -> module exposing add_arguments(parser) and run_bench(args) -> dict (JSON-serialisable)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -17,31 +22,39 @@ BENCHES: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for name, (module, help_) in BENCHES.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
-        importlib.import_module(module).add_arguments(p)
-    p = sub.add_parser("all", help="run every benchmark with its defaults")
-    p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    names = "\n".join(f"  {n:8s} {h}" for n, (_, h) in BENCHES.items())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = f"benchmarks:\n{names}\n  all      every benchmark with its defaults\n\n" + (
+        "`corticalrnn bench NAME --help` lists a benchmark's options."
+    )
+    parser.add_argument("bench", choices=[*BENCHES, "all"], metavar="BENCH", help="which benchmark")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
+
+
+def _bench_parser(name: str) -> argparse.ArgumentParser:
+    module, help_ = BENCHES[name]
+    p = argparse.ArgumentParser(prog=f"corticalrnn bench {name}", description=help_)
+    p.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    importlib.import_module(module).add_arguments(p)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list(BENCHES) if args.bench == "all" else [args.bench]
-    results = {}
-    for name in names:
-        mod = importlib.import_module(BENCHES[name][0])
-        if args.bench == "all":
-            p = argparse.ArgumentParser()
-            mod.add_arguments(p)
-            bench_args = p.parse_args([])
-        else:
-            bench_args = args
-        results[name] = mod.run_bench(bench_args)
-    if args.json is not None:
-        payload = results if args.bench == "all" else results[args.bench]
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=float))
-        tmp.replace(args.json)
-        print(f"wrote {args.json}")
+    if args.bench == "all":
+        top = argparse.ArgumentParser(prog="corticalrnn bench all")
+        top.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+        json_path = top.parse_args(args.options).json
+        results = {}
+        for name in BENCHES:
+            print(f"\n== bench {name} ==")
+            bench_args = _bench_parser(name).parse_args([])
+            results[name] = importlib.import_module(BENCHES[name][0]).run_bench(bench_args)
+        payload: dict = results
+    else:
+        bench_args = _bench_parser(args.bench).parse_args(args.options)
+        json_path = bench_args.json
+        payload = importlib.import_module(BENCHES[args.bench][0]).run_bench(bench_args)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(payload, indent=2, default=float))
+        print(f"wrote {json_path}")
     return 0
