@@ -294,3 +294,13 @@ def test_poisson_nll_against_formula():
     full = poisson_nll(rates, counts, mask, full=True)
     torch.testing.assert_close(full, expected + torch.lgamma(counts + 1)[..., mask].mean(), rtol=1e-6,
                                atol=1e-7)
+
+
+def test_enclosing_autocast_sets_matmul_dtype():
+    x, _, _ = data(dtype=torch.float32)
+    model = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, model(x), rtol=3e-2, atol=3e-2)
+    assert not torch.equal(out, model(x))  # the matmuls did run in bf16

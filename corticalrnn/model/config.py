@@ -99,7 +99,7 @@ class ModelConfig:
     teacher: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (matmul dtype; state and weights stay fp32)
-    cuda_graphs: bool = False  # GPU only: replay captured chunks of the forward loop
+    cuda_graphs: bool = False  # reserved: CUDA-graph replay of loop chunks (not implemented; raises on GPU)
     loss: str = "poisson"  # poisson | mse
     seed: int = 0
 

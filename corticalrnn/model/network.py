@@ -156,7 +156,14 @@ class CorticalRNN(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def _cdtype(self) -> torch.dtype:
-        return _CDTYPES.get(self.config.precision, self.bias.dtype)
+        """Matmul dtype: ``config.precision``; with ``fp32`` an enclosing ``torch.autocast`` decides
+        (the recurrence itself always runs with autocast off and casts explicitly)."""
+        if self.config.precision in _CDTYPES:
+            return _CDTYPES[self.config.precision]
+        dev = self.bias.device.type
+        if torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+        return self.bias.dtype
 
     def _check(self, lgn: torch.Tensor, teacher: torch.Tensor | None,
                teacher_mask: torch.Tensor | None) -> None:
@@ -177,11 +184,10 @@ class CorticalRNN(nn.Module):
             if not bool(torch.isfinite(teacher[..., teacher_mask]).all()):
                 raise DataMismatchError("model input: teacher data of observed neurons contains NaN/inf")
 
-    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+    def _drive(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
         """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.
         ``x`` is ``[N_in, T, B]``."""
         _, T, B = x.shape
-        cd = self._cdtype()
         drive = self.bias[:, None, None].expand(self.n_v1, T, B).clone()
         for b in self._in_blocks:
             u = self.weights[b.name].weight()
@@ -208,10 +214,20 @@ class CorticalRNN(nn.Module):
             ) -> tuple[torch.Tensor, object]:
         """Like :meth:`forward` but also takes/returns the network state, so a trainer can run a long
         window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
+        if self.config.cuda_graphs and lgn.is_cuda:
+            raise CorticalRNNError("model config cuda_graphs=true: CUDA-graph replay is not implemented "
+                                   "yet; set it to false")
+        cdtype = self._cdtype()
+        with torch.autocast(lgn.device.type, enabled=False):
+            return self._run(lgn, teacher, teacher_mask, teacher_fraction, generator, state, cdtype)
+
+    def _run(self, lgn: torch.Tensor, teacher: torch.Tensor | None, teacher_mask: torch.Tensor | None,
+             teacher_fraction: float, generator: torch.Generator | None, state: object | None,
+             cdtype: torch.dtype) -> tuple[torch.Tensor, object]:
         B, T, _ = lgn.shape
         dtype = self.bias.dtype
         x = lgn.to(dtype).permute(2, 1, 0).contiguous()
-        drive = self._drive(x)
+        drive = self._drive(x, cdtype)
         y = force = None
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
             y = teacher.to(dtype)
@@ -239,12 +255,12 @@ class CorticalRNN(nn.Module):
             sl = slice(t0, min(t0 + chunk, T))
             yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, self._cdtype(), drive[:, sl],
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, drive[:, sl],
                                                            state[0], state[1], alpha_vec, yc, force,
                                                            *weights)
                 state = (v_last, rt_last)
             else:
-                r, state = generic_recurrence(self.layout, self._cdtype(), drive[:, sl], units, pops, alphas,
+                r, state = generic_recurrence(self.layout, cdtype, drive[:, sl], units, pops, alphas,
                                               state, yc, force, weights)
             if chunk < T:
                 state = _detach(state)
