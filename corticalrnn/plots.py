@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 OBS_COLOR, HID_COLOR = "#1f77b4", "#d62728"
@@ -52,6 +53,7 @@ def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labe
         ax_r.imshow(counts, aspect="auto", interpolation="nearest", cmap="Greys",
                     extent=(0, data.shape[1] * bin_ms, counts.shape[0], 0), vmin=0,
                     vmax=max(1.0, float(counts.max())))
+        ax_r.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax_r.set_ylabel(f"{label}\ntrial", fontsize=8)
         ax_p.plot(t, counts.mean(0) * hz, color=DATA_COLOR, lw=1.2, label="data (trial mean)")
         ax_p.plot(t, pred[:, :, j].mean(0) * hz, color=PRED_COLOR, lw=1.2, label="model (trial mean)")
