@@ -35,7 +35,7 @@ import multiprocessing as mp
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -465,8 +465,9 @@ def run(args: argparse.Namespace) -> int:
     w = store.window_def
     print(
         f"wrote {out}: {len(store)} windows ({int(store.windows.padded.sum())} padded) from "
-        f"{len(store.sources)} file(s), {store.n_bins} bins of {store.bin_ms} ms "
-        f"({w.get('t0_ms'):g} .. {w.get('t0_ms') + w.get('length_ms'):g} ms from image onset), "
-        f"{store.n_events} events; window {asdict(cfg.window)}"
+        f"{len(store.sources)} file(s); {store.n_bins} bins of {store.bin_ms} ms covering "
+        f"{w['t0_ms']:g} .. {w['t0_ms'] + w['length_ms']:g} ms from image onset (blank before "
+        f"{w['before_ms']:g} ms, image {w['stimulus_ms']:g} ms, blank after {w['after_ms']:g} ms, "
+        f"incomplete windows: {w['incomplete']}); {store.n_events} events"
     )
     return 0
