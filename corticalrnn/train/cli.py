@@ -15,6 +15,7 @@ or SIGUSR1 after writing ``last.pt`` (requeue and run again with ``--resume``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg, args.run_dir, resume=resume, init_from=args.init_from)
     finally:
         shutdown()
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     if result.status == "interrupted":
-        print(f"stopped on a signal at step {result.step}; checkpoint {result.last_checkpoint}; "
-              f"resume with --resume", file=sys.stderr)
+        if not quiet:
+            print(f"stopped on a signal at step {result.step}; checkpoint {result.last_checkpoint}; "
+                  f"resume with --resume", file=sys.stderr)
         return EXIT_REQUEUE
-    print(f"finished {result.step} steps; best validation loss {result.best_val:.5g} at step "
-          f"{result.best_step}; checkpoints in {result.run_dir}")
+    if not quiet:
+        print(f"finished {result.step} steps; best validation loss {result.best_val:.5g} at step "
+              f"{result.best_step}; checkpoints in {result.run_dir}")
     return 0
