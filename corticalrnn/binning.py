@@ -87,8 +87,12 @@ def _exact_fast_path(times: np.ndarray, grid: BinGrid, offset_ms: float) -> bool
     offset, ``t0`` and bin size below 2**20 ms: every intermediate is then exact in float64 and a
     time just below an edge is at least one float32 ulp away from it.
     """
-    vals = (float(offset_ms), float(grid.t0_ms), float(grid.t_end_ms))
-    return times.dtype == np.float32 and all(v.is_integer() and abs(v) < 2**20 for v in vals)
+    vals = [float(offset_ms), float(grid.t0_ms), float(grid.t_end_ms)]
+    if times.dtype != np.float32:
+        return False
+    if times.size:  # also keeps every bin index far inside int32
+        vals += [float(times.min()) // 1, float(times.max()) // 1]
+    return all(v.is_integer() and abs(v) < 2**20 for v in vals)
 
 
 def bin_indices(times: np.ndarray, grid: BinGrid, offset_ms: float = 0.0) -> np.ndarray:
@@ -112,8 +116,7 @@ def _raw_bins(times: np.ndarray, grid: BinGrid, offset_ms: float) -> tuple[np.nd
             x += shift
         x /= float(grid.bin_ms)
         np.floor(x, out=x)
-        np.clip(x, -1.0, float(n), out=x)
-        k = x.astype(np.int32)
+        k = x.astype(np.int32)  # |x| < 2**20: no overflow
         at_n = np.flatnonzero(k == n)
         if at_n.size:  # a spike exactly at the right edge belongs to the last (closed) bin
             edge = times[at_n].astype(np.float64) + shift == float(n * grid.bin_ms)
@@ -134,11 +137,11 @@ def _raw_bins(times: np.ndarray, grid: BinGrid, offset_ms: float) -> tuple[np.nd
     return k, (outside if outside.any() else None)
 
 
-def _keep(indptr: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """indptr of the rows after dropping elements where ``keep`` is False."""
-    cum = np.zeros(keep.size + 1, dtype=np.int64)
-    np.cumsum(keep, out=cum[1:])
-    return cum[indptr - indptr[0]]
+def _drop(indptr: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """indptr (from 0) of the rows after dropping the elements where ``outside`` is True."""
+    base = indptr - indptr[0]
+    removed = np.flatnonzero(outside)  # few: spikes outside the window
+    return base - np.searchsorted(removed, base)
 
 
 def bin_segment(
@@ -154,8 +157,7 @@ def bin_segment(
     k, outside = _raw_bins(times, grid, offset_ms)
     if outside is None:
         return indptr - indptr[0], k
-    keep = ~outside
-    return _keep(indptr, keep), k[keep]
+    return _drop(indptr, outside), k[~outside]
 
 
 def merge_rows(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +199,9 @@ def run_length(indptr: np.ndarray, bins: np.ndarray, n_bins: int) -> BinnedCSR:
     start[row_starts[row_starts < bins.size]] = True  # a new row always starts a new event
     first = np.flatnonzero(start)
     counts = np.diff(first, append=bins.size).astype(np.int32)
-    cum = np.zeros(bins.size + 1, dtype=np.int64)
+    cum = np.zeros(bins.size + 1, dtype=np.int32 if bins.size < 2**31 else np.int64)
     np.cumsum(start, out=cum[1:])
-    return BinnedCSR(cum[indptr], bins[first], counts, n_bins)
+    return BinnedCSR(cum[indptr].astype(np.int64), bins[first], counts, n_bins)
 
 
 def bin_spikes(
