@@ -57,7 +57,7 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, slurm: Sl
             tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
             raise TimeoutError(f"{what} not reached after {timeout} s\n--- job log ---\n{tail}\n"
                                f"--- slurmctld ---\n{slurm.log_tail('slurmctld')}")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def run_cli(*args: str | Path) -> None:
@@ -144,7 +144,9 @@ def test_extract_array_job_and_resubmission(slurm: SlurmCluster, tmp_path: Path)
 
 
 # ------------------------------------------------------------------------------------ training
-TRAIN_STEPS = 36
+# Long enough (~50 ms per step here) that the interruptions below land well before the end even on
+# a fast machine; each interruption is sent once the log shows the run got past a given step.
+TRAIN_STEPS = 150
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +160,7 @@ def train_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = root / "train.toml"
     config.write_text(
         f'[data]\nstore = "{root / "store.zarr"}"\nsubset = "{root / "subset.json"}"\nval_fraction = 0.25\n\n'
-        f"[train]\nmax_steps = {TRAIN_STEPS}\nbatch_size = 2\nseed = 7\ndevice = \"cpu\"\neval_every = 12\n"
+        f"[train]\nmax_steps = {TRAIN_STEPS}\nbatch_size = 2\nseed = 7\ndevice = \"cpu\"\neval_every = 50\n"
         "checkpoint_every = 1000\nlog_every = 1\nprogress = false\n"
     )
     return config
@@ -178,8 +180,13 @@ def last_step(run_dir: Path) -> int:
 
 
 def release(slurm: SlurmCluster, job: int, log: Path) -> None:
-    """Wait for the requeued job to be pending again and let it start now (skips Slurm's hold)."""
+    """Wait for the requeued job to be pending again and let it start now (skips Slurm's hold).
+
+    The hold exists because slurmd revokes the old run's credential with a 1-s timestamp: a new
+    run started within the same second is rejected ("Job credential revoked"), so wait 2 s.
+    """
     slurm.wait(job, until={"PENDING"}, timeout=90)
+    time.sleep(2.0)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     slurm.wait(job, until={"RUNNING", "COMPLETED"}, timeout=90)
 
@@ -205,8 +212,8 @@ def test_train_preempted_twice_resumes_to_uninterrupted_result(slurm: SlurmClust
     slurm.run("scancel", "--batch", "--signal=USR1", str(job))
     release(slurm, job, log)
     # 2. The preemption path: `scontrol requeue` (SIGTERM to every process of the job; Slurm requeues).
-    wait_for("step 20 after the first resume",
-             lambda: slurm.state(job)["restarts"] == 1 and last_step(run_dir) >= 20, 180, slurm, log)
+    wait_for("step 40 after the first resume",
+             lambda: slurm.state(job)["restarts"] == 1 and last_step(run_dir) >= 40, 180, slurm, log)
     slurm.run("scontrol", "requeue", str(job))
     release(slurm, job, log)
     (final,) = slurm.wait(job, timeout=240)
