@@ -49,3 +49,17 @@ def file_sheet_name(name: str) -> str:
 def sort_sheets(names: list[str] | tuple[str, ...]) -> list[str]:
     """Sort sheet names into canonical order (inputs first, then L4 E/I, L2/3 E/I)."""
     return sorted(names, key=lambda n: ALL_SHEETS.index(normalize_sheet_name(n)))
+
+
+def mozaik_positions_to_mm(sheet: str, positions: object) -> object:
+    """Positions as a Mozaik datastore stores them ([N, D] after transposing) -> the store's convention.
+
+    Mozaik keeps V1 sheet positions in µm of cortex; the store (and the thesis' files) use mm. LGN sheets
+    carry grid indices in visual space, which are returned unchanged. ``None`` passes through.
+    """
+    if positions is None:
+        return None
+    info = SHEET_INFO[normalize_sheet_name(sheet)]
+    if info.layer == "LGN":
+        return positions
+    return positions * 1e-3  # type: ignore[operator]

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from corticalrnn.binning import BinGrid, bin_spikes, validate_bin_ms
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.sheets import mozaik_positions_to_mm
 from corticalrnn.store import (
     PackedEvents,
     SheetMeta,
@@ -278,7 +279,10 @@ def _read_headers(paths: Sequence[Path]) -> list[tuple[str, dict[str, np.ndarray
     out = []
     for p in paths:
         with open_spikefile(p) as sf:
-            metas = [SheetMeta(s, sf.neuron_ids(s), sf.positions(s)) for s in sf.sheets]
+            # spike files keep the datastore's units (V1 in µm); the store holds mm
+            metas = [
+                SheetMeta(s, sf.neuron_ids(s), mozaik_positions_to_mm(s, sf.positions(s))) for s in sf.sheets
+            ]
             out.append((str(p), dict(sf.presentations), metas))
     ref_path, _, ref = out[0] if out else ("", {}, [])
     for path, _, metas in out[1:]:
