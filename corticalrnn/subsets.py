@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
 import json
 import os
-import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -780,61 +778,11 @@ def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> Path:
 # thesis pickles
 
 
-_SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-        ("collections", "OrderedDict"),
-    }
-    | {
-        ("builtins", n)
-        for n in (
-            "list",
-            "dict",
-            "tuple",
-            "set",
-            "frozenset",
-            "int",
-            "float",
-            "bool",
-            "str",
-            "bytes",
-            "bytearray",
-            "range",
-            "slice",
-            "complex",
-        )
-    }
-)
-
-
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays/scalars and builtin containers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and builtins)")
-
-
 def load_index_pickle(path: str | os.PathLike[str]) -> Any:
     """Load a thesis index pickle safely (numpy + builtins only; nothing else is executed)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CorticalRNNError(f"{path}: no such file") from exc
-    try:
-        return _IndexUnpickler(io.BytesIO(data)).load()
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise SchemaError(f"{path}: cannot read as an index pickle: {exc}") from exc
+    from extract.safe_pickle import load_plain
+
+    return load_plain(path)
 
 
 def _sheet_from_filename(path: Path) -> str | None:

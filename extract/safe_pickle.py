@@ -373,29 +373,27 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
 
 
-_BASE: dict[tuple[str, str], Any] = {
+#: numpy arrays/scalars and builtin containers: all a plain data pickle (e.g. an index file) needs
+_PLAIN: dict[tuple[str, str], Any] = {
     ("builtins", "dict"): dict,
     ("builtins", "list"): list,
     ("builtins", "tuple"): tuple,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "object"): object,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "bool"): bool,
+    ("builtins", "str"): str,
+    ("builtins", "bytes"): bytes,
     ("builtins", "complex"): complex,
     ("builtins", "bytearray"): bytearray,
+    ("builtins", "range"): range,
+    ("builtins", "slice"): slice,
     ("__builtin__", "dict"): dict,
     ("__builtin__", "list"): list,
     ("__builtin__", "set"): set,
     ("__builtin__", "frozenset"): frozenset,
-    ("__builtin__", "object"): object,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): collections.defaultdict,
-    ("datetime", "datetime"): datetime.datetime,
-    ("datetime", "date"): datetime.date,
-    ("datetime", "time"): datetime.time,
-    ("datetime", "timedelta"): datetime.timedelta,
-    ("datetime", "timezone"): datetime.timezone,
-    ("copyreg", "_reconstructor"): _safe_reconstructor,
-    ("copy_reg", "_reconstructor"): _safe_reconstructor,
     ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles: encode(str, "latin1")
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
@@ -407,10 +405,26 @@ except ImportError:  # pragma: no cover - numpy < 2
     _np_multiarray = importlib.import_module("numpy.core.multiarray")
     _np_numeric = importlib.import_module("numpy.core.numeric")
 for _mod in ("numpy.core", "numpy._core"):
-    _BASE[(f"{_mod}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
-    _BASE[(f"{_mod}.multiarray", "scalar")] = _np_multiarray.scalar
+    _PLAIN[(f"{_mod}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
+    _PLAIN[(f"{_mod}.multiarray", "scalar")] = _np_multiarray.scalar
     if hasattr(_np_numeric, "_frombuffer"):
-        _BASE[(f"{_mod}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+        _PLAIN[(f"{_mod}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+
+#: what a datastore pickle may contain besides neo/quantities/Mozaik classes
+_BASE: dict[tuple[str, str], Any] = {
+    **_PLAIN,
+    ("builtins", "object"): object,
+    ("__builtin__", "object"): object,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("datetime", "datetime"): datetime.datetime,
+    ("datetime", "date"): datetime.date,
+    ("datetime", "time"): datetime.time,
+    ("datetime", "timedelta"): datetime.timedelta,
+    ("datetime", "timezone"): datetime.timezone,
+    ("copyreg", "_reconstructor"): _safe_reconstructor,
+    ("copy_reg", "_reconstructor"): _safe_reconstructor,
+}
+
 
 def neo_available() -> bool:
     try:
@@ -475,6 +489,41 @@ def loads(data: bytes, source: str | os.PathLike[str], use_neo: bool = False) ->
     except Exception as exc:  # corrupt data raises many types (UnpicklingError, ValueError, ...)
         problem = f"{type(exc).__name__}: {exc}"
         raise SchemaError(f"{source}: not a readable datastore pickle ({problem})") from None
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickler for plain data files: numpy arrays/scalars and builtin containers, nothing else."""
+
+    def __init__(self, file: Any, source: str | os.PathLike[str]) -> None:
+        super().__init__(file)
+        self.source = str(source)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN:
+            return _PLAIN[(module, name)]
+        raise ForbiddenGlobalError(
+            f"{self.source}: refused to load: the pickle references the forbidden global "
+            f"{module}.{name} (only numpy arrays and builtin containers are allowed); nothing was executed"
+        )
+
+
+def load_plain(path: str | os.PathLike[str]) -> Any:
+    """Load a pickle of numpy arrays and builtin containers safely; errors name the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorticalRNNError(f"{path}: file is missing") from None
+    except OSError as exc:
+        raise CorticalRNNError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return PlainUnpickler(io.BytesIO(data), path).load()
+    except CorticalRNNError:
+        raise
+    except EOFError:
+        raise SchemaError(f"{path}: pickle is truncated (ran out of data)") from None
+    except Exception as exc:  # corrupt data raises many types
+        raise SchemaError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -451,7 +451,7 @@ class _Evil:
 def test_thesis_pickle_loader_executes_nothing(tmp_path: Path) -> None:
     _Evil.target = str(tmp_path / "pwned")
     evil = _dump(tmp_path / "model_subsets" / "V1_Exc_L4.pkl", {"V1_Exc_L4": _Evil()})
-    with pytest.raises(SchemaError, match=r"V1_Exc_L4.pkl.*refusing to load pathlib"):
+    with pytest.raises(CorticalRNNError, match=r"V1_Exc_L4.pkl.*forbidden global pathlib"):
         S.load_index_pickle(evil)
     assert not (tmp_path / "pwned").exists()
     assert (
@@ -509,7 +509,7 @@ def test_cli_from_thesis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         ]
     )
     assert rc == 1
-    assert "nope.pkl: no such file" in capsys.readouterr().err
+    assert "nope.pkl: file is missing" in capsys.readouterr().err
 
 
 @pytest.fixture
