@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from corticalrnn.atomic import write_text_atomic
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 from corticalrnn.sheets import (
     ALL_SHEETS,
@@ -760,18 +761,7 @@ def _compact_number_lists(match: re.Match[str]) -> str:
 def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> Path:
     """Write ``doc`` to ``path.tmp``, fsync, rename over ``path``; id lists one line each."""
     text = re.sub(r"\[[\d,\s-]*\]", _compact_number_lists, json.dumps(doc, indent=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from corticalrnn.atomic import atomic_path
 from corticalrnn.errors import SchemaError
 from corticalrnn.sheets import INPUT_SHEETS, SHEET_INFO, V1_SHEETS
 
@@ -106,8 +107,7 @@ def write_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
     from corticalrnn import __version__
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(
                 schema=SCHEMA,
@@ -154,10 +154,6 @@ def write_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
                 compression_opts=1,
                 shuffle=True,
             )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
