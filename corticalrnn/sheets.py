@@ -11,6 +11,16 @@ INPUT_SHEETS: tuple[str, ...] = ("X_ON", "X_OFF")
 V1_SHEETS: tuple[str, ...] = ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3")
 ALL_SHEETS: tuple[str, ...] = INPUT_SHEETS + V1_SHEETS
 
+#: neurons per sheet in the full cat V1 model (the thesis data; ~108,000 neurons, 93,750 in V1)
+FULL_MODEL_SIZES: dict[str, int] = {
+    "X_ON": 7200,
+    "X_OFF": 7200,
+    "V1_Exc_L4": 37500,
+    "V1_Inh_L4": 9375,
+    "V1_Exc_L2/3": 37500,
+    "V1_Inh_L2/3": 9375,
+}
+
 
 @dataclass(frozen=True)
 class SheetInfo:

@@ -23,17 +23,9 @@ from typing import Any
 import numpy as np
 
 from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
-from corticalrnn.sheets import ALL_SHEETS
+from corticalrnn.sheets import ALL_SHEETS, FULL_MODEL_SIZES
 
 #: neurons per sheet in the full cat V1 model (thesis data)
-FULL_SIZES: dict[str, int] = {
-    "X_ON": 7200,
-    "X_OFF": 7200,
-    "V1_Exc_L4": 37500,
-    "V1_Inh_L4": 9375,
-    "V1_Exc_L2/3": 37500,
-    "V1_Inh_L2/3": 9375,
-}
 
 
 @dataclass
@@ -206,7 +198,7 @@ def _baseline(folder: Path) -> int:
 def run_bench(args: argparse.Namespace) -> dict:
     from extract.datastore import extract_folder
 
-    sizes = {s: max(1, int(round(n * args.scale))) for s, n in FULL_SIZES.items()}
+    sizes = {s: max(1, int(round(n * args.scale))) for s, n in FULL_MODEL_SIZES.items()}
     spec = DatastoreSpec(sizes=sizes, images=tuple(range(50000, 50000 + args.images)), trials=1,
                          rate_hz=args.rate_hz, seed=0)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -27,23 +27,15 @@ import numpy as np
 from corticalrnn.bench.binning import WINDOW_MS, make_spikes
 from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
 from corticalrnn.binning import BinGrid, bin_spikes
-from corticalrnn.sheets import ALL_SHEETS
+from corticalrnn.sheets import ALL_SHEETS, FULL_MODEL_SIZES
 from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock, open_store
 
-FULL_MODEL = {
-    "X_ON": 7200,
-    "X_OFF": 7200,
-    "V1_Exc_L4": 37500,
-    "V1_Inh_L4": 9375,
-    "V1_Exc_L2/3": 37500,
-    "V1_Inh_L2/3": 9375,
-}
-FULL_NEURONS = sum(FULL_MODEL.values())
+FULL_NEURONS = sum(FULL_MODEL_SIZES.values())
 FULL_WINDOWS = 50_000
 
 
 def sheet_sizes(total: int) -> dict[str, int]:
-    return {s: max(1, round(total * FULL_MODEL[s] / FULL_NEURONS)) for s in ALL_SHEETS}
+    return {s: max(1, round(total * FULL_MODEL_SIZES[s] / FULL_NEURONS)) for s in ALL_SHEETS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
