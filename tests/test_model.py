@@ -219,6 +219,9 @@ def test_teacher_fraction_zero_and_no_teacher_are_free_running():
     torch.testing.assert_close(model(x, y, mask, 0.0), free)
     forced = model(x, y, mask, 1.0)
     assert not torch.allclose(forced, free)
+    y_nan = y.clone()
+    y_nan[..., ~mask] = float("nan")  # data of unobserved neurons is never read
+    torch.testing.assert_close(model(x, y_nan, mask, 1.0), forced)
     # the prediction at t=0 does not depend on the teacher (it only feeds later steps and L2/3 at t)
     torch.testing.assert_close(forced[:, 0, :9], free[:, 0, :9])
 

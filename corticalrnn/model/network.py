@@ -230,8 +230,8 @@ class CorticalRNN(nn.Module):
         drive = self._drive(x, cdtype)
         y = force = None
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
-            y = teacher.to(dtype)
             f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)
+            y = torch.where(f[:, None, :], teacher.to(dtype), 0.0)  # unobserved data may be NaN
             if self._perm is not None:
                 y, f = y[..., self._perm], f[:, self._perm]
             y = y.permute(2, 1, 0).contiguous()
