@@ -35,12 +35,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # torch: keep the base image's build (never let pip replace it); install it on a plain Python base.
+# Then check that Python.h is there (Inductor/Triton compile against it; both bases ship it).
 # hadolint ignore=SC2086,DL3013
 RUN if ! python -c "import torch" 2>/dev/null; then \
         python -m pip install "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS}; \
     fi \
     && python -c "import torch; print(f'torch=={torch.__version__}')" > /etc/torch-constraint.txt \
-    && cat /etc/torch-constraint.txt
+    && cat /etc/torch-constraint.txt \
+    && python -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h'); \
+assert os.path.isfile(h), f'{h} missing: torch.compile needs the Python headers; pick a BASE that has them'"
 
 WORKDIR /opt/corticalrnn
 
