@@ -28,14 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
-
-FULL = {"X_ON": 7200, "X_OFF": 7200, "V1_Exc_L4": 37500, "V1_Inh_L4": 9370, "V1_Exc_L2/3": 37500,
-        "V1_Inh_L2/3": 9370}
+from corticalrnn.sheets import FULL_MODEL_SIZES
 
 
 def scaled_sizes(frac: float) -> dict[str, int]:
     """Sizes at a fraction of the full model (0.1 -> 720/720 LGN, 3750/937/3750/937 V1)."""
-    return {k: max(2, int(v * frac)) for k, v in FULL.items()}
+    return {k: max(2, int(v * frac)) for k, v in FULL_MODEL_SIZES.items()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
