@@ -266,3 +266,32 @@ def test_example_configs_parse():
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
         model_config(load_config(path), 20, "fp32")
+
+
+class SparseToyData(ToyData):
+    """ToyData that also offers ``sparse_batch`` (the corticalrnn.data.WindowBatches event format)."""
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        raise AssertionError("the trainer must read sparse batches when the data offers them")
+
+    def sparse_batch(self, indices: Sequence[int]) -> dict[str, object]:
+        idx = torch.as_tensor(list(indices))
+        out: dict[str, object] = {"window": idx.numpy()}
+        for g, x in (("lgn", self.lgn[idx]), ("v1", self.v1[idx])):
+            flat = x.reshape(-1)
+            nz = torch.nonzero(flat).ravel()
+            out[f"{g}_index"], out[f"{g}_count"] = nz.numpy(), flat[nz].numpy()
+        out["shape"] = torch.tensor([len(idx), T, N_IN, N_V1]).numpy()
+        return out
+
+
+def test_sparse_batches_train_exactly_like_dense_ones(tmp_path):
+    cfg = make_cfg()
+    dense = make_trainer(cfg, tmp_path / "a").fit()
+    torch.manual_seed(0)
+    sparse = Trainer(cfg, ToyRNN(), SparseToyData(10, 0), SparseToyData(4, 1), OBSERVED, tmp_path / "b", SPEC,
+                     poisson_loss, teacher_fraction=lambda step: max(0.0, 1 - step / 8),
+                     tensorboard=False).fit()
+    assert dense.step == sparse.step == 11
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert losses(tmp_path / "a", "val") == losses(tmp_path / "b", "val")

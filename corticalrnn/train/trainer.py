@@ -195,15 +195,22 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class _BatchSet(torch.utils.data.Dataset):
-    """Map-style dataset whose items are whole batches (the sampler yields index lists)."""
+    """Map-style dataset whose items are whole batches (the sampler yields index lists).
+
+    Data with ``sparse_batch`` (``corticalrnn.data.WindowBatches``) yields its sparse events, which
+    are small to ship from worker processes; :meth:`Trainer._dense` scatters them on the device.
+    """
 
     def __init__(self, data: WindowBatches) -> None:
         self.data = data
+        self.sparse = callable(getattr(data, "sparse_batch", None))
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, Any]:
+        if self.sparse:
+            return self.data.sparse_batch(indices)  # type: ignore[attr-defined]
         return self.data.batch(indices)
 
 
@@ -396,8 +403,9 @@ class Trainer:
         idx = list(range(self.dist.rank, len(self.val_data), self.dist.world_size))
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         bs = self.cfg.train.batch_size
+        val = _BatchSet(self.val_data)
         for i in range(0, len(idx), bs):
-            batch = self.val_data.batch(idx[i:i + bs])
+            batch = self._dense(val[idx[i:i + bs]])
             target = batch["v1"].to(self.device)
             with self.autocast():
                 rates = self._forward(model, batch, 0.0)
@@ -418,6 +426,14 @@ class Trainer:
             _BatchSet(self.train_data), batch_size=None, sampler=batches, num_workers=nw,
             pin_memory=self.device.type == "cuda", generator=torch.Generator(),  # never touch global RNG
             multiprocessing_context="spawn" if nw > 0 else None, persistent_workers=False)
+
+    def _dense(self, item: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A loader item as dense tensors: sparse events are scattered straight on the device."""
+        if "shape" in item:  # a WindowBatches.sparse_batch
+            from corticalrnn.data import densify
+
+            return densify(item, self.device)
+        return item
 
     # ----------------------------------------------------------------- loop
     def fit(self, resume: str | Path | None = None, init_from: str | Path | None = None) -> TrainResult:
@@ -449,7 +465,8 @@ class Trainer:
             while p["step"] < loop.max_steps and status == "finished":
                 batches = ddp.epoch_batches(len(self.train_data), loop.batch_size, p["epoch"], loop.seed,
                                             self.dist.rank, self.dist.world_size)
-                for batch in self._loader(batches[p["batch_in_epoch"]:]):
+                for item in self._loader(batches[p["batch_in_epoch"]:]):
+                    batch = self._dense(item)
                     lr = self.optimizer.param_groups[0]["lr"]
                     loss, grad_norm = self.train_step(batch)
                     n_win = batch["v1"].shape[0] * self.dist.world_size
