@@ -52,9 +52,16 @@ class RecLayout:
 
 
 def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``out + w @ a``; matmul in ``w``'s dtype, result in ``out``'s dtype."""
+    """``out + w @ a``; matmul in ``w``'s dtype, result in ``out``'s dtype.
+
+    ``a`` is thin (batch columns). Measured with MKL at N=9374, B=8, one thread: ``W.t() @ a`` with
+    a transposed (column-major) weight took 1.25 s, the same product as ``(a.t() @ W).t()`` 0.07 s;
+    and a strided ``a`` (a time slice of [N, T, B]) doubles the cost of ``W @ a``.
+    """
     if a.dtype == out.dtype == w.dtype:
-        return torch.addmm(out, w, a)
+        if w.dim() == 2 and w.stride(0) == 1 and w.stride(1) != 1:  # transposed view (backward)
+            return torch.addmm(out.t(), a.t(), w.t()).t()
+        return torch.addmm(out, w, a if a.is_contiguous() else a.contiguous())
     return out + (w @ a.to(w.dtype)).to(out.dtype)
 
 
