@@ -60,6 +60,7 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    hidden_rate_prior: float = 0.0  # weight of the hidden-unit mean-rate prior (train.rate_prior); 0 off
 
 
 @dataclass
@@ -120,6 +121,8 @@ class TrainConfig:
                 problems.append(f"train.{name} must be >= 1")
         if self.optim.lr <= 0:
             problems.append("optim.lr must be > 0")
+        if self.optim.hidden_rate_prior < 0:
+            problems.append("optim.hidden_rate_prior must be >= 0")
         if problems:
             raise CorticalRNNError("invalid training config: " + "; ".join(problems))
 

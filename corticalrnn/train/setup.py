@@ -160,10 +160,16 @@ def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
     model = build_model(spec, mcfg.precision)
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
     teacher = mcfg.teacher
+    penalty = None
+    if cfg.optim.hidden_rate_prior > 0:
+        from corticalrnn.train.rate_prior import HiddenRatePrior
+
+        prior, weight = HiddenRatePrior(subset.v1_sheet_labels(), observed), cfg.optim.hidden_rate_prior
+        penalty = lambda rates, target: weight * prior(rates, target)  # noqa: E731
     trainer = Trainer(cfg, model, train_data, val_data, observed, run_dir, spec, model.loss,
                       subset=subset.to_json_dict(), project=model.project_,
                       teacher_fraction=teacher.fraction_at if teacher.start > 0 or teacher.end > 0 else None,
-                      split=split.to_json_dict(), autocast=False)
+                      split=split.to_json_dict(), autocast=False, penalty=penalty)
     return trainer
 
 

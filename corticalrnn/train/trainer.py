@@ -218,7 +218,9 @@ class Trainer:
     """Trains ``model`` on ``train_data``; selects the best step on ``val_data`` (training images).
 
     ``observed`` is the bool mask over the model's V1 units that the loss sees. ``spec`` describes
-    the architecture (saved in checkpoints, checked on resume). ``project`` (optional) is called
+    the architecture (saved in checkpoints, checked on resume). ``penalty(rates, target)`` (optional)
+    is added to the training loss (not to the logged or validation loss), e.g. a
+    :class:`~corticalrnn.train.rate_prior.HiddenRatePrior`. ``project`` (optional) is called
     after every optimizer step, e.g. the model's Dale's-law projection. ``teacher_fraction(step)``
     (optional) is the fraction of observed neurons teacher-forced at that step (the model's
     ``forward(lgn, teacher, teacher_mask, teacher_fraction)``); validation always runs free.
@@ -231,7 +233,8 @@ class Trainer:
                  spec: dict[str, Any], loss_fn: LossFn, subset: dict[str, Any] | None = None,
                  project: Callable[[], None] | None = None, split: dict[str, Any] | None = None,
                  teacher_fraction: Callable[[int], float] | None = None, autocast: bool = True,
-                 tensorboard: bool = True) -> None:
+                 tensorboard: bool = True,
+                 penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.cfg = cfg
         loop = cfg.train
         self.device = resolve_device(loop.device)
@@ -242,6 +245,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.spec, self.subset, self.loss_fn, self.project = spec, subset, loss_fn, project
         self.teacher_fraction, self.use_autocast, self.split = teacher_fraction, autocast, split
+        self.penalty = penalty
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:
             raise CorticalRNNError("no training windows (check the store and the image split)")
@@ -366,8 +370,9 @@ class Trainer:
             fraction = 0.0 if self.teacher_fraction is None else self.teacher_fraction(self.progress["step"])
             rates = self._forward(self.model, batch, fraction)
         loss = self.loss_fn(rates.float(), target, self.observed)
+        total = loss if self.penalty is None else loss + self.penalty(rates, target)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
