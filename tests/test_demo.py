@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from corticalrnn.cli import main
+from corticalrnn.demo import format_headline
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
@@ -16,8 +17,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert summary["steps"] == 4 and report["trials_per_image"] == 3
     assert report["truth"] and {r["neurons"] for r in report["truth"]} == {"observed", "hidden"}
     assert {r["neurons"] for r in summary["headline"]} == {"observed", "hidden"}
-    for word in ("CC_norm", "bits/spike", "true rates", "headline"):
+    for word in ("CC_norm", "bits/spike", "true rates", "headline", "oracle"):
         assert word in text
+    assert format_headline(summary["headline"]) in text  # the printed numbers are the run's summary.json
+    assert summary["seconds"]["cpu_total"] > 0
     # data is reused by a second run; the training run is new
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--no-figures", "--steps", "2"]) == 0
     assert "reusing" in capsys.readouterr().out
