@@ -63,3 +63,15 @@ def test_unknown_override_is_named(tmp_path, exp):
 def test_write_csv_union_of_columns(tmp_path):
     p = write_csv([{"a": 1}, {"b": 2}], tmp_path / "t.csv")
     assert p.read_text().splitlines() == ["a,b", "1,", ",2"]
+
+
+def test_loader_workers_ship_sparse_batches_and_train_identically(exp):
+    """num_workers=1 (spawned worker, sparse events densified in the main process) == in-process."""
+    subset = exp.make_subset(fraction=0.5, observed=0.5, method="spatial", seed=0, name="workers")
+    losses = {}
+    for nw in (0, 1):
+        run = exp.train(subset, steps=3, name=f"workers{nw}", data__num_workers=nw, data__cache_mb=0.0,
+                        train__log_every=1)
+        rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[nw] = [r["loss"] for r in rows if r["split"] == "train"]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
