@@ -62,7 +62,7 @@ def demo_config(size: DemoSize, steps: int, bin_ms: int, threads: int) -> dict[s
         # local recurrent connections, about as narrow as the generator's (0.1-0.2 mm): a hidden
         # unit then listens to its cortical neighbours, which is what lets it predict its neuron
         # (measured, hidden r vs true rates: dense ~0.0, sigma 0.25/0.12 mm ~0.0, 0.1/0.08 0.50,
-        # 0.07/0.05 0.53). LGN input is still dense in the model (see docs/ARCHITECTURE.md).
+        # 0.07/0.05 0.53). LGN->L4 is still dense in the model, so hidden L4 units are the weakest.
         "model": {"bin_ms": float(bin_ms), "neuron_model": "leaky", "sign_mode": "projected",
                   "connectivity": "distance", "distance_sigma_mm": dict(DISTANCE_SIGMA_MM),
                   "spectral_radius": 0.5, "init_rate": 0.1,
