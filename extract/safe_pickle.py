@@ -465,30 +465,37 @@ class SafeUnpickler(pickle.Unpickler):
         )
 
 
-def load(path: str | os.PathLike[str], use_neo: bool = False) -> Any:
-    """Load one datastore pickle safely; errors name the file and the problem."""
-    path = Path(path)
-    if use_neo and not neo_available():
-        raise CorticalRNNError(f"{path}: use_neo=True but neo/quantities are not installed")
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise CorticalRNNError(f"{path}: file is missing") from None
     except OSError as exc:
         raise CorticalRNNError(f"{path}: cannot read ({exc.strerror})") from None
-    return loads(data, path, use_neo)
 
 
-def loads(data: bytes, source: str | os.PathLike[str], use_neo: bool = False) -> Any:
+def _unpickle(unpickler: pickle.Unpickler, source: str | os.PathLike[str], what: str) -> Any:
+    """Run ``unpickler``; every failure becomes an error that names ``source``."""
     try:
-        return SafeUnpickler(io.BytesIO(data), source, use_neo).load()
+        return unpickler.load()
     except CorticalRNNError:
         raise
     except EOFError:
         raise SchemaError(f"{source}: pickle is truncated (ran out of data)") from None
     except Exception as exc:  # corrupt data raises many types (UnpicklingError, ValueError, ...)
-        problem = f"{type(exc).__name__}: {exc}"
-        raise SchemaError(f"{source}: not a readable datastore pickle ({problem})") from None
+        raise SchemaError(f"{source}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def load(path: str | os.PathLike[str], use_neo: bool = False) -> Any:
+    """Load one datastore pickle safely; errors name the file and the problem."""
+    path = Path(path)
+    if use_neo and not neo_available():
+        raise CorticalRNNError(f"{path}: use_neo=True but neo/quantities are not installed")
+    return loads(_read_bytes(path), path, use_neo)
+
+
+def loads(data: bytes, source: str | os.PathLike[str], use_neo: bool = False) -> Any:
+    return _unpickle(SafeUnpickler(io.BytesIO(data), source, use_neo), source, "datastore pickle")
 
 
 class PlainUnpickler(pickle.Unpickler):
@@ -510,20 +517,7 @@ class PlainUnpickler(pickle.Unpickler):
 def load_plain(path: str | os.PathLike[str]) -> Any:
     """Load a pickle of numpy arrays and builtin containers safely; errors name the file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CorticalRNNError(f"{path}: file is missing") from None
-    except OSError as exc:
-        raise CorticalRNNError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return PlainUnpickler(io.BytesIO(data), path).load()
-    except CorticalRNNError:
-        raise
-    except EOFError:
-        raise SchemaError(f"{path}: pickle is truncated (ran out of data)") from None
-    except Exception as exc:  # corrupt data raises many types
-        raise SchemaError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    return _unpickle(PlainUnpickler(io.BytesIO(_read_bytes(path)), path), path, "pickle")
 
 
 # ---------------------------------------------------------------------------------------------
