@@ -47,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f'data.store="{args.store}"')
     if args.subset:
         overrides.append(f'data.subset="{args.subset}"')
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     resume = None
     if args.resume is not None:
         resume = args.run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
         if args.resume == "auto" and not resume.exists():
-            print(f"corticalrnn train: no {resume} yet; starting a new run", file=sys.stderr)
+            if not quiet:
+                print(f"corticalrnn train: no {resume} yet; starting a new run", file=sys.stderr)
             resume = None
     if resume is not None and args.config is None:
         # the checkpoint's own config, with overrides (e.g. a longer train.max_steps)
@@ -70,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg, args.run_dir, resume=resume, init_from=args.init_from)
     finally:
         shutdown()
-    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     if result.status == "interrupted":
         if not quiet:
             print(f"stopped on a signal at step {result.step}; checkpoint {result.last_checkpoint}; "
