@@ -307,3 +307,32 @@ def test_enclosing_autocast_sets_matmul_dtype():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, model(x), rtol=3e-2, atol=3e-2)
     assert not torch.equal(out, model(x))  # the matmuls did run in bf16
+
+
+def test_lgn_grid_mapping_matches_the_generator_and_input_mask_is_retinotopic() -> None:
+    """Grid indices as Mozaik stores them map back to the generator's own LGN positions (mm), and a
+    retinotopic model connects each V1 neuron only to LGN cells near it."""
+    from corticalrnn.model.network import lgn_grid_to_mm
+    from corticalrnn.synth import CortexConfig
+    from corticalrnn.synth.cortex import build_network
+    from corticalrnn.synth.mozaik_writer import mozaik_positions
+
+    net = build_network(CortexConfig(scale=0.1), seed=3)
+    side = CortexConfig(scale=0.1).side_mm
+    for sheet in ("X_ON", "X_OFF"):
+        true_mm = net.positions_mm[sheet]
+        grid = mozaik_positions(true_mm, sheet).T
+        np.testing.assert_allclose(lgn_grid_to_mm(grid, side), true_mm[:, :2], atol=1e-9)
+
+    sizes = {s: len(net.positions_mm[s]) for s in net.positions_mm}
+    positions = {s: (mozaik_positions(p, s).T if s in ("X_ON", "X_OFF") else p)
+                 for s, p in net.positions_mm.items()}
+    cfg = ModelConfig(input_connectivity="retinotopic", input_sigma_mm=0.05, lgn_extent_mm=side)
+    model = CorticalRNN(cfg, sizes, positions)
+    u = model.pathway_weight("X_ON", "V1_Exc_L4", 0).detach().numpy()  # [post, pre]
+    v1, lgn = net.positions_mm["V1_Exc_L4"][:, None, :2], net.positions_mm["X_ON"][None, :, :2]
+    d = np.linalg.norm(v1 - lgn, axis=-1)
+    assert (u[d > 6 * 0.05] == 0).all()
+    assert (u[d < 0.02] > 0).mean() > 0.9
+    dense = CorticalRNN(ModelConfig(), sizes, positions).pathway_weight("X_ON", "V1_Exc_L4", 0)
+    assert (dense.detach().numpy() > 0).mean() > 0.99

@@ -13,6 +13,7 @@ NEURON_MODELS = ("leaky", "mlp", "gru")
 SIGN_MODES = ("projected", "reparam")
 REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance")
+INPUT_MASK_KINDS = ("dense", "retinotopic")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("poisson", "mse")
 SCHEDULES = ("constant", "linear", "exponential")
@@ -85,6 +86,11 @@ class ModelConfig:
     distance_sigma_mm: dict[str, float] = field(
         default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
     distance_p_max: float = 1.0  # connection probability at distance 0
+    # LGN -> V1: dense, or retinotopic (Gaussian in cortical mm around each V1 neuron; LGN grid
+    # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
+    input_connectivity: str = "dense"  # dense | retinotopic (needs positions)
+    input_sigma_mm: float = 0.1
+    lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     sign_mode: str = "projected"  # projected | reparam
     reparam: str = "softplus"  # softplus | abs (reparam mode only)
     spectral_radius: float = 0.9
@@ -125,6 +131,11 @@ class ModelConfig:
             raise bad(f"tbptt_steps must be >= 0, got {self.tbptt_steps}")
         if self.neuron_hidden < 1:
             raise bad(f"neuron_hidden must be >= 1, got {self.neuron_hidden}")
+        if self.input_connectivity not in INPUT_MASK_KINDS:
+            raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
+                      f"{', '.join(INPUT_MASK_KINDS)}")
+        if self.input_sigma_mm <= 0 or self.lgn_extent_mm < 0:
+            raise bad("input_sigma_mm must be > 0 and lgn_extent_mm >= 0")
         if not 0 < self.distance_p_max <= 1:
             raise bad(f"distance_p_max must be in (0, 1], got {self.distance_p_max}")
         if self.spectral_radius < 0 or self.init_rate <= 0:

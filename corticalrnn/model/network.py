@@ -81,18 +81,33 @@ class CorticalRNN(nn.Module):
                     rng: np.random.Generator) -> np.ndarray | None:
         g, cfg = self.graph, self.config
         m = g.structure(b)
-        distance = [p for p in b.pathways if b.source == "v1" and (p.mask or cfg.connectivity) == "distance"]
+        if b.source == "input":
+            distance = [p for p in b.pathways if cfg.input_connectivity == "retinotopic"]
+        else:
+            distance = [p for p in b.pathways if (p.mask or cfg.connectivity) == "distance"]
         if not distance:
             return m
         if m is None:
             m = np.ones(b.shape, dtype=bool)
         for p in distance:
-            pre_xy, post_xy = (_positions(positions, s, g.sizes[s]) for s in (p.pre, p.post))
-            sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
+            post_xy = _positions(positions, p.post, g.sizes[p.post])
+            if b.source == "input":
+                pre_xy = lgn_grid_to_mm(_positions(positions, p.pre, g.sizes[p.pre]),
+                                        cfg.lgn_extent_mm or self._v1_extent_mm(positions))
+                sigma = cfg.input_sigma_mm
+            else:
+                pre_xy = _positions(positions, p.pre, g.sizes[p.pre])
+                sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
             rs, cs = g.slice(p.post), g.slice(p.pre)
             m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
                 pre_xy, post_xy, sigma, cfg.distance_p_max, rng)
         return m
+
+    def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
+        """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
+        g = self.graph
+        xy = np.concatenate([_positions(positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
+        return float((xy.max(0) - xy.min(0)).max())
 
     def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor]) -> float:
         """Spectral radius of the signed V1 connectivity (all delays summed)."""
@@ -292,9 +307,21 @@ def _detach(state: object) -> object:
     return state
 
 
+def lgn_grid_to_mm(ij: np.ndarray, extent_mm: float) -> np.ndarray:
+    """LGN grid indices [N, >=2] -> cortical x, y in mm: ``((ij + 0.5) / side - 0.5) * extent``.
+
+    ``side`` is the grid side (largest index + 1), the grid spanning the V1 sheet's extent centred at 0,
+    as the synthetic cortex places its LGN.
+    """
+    ij = np.asarray(ij, dtype=np.float64)[:, :2]
+    side = float(ij.max()) + 1.0
+    return ((ij + 0.5) / side - 0.5) * extent_mm
+
+
 def _positions(positions: dict[str, np.ndarray] | None, sheet: str, n: int) -> np.ndarray:
     if positions is None:
-        raise DataMismatchError("model: connectivity 'distance' needs neuron positions; none were given")
+        raise DataMismatchError(
+            "model: distance-dependent (or retinotopic) connectivity needs neuron positions; none were given")
     pos = {k.replace("L23", "L2/3"): v for k, v in positions.items()}
     if sheet not in pos:
         raise DataMismatchError(f"model: no positions for sheet {sheet}")
