@@ -336,3 +336,15 @@ def test_lgn_grid_mapping_matches_the_generator_and_input_mask_is_retinotopic() 
     assert (u[d < 0.02] > 0).mean() > 0.9
     dense = CorticalRNN(ModelConfig(), sizes, positions).pathway_weight("X_ON", "V1_Exc_L4", 0)
     assert (dense.detach().numpy() > 0).mean() > 0.99
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("sign_mode", ["projected", "reparam"])
+def test_sparse_kernel_matches_reference(teacher, sign_mode):
+    """Blocks below ``sparse_below`` run their per-step products on CSR copies: same outputs and
+    gradients as the plain autograd reference in float64."""
+    model = make(connectivity="distance", sign_mode=sign_mode, sparse_below=1.0,
+                 distance_sigma_mm={"exc": 0.1, "inh": 0.08})
+    assert any(b.sparse for b in model.layout.blocks)
+    assert not any(b.sparse for b in make(connectivity="distance", sparse_below=0.0).layout.blocks)
+    assert_matches_reference(model, teacher)

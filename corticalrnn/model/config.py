@@ -89,6 +89,9 @@ class ModelConfig:
     # LGN -> V1: dense, or retinotopic (Gaussian in cortical mm around each V1 neuron; LGN grid
     # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
     input_connectivity: str = "dense"  # dense | retinotopic (needs positions)
+    # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
+    # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
+    sparse_below: float = 0.1
     input_sigma_mm: float = 0.1
     lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     sign_mode: str = "projected"  # projected | reparam
@@ -134,6 +137,8 @@ class ModelConfig:
         if self.input_connectivity not in INPUT_MASK_KINDS:
             raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
                       f"{', '.join(INPUT_MASK_KINDS)}")
+        if not 0 <= self.sparse_below <= 1:
+            raise bad(f"sparse_below must be in [0, 1], got {self.sparse_below}")
         if self.input_sigma_mm <= 0 or self.lgn_extent_mm < 0:
             raise bad("input_sigma_mm must be > 0 and lgn_extent_mm >= 0")
         if not 0 < self.distance_p_max <= 1:

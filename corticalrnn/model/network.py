@@ -69,8 +69,9 @@ class CorticalRNN(nn.Module):
             file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
                                           config.neuron_hidden, config.learn_tau, gen)
             for s in g.v1_order})
+        density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
-            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1)
+            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1, density[b.name] < config.sparse_below)
             for b in g.blocks if b.source == "v1"
             for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]

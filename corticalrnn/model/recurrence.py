@@ -22,6 +22,7 @@ Matmuls run in ``cdtype`` (fp32/bf16/fp16); state, drive and rates stay in the d
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ class RecBlock:
     row1: int
     col0: int
     col1: int
+    sparse: bool = False  # per-step products with a CSR copy (only worth it for sparse masks)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,24 @@ class RecLayout:
         return [(i, b) for i, b in enumerate(self.blocks) if b.stage == s]
 
 
+def _step_kernels(layout: RecLayout, weights: tuple[torch.Tensor, ...], cdtype: torch.dtype,
+                  transpose: bool) -> tuple[torch.Tensor, ...]:
+    """The matrices the per-step products use: each block's weight (or its transpose) in ``cdtype``,
+    as CSR for blocks marked sparse (built once per call; float32/float64 only, the CPU CSR kernels'
+    dtypes). Weight gradients stay one dense GEMM over all steps either way."""
+    out = []
+    for w, b in zip(weights, layout.blocks):
+        wc = w.to(cdtype)
+        if transpose:
+            wc = wc.t()
+        if b.sparse and cdtype in (torch.float32, torch.float64):
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                wc = wc.to_sparse_csr()
+        out.append(wc)
+    return tuple(out)
+
+
 def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``out + w @ a``; matmul in ``w``'s dtype, result in ``out``'s dtype.
 
@@ -58,6 +78,8 @@ def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tenso
     a transposed (column-major) weight took 1.25 s, the same product as ``(a.t() @ W).t()`` 0.07 s;
     and a strided ``a`` (a time slice of [N, T, B]) doubles the cost of ``W @ a``.
     """
+    if w.layout == torch.sparse_csr:
+        return torch.addmm(out, w, a if a.is_contiguous() else a.contiguous())
     if a.dtype == out.dtype == w.dtype:
         if w.dim() == 2 and w.stride(0) == 1 and w.stride(1) != 1:  # transposed view (backward)
             return torch.addmm(out.t(), a.t(), w.t()).t()
@@ -105,7 +127,7 @@ class LeakyRecurrence(torch.autograd.Function):
                 force: torch.Tensor | None, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         N, T, B = drive.shape
         dt = drive.dtype
-        wc = tuple(w.to(cdtype) for w in weights)
+        wc = _step_kernels(layout, weights, cdtype, transpose=False)
         V = drive.new_empty(N, T, B)
         R = drive.new_empty(N, T, B)
         forced = teacher is not None
@@ -143,7 +165,7 @@ class LeakyRecurrence(torch.autograd.Function):
         layout, cdtype = ctx.layout, ctx.cdtype
         N, T, B = V.shape
         dt, dev = V.dtype, V.device
-        wct = tuple(w.to(cdtype).t() for w in weights)
+        wct = _step_kernels(layout, tuple(weights), cdtype, transpose=True)
         a = alpha[:, None]
         one_minus = 1 - a
         keep = None if force is None else 1 - force
