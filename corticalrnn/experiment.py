@@ -50,11 +50,11 @@ class Run:
 
     @property
     def best(self) -> Path:
-        return self.run_dir / "best.pt"
+        return self.result.best_checkpoint
 
     @property
     def last(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.result.last_checkpoint
 
 
 def to_dataframe(rows: list[dict[str, Any]]) -> Any:
