@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def temporary_name(path: Path) -> Path:
+def temporary_name(path: str | os.PathLike[str]) -> Path:
     """The temporary sibling used while ``path`` is being written (same folder: rename is atomic)."""
-    return path.with_name(path.name + ".tmp")
+    p = Path(path)
+    return p.with_name(p.name + ".tmp")
 
 
 @contextlib.contextmanager

@@ -33,10 +33,11 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from corticalrnn.atomic import temporary_name
 from corticalrnn.binning import BinnedCSR, validate_bin_ms
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.sheets import file_sheet_name, normalize_sheet_name, sort_sheets
-from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock, tmp_path_for
+from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
 
 THESIS_WINDOW_MS = 710
 FILE_RE = re.compile(r"^spikes_(?:trial_(?P<trial>\d+)_)?(?P<image>\d+)\.npz$")
@@ -215,7 +216,7 @@ def import_npz(root: str | Path, out: str | Path, config: ImportConfig | None = 
         "bin_ms_inferred": config.bin_ms is None,
         "source_layout": "thesis npz: image onset, image and following blank",
     }
-    tmp = tmp_path_for(out)
+    tmp = temporary_name(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     writer = StoreWriter.create(tmp, StoreMeta(bin_ms, n_bins, window, sheets_meta))

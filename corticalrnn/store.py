@@ -87,10 +87,6 @@ def sheet_key(name: str) -> str:
     return quote(name, safe="")
 
 
-def tmp_path_for(path: str | os.PathLike[str]) -> Path:
-    """The temporary name a store is built under before it is renamed into place."""
-    p = Path(path)
-    return p.with_name(p.name + ".tmp")
 
 
 def sha256_file(path: str | os.PathLike[str], block: int = 1 << 22) -> str:

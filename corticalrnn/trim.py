@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from corticalrnn.atomic import temporary_name
 from corticalrnn.binning import BinGrid, bin_spikes, validate_bin_ms
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.sheets import mozaik_positions_to_mm
@@ -55,7 +56,6 @@ from corticalrnn.store import (
     open_store,
     pack_events,
     sha256_file,
-    tmp_path_for,
 )
 
 INCOMPLETE = ("drop", "pad")
@@ -334,7 +334,7 @@ def trim(inputs: Sequence[str | Path], out: str | Path, config: TrimConfig) -> P
             )
         win = resolve_window(config.window, config.bin_ms, tables)
         meta = StoreMeta(win.bin_ms, win.n_bins, win.to_attrs(), sheets)
-        target = tmp_path_for(out)
+        target = temporary_name(out)
         if target.exists():
             try:
                 check_compatible(open_store(target), meta, f"{target} (partial store of an earlier run)")

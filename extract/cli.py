@@ -17,10 +17,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from corticalrnn.atomic import temporary_name
 from corticalrnn.bench.common import format_table
 from corticalrnn.errors import CorticalRNNError
 from extract.datastore import ExtractOptions, ExtractResult, extract_folder
-from extract.spikefile import WriterOptions, open_spikefile, tmp_path_for
+from extract.spikefile import WriterOptions, open_spikefile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +98,7 @@ def _work(folder: str, output: str, options: ExtractOptions) -> ExtractResult:
         msg = f"{folder}: unexpected {type(exc).__name__}: {exc}"
         return ExtractResult(folder, output, seconds=time.perf_counter() - t0, error=msg)
     finally:
-        tmp_path_for(output).unlink(missing_ok=True)
+        temporary_name(output).unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     except _Terminated:
         bar.close()
         for f in todo:  # workers were stopped mid-file: remove their temporary files
-            tmp_path_for(outputs[f]).unlink(missing_ok=True)
+            temporary_name(outputs[f]).unlink(missing_ok=True)
         done = sum(1 for r in results if not r.error and not r.skipped)
         print(f"corticalrnn extract: terminated (SIGTERM) after {done} folder(s); "
               "run again to resume", file=sys.stderr)

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
+from corticalrnn.atomic import temporary_name
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 
 SCHEMA = "corticalrnn.spikes"
@@ -64,10 +65,6 @@ def sheet_key(name: str) -> str:
     return quote(name, safe="")
 
 
-def tmp_path_for(path: str | os.PathLike[str]) -> Path:
-    """The temporary name a file is written under before it is renamed into place."""
-    p = Path(path)
-    return p.with_name(p.name + ".tmp")
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ class SpikeFileWriter:
         options: WriterOptions | None = None,
     ) -> None:
         self.path = Path(path)
-        self.tmp = tmp_path_for(self.path)
+        self.tmp = temporary_name(self.path)
         self.source = str(source)
         self.sheets = list(sheets)
         self.options = options or WriterOptions()

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corticalrnn.atomic import temporary_name as tmp_path_for
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 from extract import cli as extract_cli
 from extract.bench import DatastoreSpec, write_datastore
 from extract.datastore import ExtractOptions, extract_folder
 from extract.mozaik_types import MOZAIK_CLASSES
-from extract.spikefile import PARTS, open_spikefile, tmp_path_for
+from extract.spikefile import PARTS, open_spikefile
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from corticalrnn.atomic import temporary_name as tmp_path_for
 from corticalrnn.cli import main
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.import_npz import ImportConfig, import_npz
-from corticalrnn.store import open_store, tmp_path_for
+from corticalrnn.store import open_store
 
 SHEETS = {"X_ON": 6, "V1_Exc_L4": 9, "V1_Inh_L23": 4}  # thesis spelling on disk
 

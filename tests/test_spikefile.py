@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from corticalrnn.atomic import temporary_name as tmp_path_for
 from corticalrnn.errors import DataMismatchError, SchemaError
 from extract.spikefile import (
     PARTS,
@@ -17,7 +18,6 @@ from extract.spikefile import (
     SpikeFileWriter,
     is_complete,
     open_spikefile,
-    tmp_path_for,
     write_spikefile,
 )
 

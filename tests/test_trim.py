@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from corticalrnn import trim as trim_mod
+from corticalrnn.atomic import temporary_name as tmp_path_for
 from corticalrnn.cli import main
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
-from corticalrnn.store import open_store, tmp_path_for
+from corticalrnn.store import open_store
 from corticalrnn.trim import TrimConfig, WindowSpec, trim
 from extract.spikefile import Presentation, SheetLayout, write_spikefile
 
