@@ -15,6 +15,7 @@ REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance")
 INPUT_MASK_KINDS = ("dense", "retinotopic")
 PRECISIONS = ("fp32", "bf16", "fp16")
+CPU_BLAS = ("auto", "torch", "openblas")  # see model/gemm.py
 LOSSES = ("poisson", "mse")
 SCHEDULES = ("constant", "linear", "exponential")
 
@@ -92,6 +93,9 @@ class ModelConfig:
     # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
     # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
     sparse_below: float = 0.1
+    # BLAS for the CPU weight-gradient GEMMs: auto | torch | openblas (see model/gemm.py; measured
+    # 1.8-2x faster with numpy's OpenBLAS than torch's MKL on AMD; auto picks it on non-Intel CPUs)
+    cpu_blas: str = "auto"
     input_sigma_mm: float = 0.1
     lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     sign_mode: str = "projected"  # projected | reparam
@@ -124,6 +128,7 @@ class ModelConfig:
                                      ("reparam", self.reparam, REPARAM_FUNCS),
                                      ("neuron_model", self.neuron_model, NEURON_MODELS),
                                      ("precision", self.precision, PRECISIONS),
+                                     ("cpu_blas", self.cpu_blas, CPU_BLAS),
                                      ("loss", self.loss, LOSSES),
                                      ("teacher.schedule", self.teacher.schedule, SCHEDULES)):
             if value not in allowed:

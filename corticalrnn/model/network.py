@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.model import gemm
 from corticalrnn.model import loss as loss_mod
 from corticalrnn.model.config import ModelConfig
 from corticalrnn.model.dale import SignedWeight, balanced_magnitudes, softplus_inv, spectral_radius
@@ -73,7 +74,8 @@ class CorticalRNN(nn.Module):
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
             RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1, density[b.name] < config.sparse_below)
             for b in g.blocks if b.source == "v1"
-            for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]))
+            for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]),
+            gemm.resolve(config.cpu_blas))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
         self._in_blocks = [b for b in g.blocks if b.source == "input"]
 

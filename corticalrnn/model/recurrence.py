@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from corticalrnn.model import gemm
+
 
 @dataclass(frozen=True)
 class RecBlock:
@@ -48,6 +50,7 @@ class RecBlock:
 class RecLayout:
     stages: tuple[tuple[int, int], ...]
     blocks: tuple[RecBlock, ...]
+    blas: str = "torch"  # BLAS for the CPU weight-gradient GEMMs, resolved ("torch" | "openblas")
 
     def stage_blocks(self, s: int) -> list[tuple[int, RecBlock]]:
         return [(i, b) for i, b in enumerate(self.blocks) if b.stage == s]
@@ -90,26 +93,30 @@ def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tenso
 def _weight_grads(layout: RecLayout, dI: torch.Tensor, RT: torch.Tensor, rt0: torch.Tensor,
                   weights: tuple[torch.Tensor, ...], cdtype: torch.dtype,
                   needs: tuple[bool, ...]) -> list[torch.Tensor | None]:
-    """dW for every block as one GEMM over (time, batch): ``dI[rows, T*B] @ r~[cols, T*B]^T``."""
+    """dW for every block as one GEMM over (time, batch): ``dI[rows, T*B] @ r~[cols, T*B]^T``
+    (on CPU through the BLAS ``layout.blas`` names, see ``gemm.py``)."""
     N, T, B = dI.shape
     dIc = dI if dI.dtype == cdtype else dI.to(cdtype)
     RTc = RT if RT.dtype == cdtype else RT.to(cdtype)
     rt0c = rt0.to(cdtype)
     out: list[torch.Tensor | None] = []
-    for i, b in enumerate(layout.blocks):
-        if not needs[i]:
-            out.append(None)
-            continue
-        rows = dIc[b.row0:b.row1]
-        if b.delay == 0:
-            g = rows.reshape(-1, T * B) @ RTc[b.col0:b.col1].reshape(-1, T * B).t()
-        else:
-            g = rows[:, 0] @ rt0c[b.col0:b.col1].t()
-            if T > 1:
-                a = rows[:, 1:].reshape(b.row1 - b.row0, (T - 1) * B)
-                src = RTc[b.col0:b.col1, :-1].reshape(b.col1 - b.col0, (T - 1) * B)
-                g = torch.addmm(g, a, src.t())
-        out.append(g.to(weights[i].dtype))
+    with gemm.blas_threads(layout.blas):
+        for i, b in enumerate(layout.blocks):
+            if not needs[i]:
+                out.append(None)
+                continue
+            rows = dIc[b.row0:b.row1]
+            n_post, n_pre = b.row1 - b.row0, b.col1 - b.col0
+            if b.delay == 0:
+                g = gemm.matmul_nt(rows.reshape(n_post, T * B), RTc[b.col0:b.col1].reshape(n_pre, T * B),
+                                   layout.blas)
+            elif T > 1:
+                g = gemm.matmul_nt(rows[:, 1:].reshape(n_post, (T - 1) * B),
+                                   RTc[b.col0:b.col1, :-1].reshape(n_pre, (T - 1) * B), layout.blas)
+                g.addmm_(rows[:, 0], rt0c[b.col0:b.col1].t())
+            else:
+                g = rows[:, 0] @ rt0c[b.col0:b.col1].t()
+            out.append(g.to(weights[i].dtype))
     return out
 
 
