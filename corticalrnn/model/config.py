@@ -112,7 +112,10 @@ class ModelConfig:
     teacher: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (matmul dtype; state and weights stay fp32)
-    cuda_graphs: bool = False  # reserved: CUDA-graph replay of loop chunks (not implemented; raises on GPU)
+    # leaky units on a GPU: replay each chunk of graph_chunk steps as one captured CUDA graph
+    # (model/step_graphs.py); without CUDA the same chunked path runs eagerly (for tests only)
+    cuda_graphs: bool = False
+    graph_chunk: int = 16
     loss: str = "poisson"  # poisson | mse
     seed: int = 0
 
@@ -142,6 +145,10 @@ class ModelConfig:
         if self.input_connectivity not in INPUT_MASK_KINDS:
             raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
                       f"{', '.join(INPUT_MASK_KINDS)}")
+        if self.graph_chunk < 1:
+            raise bad(f"graph_chunk must be >= 1 step, got {self.graph_chunk}")
+        if self.cuda_graphs and self.neuron_model != "leaky":
+            raise bad(f"cuda_graphs supports neuron_model='leaky' only, got {self.neuron_model!r}")
         if not 0 <= self.sparse_below <= 1:
             raise bad(f"sparse_below must be in [0, 1], got {self.sparse_below}")
         if self.input_sigma_mm <= 0 or self.lgn_extent_mm < 0:

@@ -17,6 +17,7 @@ from corticalrnn.model.dale import SignedWeight, balanced_magnitudes, softplus_i
 from corticalrnn.model.graph import Block, Graph, distance_mask
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
+from corticalrnn.model.step_graphs import StepGraphs
 from corticalrnn.sheets import SHEET_INFO, V1_SHEETS, file_sheet_name
 
 _CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,6 +78,11 @@ class CorticalRNN(nn.Module):
             for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]),
             gemm.resolve(config.cpu_blas))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
+        self._graphs = StepGraphs(config.graph_chunk) if config.cuda_graphs else None
+        if config.cuda_graphs and any(b.sparse for b in self.layout.blocks):
+            raise CorticalRNNError("model config: cuda_graphs needs dense per-step products; blocks "
+                                   f"below sparse_below={config.sparse_below} density would use CSR "
+                                   "(set sparse_below = 0)")
         self._in_blocks = [b for b in g.blocks if b.source == "input"]
 
     # -- construction helpers -------------------------------------------------------------------
@@ -232,9 +238,6 @@ class CorticalRNN(nn.Module):
             ) -> tuple[torch.Tensor, object]:
         """Like :meth:`forward` but also takes/returns the network state, so a trainer can run a long
         window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
-        if self.config.cuda_graphs and lgn.is_cuda:
-            raise CorticalRNNError("model config cuda_graphs=true: CUDA-graph replay is not implemented "
-                                   "yet; set it to false")
         cdtype = self._cdtype()
         with torch.autocast(lgn.device.type, enabled=False):
             return self._run(lgn, teacher, teacher_mask, teacher_fraction, generator, state, cdtype)
@@ -273,7 +276,7 @@ class CorticalRNN(nn.Module):
             sl = slice(t0, min(t0 + chunk, T))
             yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, drive[:, sl],
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, drive[:, sl],
                                                            state[0], state[1], alpha_vec, yc, force,
                                                            *weights)
                 state = (v_last, rt_last)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from corticalrnn.model import gemm
+from corticalrnn.model.step_graphs import StepGraphs
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,149 @@ def _weight_grads(layout: RecLayout, dI: torch.Tensor, RT: torch.Tensor, rt0: to
     return out
 
 
+def _forward_steps(layout: RecLayout, wc: tuple[torch.Tensor, ...], drive: torch.Tensor, V: torch.Tensor,
+                   R: torch.Tensor, RT: torch.Tensor, v_prev: torch.Tensor, rt_prev: torch.Tensor,
+                   alpha: torch.Tensor, teacher: torch.Tensor | None, force: torch.Tensor | None) -> None:
+    """Leaky units over the steps of ``drive [N, T, B]``, writing ``V``, ``R`` and ``RT`` (which may be
+    ``R`` itself) in place; ``v_prev``/``rt_prev`` are the state before the first step, ``alpha``
+    ``[N, 1]``."""
+    T = drive.shape[1]
+    one_minus = 1 - alpha
+    forced = teacher is not None
+    per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
+    for t in range(T):
+        d_t, v_t, r_t, rt_t = drive[:, t], V[:, t], R[:, t], RT[:, t]
+        for s, (r0, r1) in enumerate(layout.stages):
+            current = d_t[r0:r1]
+            for i, b in per_stage[s]:
+                src = rt_prev if b.delay else rt_t
+                current = _mm_into(current, wc[i], src[b.col0:b.col1])
+            vs = torch.addcmul(v_prev[r0:r1] * one_minus[r0:r1], alpha[r0:r1], current)
+            v_t[r0:r1] = vs
+            rs = F.softplus(vs)
+            r_t[r0:r1] = rs
+            if forced:
+                rt_t[r0:r1] = torch.lerp(rs, teacher[r0:r1, t], force[r0:r1])
+            elif RT is not R:
+                rt_t[r0:r1] = rs
+        v_prev, rt_prev = v_t, rt_t
+
+
+def _backward_steps(layout: RecLayout, wct: tuple[torch.Tensor, ...], V: torch.Tensor, v_before: torch.Tensor,
+                    dR: torch.Tensor, dI: torch.Tensor, dI_after: torch.Tensor | None, dv_a: torch.Tensor,
+                    dalpha: torch.Tensor, alpha: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Adjoint recursion over the steps of ``V [N, T, B]`` backwards, writing ``dI`` in place and
+    accumulating ``sum_t dL/dv(t) * (v(t) - v(t-1))`` into ``dalpha [N, B]``. ``v_before`` is ``v``
+    before the first step, ``dI_after`` ``dL/dI`` of the step after the last (None: none), ``dv_a``
+    ``dL/dv`` carried in from that step (times nothing yet). Returns ``dL/dv`` of the first step."""
+    N, T, B = V.shape
+    one_minus = 1 - alpha
+    per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
+    delay1 = [(i, b) for i, b in enumerate(layout.blocks) if b.delay == 1]
+    dv_a = dv_a.clone()
+    dv_b = torch.empty_like(dv_a)
+    g = torch.empty_like(dv_a)
+    for t in range(T - 1, -1, -1):
+        g.zero_()
+        dI_next = dI[:, t + 1] if t + 1 < T else dI_after
+        if dI_next is not None:
+            for i, b in delay1:
+                g[b.col0:b.col1] = _mm_into(g[b.col0:b.col1], wct[i], dI_next[b.row0:b.row1])
+        v_t, dR_t, dI_t = V[:, t], dR[:, t], dI[:, t]
+        v_prev = V[:, t - 1] if t > 0 else v_before
+        for s in range(len(layout.stages) - 1, -1, -1):
+            r0, r1 = layout.stages[s]
+            gs = g[r0:r1]
+            if keep is not None:
+                gs = gs * keep[r0:r1]
+            dv = torch.sigmoid(v_t[r0:r1]).mul_(dR_t[r0:r1] + gs)
+            dv.addcmul_(one_minus[r0:r1], dv_a[r0:r1])
+            dv_b[r0:r1] = dv
+            dalpha[r0:r1].addcmul_(dv, v_t[r0:r1] - v_prev[r0:r1])
+            dIs = dv.mul_(alpha[r0:r1])
+            dI_t[r0:r1] = dIs
+            for i, b in per_stage[s]:
+                if b.delay == 0:
+                    g[b.col0:b.col1] = _mm_into(g[b.col0:b.col1], wct[i], dIs)
+        dv_a, dv_b = dv_b, dv_a
+    return dv_a
+
+
+def _chunks(T: int, k: int) -> list[tuple[int, int]]:
+    return [(t0, min(t0 + k, T)) for t0 in range(0, T, k)]
+
+
+def _forward_graphed(graphs: StepGraphs, layout: RecLayout, wc: tuple[torch.Tensor, ...],
+                     drive: torch.Tensor, V: torch.Tensor, R: torch.Tensor, RT: torch.Tensor,
+                     v0: torch.Tensor, rt0: torch.Tensor, alpha: torch.Tensor,
+                     teacher: torch.Tensor | None, force: torch.Tensor | None) -> None:
+    """:func:`_forward_steps` as replays of captured chunks of ``graphs.chunk`` steps."""
+    N, T, B = drive.shape
+    nb, separate_rt = len(wc), RT is not R
+    persistent = graphs.static(("fwd", layout), (*wc, alpha, force))
+
+    def chunk(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w, a, f = xs[:nb], xs[nb], xs[nb + 1]
+        d, v_prev, rt_prev, y = xs[nb + 2:]
+        Vc, Rc = torch.empty_like(d), torch.empty_like(d)
+        RTc = torch.empty_like(d, dtype=RT.dtype) if separate_rt else Rc
+        _forward_steps(layout, w, d, Vc, Rc, RTc, v_prev, rt_prev, a, y, f)
+        return Vc, Rc, RTc
+
+    v_prev, rt_prev = v0, rt0
+    for t0, t1 in _chunks(T, graphs.chunk):
+        key = ("fwd", layout, drive.device, drive.dtype, RT.dtype, N, t1 - t0, B, teacher is not None)
+        y = None if teacher is None else teacher[:, t0:t1]
+        Vc, Rc, RTc = graphs.run(key, chunk, persistent, (drive[:, t0:t1], v_prev, rt_prev, y))
+        V[:, t0:t1], R[:, t0:t1] = Vc, Rc
+        if separate_rt:
+            RT[:, t0:t1] = RTc
+        v_prev, rt_prev = V[:, t1 - 1], RT[:, t1 - 1]
+
+
+def _backward_graphed(graphs: StepGraphs, layout: RecLayout, wct: tuple[torch.Tensor, ...],
+                      V: torch.Tensor, v0: torch.Tensor, dR: torch.Tensor, dI: torch.Tensor,
+                      dv_a: torch.Tensor, dalpha: torch.Tensor, alpha: torch.Tensor,
+                      keep: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_backward_steps` as replays of captured chunks, last chunk first."""
+    N, T, B = V.shape
+    nb = len(wct)
+    persistent = graphs.static(("bwd", layout), (*wct, alpha, keep))
+
+    def chunk(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w, a, kp = xs[:nb], xs[nb], xs[nb + 1]
+        Vc, v_before, dRc, dI_after, dv_in = xs[nb + 2:]
+        dIc, dal = torch.empty_like(Vc), torch.zeros_like(dv_in)
+        dv = _backward_steps(layout, w, Vc, v_before, dRc, dIc, dI_after, dv_in, dal, a, kp)
+        return dIc, dv, dal
+
+    dI_after = torch.zeros_like(dv_a)  # nothing after the last step (the zeros add exact zeros)
+    for t0, t1 in reversed(_chunks(T, graphs.chunk)):
+        key = ("bwd", layout, V.device, V.dtype, N, t1 - t0, B, keep is not None)
+        v_before = V[:, t0 - 1] if t0 > 0 else v0
+        inputs = (V[:, t0:t1], v_before, dR[:, t0:t1], dI_after, dv_a)
+        dIc, dv, dal = graphs.run(key, chunk, persistent, inputs)
+        dI[:, t0:t1] = dIc
+        dalpha += dal
+        dv_a = dv.clone()
+        dI_after = dI[:, t0]
+    return dv_a
+
+
 class LeakyRecurrence(torch.autograd.Function):
     """Leaky-rate-unit network over T steps; see the module docstring.
 
-    ``apply(layout, cdtype, drive [N,T,B], v0 [N,B], rt0 [N,B], alpha [N], teacher [N,T,B] | None,
-    force [N,B] | None, *weights) -> (rates [N,T,B], v_last, rt_last)``; the last two are the state
-    for a following chunk and carry no gradient.
+    ``apply(layout, cdtype, graphs, drive [N,T,B], v0 [N,B], rt0 [N,B], alpha [N], teacher [N,T,B] |
+    None, force [N,B] | None, *weights) -> (rates [N,T,B], v_last, rt_last)``; the last two are the
+    state for a following chunk and carry no gradient. ``graphs`` (a :class:`StepGraphs` or None)
+    runs the loop as captured chunks of steps (CUDA graphs).
     """
 
     @staticmethod
-    def forward(ctx: Any, layout: RecLayout, cdtype: torch.dtype, drive: torch.Tensor, v0: torch.Tensor,
-                rt0: torch.Tensor, alpha: torch.Tensor, teacher: torch.Tensor | None,
-                force: torch.Tensor | None, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, layout: RecLayout, cdtype: torch.dtype, graphs: StepGraphs | None,
+                drive: torch.Tensor, v0: torch.Tensor, rt0: torch.Tensor, alpha: torch.Tensor,
+                teacher: torch.Tensor | None, force: torch.Tensor | None,
+                *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         N, T, B = drive.shape
         dt = drive.dtype
         wc = _step_kernels(layout, weights, cdtype, transpose=False)
@@ -140,26 +272,12 @@ class LeakyRecurrence(torch.autograd.Function):
         forced = teacher is not None
         RT = R if (not forced and cdtype == dt) else drive.new_empty(N, T, B, dtype=cdtype)
         a = alpha[:, None]
-        one_minus = 1 - a
-        per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
-        v_prev, rt_prev = v0, rt0.to(cdtype)
-        for t in range(T):
-            d_t, v_t, r_t, rt_t = drive[:, t], V[:, t], R[:, t], RT[:, t]
-            for s, (r0, r1) in enumerate(layout.stages):
-                current = d_t[r0:r1]
-                for i, b in per_stage[s]:
-                    src = rt_prev if b.delay else rt_t
-                    current = _mm_into(current, wc[i], src[b.col0:b.col1])
-                vs = torch.addcmul(v_prev[r0:r1] * one_minus[r0:r1], a[r0:r1], current)
-                v_t[r0:r1] = vs
-                rs = F.softplus(vs)
-                r_t[r0:r1] = rs
-                if forced:
-                    rt_t[r0:r1] = torch.lerp(rs, teacher[r0:r1, t], force[r0:r1])
-                elif RT is not R:
-                    rt_t[r0:r1] = rs
-            v_prev, rt_prev = v_t, rt_t
-        ctx.layout, ctx.cdtype = layout, cdtype
+        rt0c = rt0.to(cdtype)
+        if graphs is None:
+            _forward_steps(layout, wc, drive, V, R, RT, v0, rt0c, a, teacher, force)
+        else:
+            _forward_graphed(graphs, layout, wc, drive, V, R, RT, v0, rt0c, a, teacher, force)
+        ctx.layout, ctx.cdtype, ctx.graphs = layout, cdtype, graphs
         ctx.save_for_backward(V, RT, v0, rt0, alpha, force, *weights)
         v_last, rt_last = V[:, -1].clone(), RT[:, -1].to(dt, copy=True)
         ctx.mark_non_differentiable(v_last, rt_last)
@@ -169,50 +287,28 @@ class LeakyRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dR: torch.Tensor, _dv: Any, _drt: Any) -> tuple[Any, ...]:
         V, RT, v0, rt0, alpha, force, *weights = ctx.saved_tensors
-        layout, cdtype = ctx.layout, ctx.cdtype
+        layout, cdtype, graphs = ctx.layout, ctx.cdtype, ctx.graphs
         N, T, B = V.shape
         dt, dev = V.dtype, V.device
         wct = _step_kernels(layout, tuple(weights), cdtype, transpose=True)
         a = alpha[:, None]
-        one_minus = 1 - a
         keep = None if force is None else 1 - force
-        per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
-        delay1 = [(i, b) for i, b in enumerate(layout.blocks) if b.delay == 1]
+        dR = dR.contiguous()
         dI = torch.empty_like(V)
         dv_a = torch.zeros(N, B, dtype=dt, device=dev)
-        dv_b = torch.empty_like(dv_a)
         dalpha = torch.zeros(N, B, dtype=dt, device=dev)
-        g = torch.empty(N, B, dtype=dt, device=dev)
-        for t in range(T - 1, -1, -1):
-            g.zero_()
-            if t + 1 < T:
-                dI_next = dI[:, t + 1]
-                for i, b in delay1:
-                    g[b.col0:b.col1] = _mm_into(g[b.col0:b.col1], wct[i], dI_next[b.row0:b.row1])
-            v_t, dR_t, dI_t = V[:, t], dR[:, t], dI[:, t]
-            v_prev = V[:, t - 1] if t > 0 else v0
-            for s in range(len(layout.stages) - 1, -1, -1):
-                r0, r1 = layout.stages[s]
-                gs = g[r0:r1]
-                if keep is not None:
-                    gs = gs * keep[r0:r1]
-                dv = torch.sigmoid(v_t[r0:r1]).mul_(dR_t[r0:r1] + gs)
-                dv.addcmul_(one_minus[r0:r1], dv_a[r0:r1])
-                dv_b[r0:r1] = dv
-                dalpha[r0:r1].addcmul_(dv, v_t[r0:r1] - v_prev[r0:r1])
-                dIs = dv.mul_(a[r0:r1])
-                dI_t[r0:r1] = dIs
-                for i, b in per_stage[s]:
-                    if b.delay == 0:
-                        g[b.col0:b.col1] = _mm_into(g[b.col0:b.col1], wct[i], dIs)
-            dv_a, dv_b = dv_b, dv_a
+        if graphs is None:
+            dv_a = _backward_steps(layout, wct, V, v0, dR, dI, None, dv_a, dalpha, a, keep)
+        else:
+            dv_a = _backward_graphed(graphs, layout, wct, V, v0, dR, dI, dv_a, dalpha, a, keep)
         drt0 = torch.zeros(N, B, dtype=dt, device=dev)
-        for i, b in delay1:
-            drt0[b.col0:b.col1] = _mm_into(drt0[b.col0:b.col1], wct[i], dI[b.row0:b.row1, 0])
-        dv0 = one_minus * dv_a
+        for i, b in enumerate(layout.blocks):
+            if b.delay == 1:
+                drt0[b.col0:b.col1] = _mm_into(drt0[b.col0:b.col1], wct[i], dI[b.row0:b.row1, 0])
+        dv0 = (1 - a) * dv_a
         dalpha = dalpha.sum(1) / alpha
-        dW = _weight_grads(layout, dI, RT, rt0, tuple(weights), cdtype, ctx.needs_input_grad[8:])
-        return (None, None, dI, dv0, drt0, dalpha, None, None, *dW)
+        dW = _weight_grads(layout, dI, RT, rt0, tuple(weights), cdtype, ctx.needs_input_grad[9:])
+        return (None, None, None, dI, dv0, drt0, dalpha, None, None, *dW)
 
 
 class DeferredWeightGrad(torch.autograd.Function):
