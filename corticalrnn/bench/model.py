@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for every measurement (0 = torch default); on shared, busy cores "
                         "1 thread can beat 2 by several x because OpenMP threads wait on each other")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda[:N] for the GPU figures (memory is then the CUDA allocator's peak)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="fast path with ModelConfig.cuda_graphs (chunks of steps replayed as CUDA graphs)")
+    p.add_argument("--graph-chunk", type=int, default=16, help="steps per captured CUDA graph")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-sparse", action="store_true")
     p.add_argument("--quick", action="store_true",
@@ -101,11 +106,49 @@ class NaiveLayered(nn.Module):
         return torch.stack(out, 1)
 
 
-def gemm_rate(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+def gemm_rate(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32,
+              device: str = "cpu") -> float:
     """FLOP/s of one large square matmul (median)."""
-    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
-    t = time_call(lambda: a @ b, repeats=repeats)
+    a, b = torch.rand(n, n, device=device).to(dtype), torch.rand(n, n, device=device).to(dtype)
+    t = time_call(_synced(lambda: a @ b, device), repeats=repeats)
     return 2 * n**3 / t.median
+
+
+def _synced(fn: Any, device: str) -> Any:
+    """``fn`` followed by a device synchronisation (GPU work is asynchronous)."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize(device)
+    return call
+
+
+class _Memory:
+    """Peak memory growth of a block: RSS on CPU, the CUDA allocator's peak on a GPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._rss = None if device.startswith("cuda") else PeakRSS()
+        self.growth_bytes = 0
+
+    def __enter__(self) -> _Memory:
+        if self._rss is not None:
+            self._rss.__enter__()
+        else:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rss is not None:
+            self._rss.__exit__(*exc)
+            self.growth_bytes = self._rss.growth_bytes
+        else:
+            torch.cuda.synchronize(self.device)
+            self.growth_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, observed: torch.Tensor,
@@ -122,27 +165,30 @@ def _step_fn(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, observed: 
     return step
 
 
-def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0):
+def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     n_in = sizes["X_ON"] + sizes["X_OFF"]
     n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
     x = torch.poisson(torch.full((B, T, n_in), 0.5), generator=g)
     counts = torch.poisson(torch.full((B, T, n_v1), 0.2), generator=g)
     observed = (torch.rand(n_v1, generator=g) < 0.1).float()
-    return x, counts, observed
+    return x.to(device), counts.to(device), observed.to(device)
 
 
 def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
-                local_sparse_below: float | None = None):
+                local_sparse_below: float | None = None, graph_chunk: int = 0):
     """The fast path; with ``local_sparse_below`` a local model (distance masks, ~1-2 % density on a
-    2 mm sheet) whose per-step products use CSR below that density (0: always dense x mask)."""
+    2 mm sheet) whose per-step products use CSR below that density (0: always dense x mask);
+    ``graph_chunk > 0`` turns on ``cuda_graphs`` with that many steps per graph."""
     from corticalrnn.model import CorticalRNN, ModelConfig
+    graphs = {"cuda_graphs": graph_chunk > 0, "graph_chunk": max(1, graph_chunk)}
     if local_sparse_below is None:
-        return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision), sizes)
+        return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision, **graphs), sizes)
     rng = np.random.default_rng(0)
     pos = {s: rng.random((n, 2)) * 2.0 for s, n in sizes.items()}
     cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
-                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, sparse_below=local_sparse_below)
+                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, sparse_below=local_sparse_below,
+                      **graphs)
     return CorticalRNN(cfg, sizes, pos)
 
 
@@ -161,14 +207,16 @@ def _child(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
 
 
 def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision: str,
-                 repeats: int, local_sparse_below: float | None = None) -> dict[str, Any]:
+                 repeats: int, local_sparse_below: float | None = None, device: str = "cpu",
+                 graph_chunk: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model = _fast_model(sizes, bin_ms, precision, local_sparse_below)
+    model = _fast_model(sizes, bin_ms, precision, local_sparse_below, graph_chunk).to(device)
     build_s = time.perf_counter() - t0
-    x, counts, observed = _data(sizes, B, T)
+    x, counts, observed = _data(sizes, B, T, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    with PeakRSS() as mem:
-        t = time_call(_step_fn(model, x, counts, observed, opt, True), repeats=repeats, warmup=1)
+    step = _synced(_step_fn(model, x, counts, observed, opt, True), device)
+    with _Memory(device) as mem:
+        t = time_call(step, repeats=repeats, warmup=1)
     n_w = model.n_synapses()
     assert not any(model.sign_violations().values())
     del model, opt
@@ -176,13 +224,13 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
 
 
 def measure_naive(sizes: dict[str, int], B: int, T: int, bin_ms: float, repeats: int,
-                  max_steps: int) -> dict[str, Any]:
+                  max_steps: int, device: str = "cpu") -> dict[str, Any]:
     T_run = min(T, max_steps)
-    model = NaiveLayered(sizes, bin_ms)
-    x, counts, observed = _data(sizes, B, T_run)
+    model = NaiveLayered(sizes, bin_ms).to(device)
+    x, counts, observed = _data(sizes, B, T_run, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = _step_fn(model, x, counts, observed, opt, False)
-    with PeakRSS() as mem:
+    step = _synced(_step_fn(model, x, counts, observed, opt, False), device)
+    with _Memory(device) as mem:
         t = time_call(step, repeats=repeats, warmup=1)
     scale = T / T_run
     del model, opt
@@ -220,22 +268,24 @@ def sparse_vs_dense(rows: int, cols: int, B: int, densities: list[float], repeat
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.scale, args.sizes, args.repeats = 0.025, "0.01,0.025", 1
-    B = args.batch
+    B, dev = args.batch, args.device
+    chunk = args.graph_chunk if args.cuda_graphs else 0
     T = int(round(args.window_ms / args.bin_ms))
     T_fine = int(round(args.fine_window_ms / args.fine_bin_ms))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.threads:
         torch.set_num_threads(args.threads)
     th = torch.get_num_threads()
-    log(f"threads={th}; measuring GEMM rate")
-    rate = gemm_rate()
-    results: dict[str, Any] = {"gemm_gflops": rate / 1e9, "threads": th,
-                               "batch": B, "precision": args.precision}
+    log(f"threads={th}; device {dev}; measuring GEMM rate")
+    rate = gemm_rate(device=dev)
+    results: dict[str, Any] = {"gemm_gflops": rate / 1e9, "threads": th, "device": dev,
+                               "batch": B, "precision": args.precision, "cuda_graphs": bool(chunk)}
     main_rows = []
     for label, bin_ms, steps in (("coarse", args.bin_ms, T), ("fine", args.fine_bin_ms, T_fine)):
         sizes = scaled_sizes(args.scale)
         log(f"{label}: scale {args.scale} bins {bin_ms} ms x {steps} steps, fast path")
-        fast = _isolated(measure_fast, th, sizes, B, steps, bin_ms, args.precision, args.repeats)
+        fast = _isolated(measure_fast, th, sizes, B, steps, bin_ms, args.precision, args.repeats, None, dev,
+                         chunk)
         bound = train_flops(sizes, B, steps) / rate
         row = {"case": f"{args.scale:.1%} {bin_ms:g}ms x{steps}", "fast_s": fast["step_s"],
                "fast_mem": human_bytes(fast["peak_bytes"]), "bound_s": bound,
@@ -244,23 +294,33 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_naive:
             log(f"{label}: naive baseline ({min(steps, args.naive_max_steps)} steps)")
             naive = _isolated(measure_naive, th, sizes, B, steps, bin_ms, args.naive_repeats,
-                              args.naive_max_steps)
+                              args.naive_max_steps, dev)
             res["naive"] = naive
+            # naive/bound: the most ANY implementation doing these dense FLOPs at this GEMM rate
+            # could gain over the naive baseline
             row.update({"naive_s": naive["step_s"], "naive_mem": human_bytes(naive["peak_bytes"]),
                         "naive/fast": naive["step_s"] / fast["step_s"],
+                        "naive/bound": naive["step_s"] / bound,
                         "naive_note": f"extrap. from {naive['measured_steps']} steps"
                         if naive["extrapolated"] else "measured"})
         results[label] = res
         main_rows.append(row)
-    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s ({th} threads); batch {B}; "
-          f"step = fwd + Poisson loss + bwd + Adam")
+    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s ({dev}, {th} threads); batch {B}; "
+          f"step = fwd + Poisson loss + bwd + Adam" + (f"; CUDA graphs of {chunk} steps" if chunk else ""))
     print(format_table(main_rows))
+    if not args.skip_naive:
+        print("naive/bound = the largest speedup over the naive baseline that any exact dense "
+              "implementation could reach at this GEMM rate")
 
     table = []
     for frac in [float(s) for s in args.sizes.split(",") if s]:
         sizes = scaled_sizes(frac)
-        log(f"scaling: {frac:.1%}")
-        fast = _isolated(measure_fast, th, sizes, B, T, args.bin_ms, args.precision, max(1, args.repeats))
+        if frac == args.scale:  # the main coarse measurement is this row
+            fast = results["coarse"]["fast"]
+        else:
+            log(f"scaling: {frac:.1%}")
+            fast = _isolated(measure_fast, th, sizes, B, T, args.bin_ms, args.precision,
+                             max(1, args.repeats), None, dev, chunk)
         n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
         bound = train_flops(sizes, B, T) / rate
         table.append({"size": f"{frac:.1%}", "V1 neurons": n_v1, "weights (M)": fast["weights"] / 1e6,
@@ -275,13 +335,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         rows, cols = s["V1_Exc_L4"] + s["V1_Inh_L4"], s["V1_Exc_L4"] + s["V1_Inh_L4"] + s["V1_Exc_L2/3"]
         log("sparse vs dense x mask")
         sp = sparse_vs_dense(rows, cols, B, [0.01, 0.05, 0.2])
-        print(f"\nper-step product [{rows} x {cols}] @ [{cols} x {B}]: dense x mask vs CSR")
+        print(f"\nper-step product [{rows} x {cols}] @ [{cols} x {B}] (CPU): dense x mask vs CSR")
         print(format_table(sp))
         results["sparse_vs_dense"] = sp
         log("local model (distance masks, ~1-2 % density): training step, dense x mask vs CSR")
         local = []
         for label, thr in (("dense x mask", 0.0), ("CSR (sparse_below=0.1)", 0.1)):
-            r = _isolated(measure_fast, th, s, B, T, args.bin_ms, args.precision, max(1, args.repeats), thr)
+            r = _isolated(measure_fast, th, s, B, T, args.bin_ms, args.precision, max(1, args.repeats), thr,
+                          dev)
             local.append({"kernel": label, "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
                           "synapses (M)": r["weights"] / 1e6})
         local[1]["speedup"] = local[0]["step_s"] / local[1]["step_s"]

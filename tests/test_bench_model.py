@@ -1,0 +1,25 @@
+"""`corticalrnn bench model` at a tiny size: it runs, reports every ratio, and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+
+from corticalrnn.cli import main
+
+
+def test_bench_model_reports_ratios(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    assert main(["bench", "model", "--scale", "0.005", "--sizes", "0.005", "--window-ms", "80",
+                 "--fine-window-ms", "4", "--repeats", "1", "--naive-max-steps", "2", "--skip-sparse",
+                 "--threads", "1", "--cuda-graphs", "--graph-chunk", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for col in ("fast/bound", "naive/fast", "naive/bound", "step/bound"):
+        assert col in text
+    fig = json.loads(out.read_text())
+    assert fig["cuda_graphs"] and fig["device"] == "cpu" and fig["gemm_gflops"] > 0
+    for case, steps in (("coarse", 4), ("fine", 4)):
+        res = fig[case]
+        assert res["steps"] == steps and res["fast"]["step_s"] > 0 and res["flop_bound_s"] > 0
+        assert res["naive"]["extrapolated"] and res["naive"]["measured_steps"] == 2
+    # the scaling row at the main size is the main coarse measurement, not a second run
+    assert fig["scaling"][0]["step_s"] == fig["coarse"]["fast"]["step_s"]
