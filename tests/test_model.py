@@ -339,13 +339,19 @@ def test_lgn_grid_mapping_matches_the_generator_and_input_mask_is_retinotopic() 
 
 
 @pytest.mark.parametrize("teacher", [False, True])
-@pytest.mark.parametrize("sign_mode", ["projected", "reparam"])
-def test_sparse_kernel_matches_reference(teacher, sign_mode):
-    """Blocks below ``sparse_below`` run their per-step products on CSR copies: same outputs and
-    gradients as the plain autograd reference in float64."""
+@pytest.mark.parametrize("sign_mode,neuron_model", [("projected", "leaky"), ("reparam", "leaky"),
+                                                    ("projected", "gru")])
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_sparse_kernel_matches_reference(teacher, sign_mode, neuron_model, sparse_grad):
+    """Blocks below ``sparse_below`` run their per-step products on CSR copies, and below
+    ``sparse_grad_below`` their weight gradients as SDDMM on the mask: same outputs and gradients as
+    the plain autograd reference in float64."""
     model = make(connectivity="distance", sign_mode=sign_mode, sparse_below=1.0,
+                 sparse_grad_below=1.0 if sparse_grad else 0.0, neuron_model=neuron_model,
                  distance_sigma_mm={"exc": 0.1, "inh": 0.08})
     assert any(b.sparse for b in model.layout.blocks)
+    assert any(b.sparse_grad for b in model.layout.blocks) == sparse_grad
+    assert any(b.sparse_grad and b.delay == 1 for b in model.layout.blocks) == sparse_grad
     assert not any(b.sparse for b in make(connectivity="distance", sparse_below=0.0).layout.blocks)
     assert_matches_reference(model, teacher)
 

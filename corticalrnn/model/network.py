@@ -73,7 +73,8 @@ class CorticalRNN(nn.Module):
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
-            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1, density[b.name] < config.sparse_below)
+            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1, density[b.name] < config.sparse_below,
+                     density[b.name] < config.sparse_grad_below)
             for b in g.blocks if b.source == "v1"
             for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]),
             gemm.resolve(config.cpu_blas))
@@ -258,6 +259,8 @@ class CorticalRNN(nn.Module):
             y = y.permute(2, 1, 0).contiguous()
             force = f.t().to(dtype).contiguous()
         weights = tuple(self.weights[n].weight() for n in self._v1_blocks)
+        masks = tuple(self.weights[n].mask if b.sparse_grad else None
+                      for n, b in zip(self._v1_blocks, self.layout.blocks))
         alphas = self.alphas()
         leaky = self.config.neuron_model == "leaky"
         pops = [(self.graph.offset[s], self.graph.offset[s] + self.sizes[s]) for s in self.graph.v1_order]
@@ -276,13 +279,13 @@ class CorticalRNN(nn.Module):
             sl = slice(t0, min(t0 + chunk, T))
             yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, drive[:, sl],
-                                                           state[0], state[1], alpha_vec, yc, force,
-                                                           *weights)
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, masks,
+                                                           drive[:, sl], state[0], state[1], alpha_vec, yc,
+                                                           force, *weights)
                 state = (v_last, rt_last)
             else:
                 r, state = generic_recurrence(self.layout, cdtype, drive[:, sl], units, pops, alphas,
-                                              state, yc, force, weights)
+                                              state, yc, force, weights, masks)
             if chunk < T:
                 state = _detach(state)
             outs.append(r)
