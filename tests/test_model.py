@@ -438,3 +438,25 @@ def test_cuda_graph_capture_matches_eager_on_gpu():
     torch.testing.assert_close(outs[True][0], outs[False][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs[True][1], outs[False][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_pattern_kernels_against_dense():
+    """CSR of a weight and of its transpose on the fixed mask pattern, and SDDMM on it, equal the
+    dense masked products (float64); rows and columns without entries are handled."""
+    from corticalrnn.model.sparse import Pattern, pattern_buffers
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(9, 7, generator=g) < 0.3
+    mask[2] = False
+    mask[:, 4] = False
+    p = Pattern(tuple(mask.shape), **pattern_buffers(mask))
+    w = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(p.csr(w, torch.float64).to_dense(), w * mask)
+    torch.testing.assert_close(p.csr_t(w, torch.float64).to_dense(), (w * mask).t())
+    a = torch.randn(9, 11, generator=g, dtype=torch.float64)
+    b = torch.randn(7, 11, generator=g, dtype=torch.float64)
+    naive = torch.tensor([[sum(float(a[i, k] * b[j, k]) for k in range(11)) if mask[i, j] else 0.0
+                           for j in range(7)] for i in range(9)], dtype=torch.float64)
+    torch.testing.assert_close(p.sddmm(a, b), naive, rtol=1e-12, atol=1e-12)
+    model = make(connectivity="distance", sparse_below=1.0)
+    assert not any(k.startswith("pattern_") or ".pattern_" in k for k in model.state_dict())
+    assert any(model.weights[n].pattern() is not None for n in model._v1_blocks)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corticalrnn.model.sparse import Pattern, pattern_buffers
+
 
 def softplus_inv(y: torch.Tensor) -> torch.Tensor:
     """Inverse of softplus for y > 0 (stable for large y)."""
@@ -35,6 +37,7 @@ class SignedWeight(nn.Module):
         # columns are grouped by population, so E and I columns form runs; store them for fast clamps
         self._runs = _sign_runs(col_sign)
         self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool))
+        self._pattern_keys: list[str] = []
         mag = magnitude.abs() if mask is None else magnitude.abs() * self.mask
         if mode == "projected":
             self.param = nn.Parameter(mag * sign)
@@ -44,6 +47,21 @@ class SignedWeight(nn.Module):
             floor = torch.full_like(mag, 1e-6)
             mag = torch.maximum(mag, floor)
             self.param = nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+
+    def enable_pattern(self) -> None:
+        """Keep the mask's sparsity pattern (CSR indices, built once) for the sparse kernels."""
+        if self.mask is None or self._pattern_keys:
+            return
+        for k, v in pattern_buffers(self.mask).items():
+            self.register_buffer(f"pattern_{k}", v, persistent=False)
+            self._pattern_keys.append(k)
+
+    def pattern(self) -> Pattern | None:
+        """The mask's :class:`Pattern` (None unless :meth:`enable_pattern` was called)."""
+        if not self._pattern_keys:
+            return None
+        bufs = {k: getattr(self, f"pattern_{k}") for k in self._pattern_keys}
+        return Pattern(tuple(self.mask.shape), **bufs)
 
     def _mask_grad(self, g: torch.Tensor) -> torch.Tensor:
         return g * self.mask

@@ -80,6 +80,9 @@ class CorticalRNN(nn.Module):
             gemm.resolve(config.cpu_blas))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
         self._graphs = StepGraphs(config.graph_chunk) if config.cuda_graphs else None
+        for name, b in zip(self._v1_blocks, self.layout.blocks):
+            if b.sparse or b.sparse_grad:
+                self.weights[name].enable_pattern()
         if config.cuda_graphs and any(b.sparse for b in self.layout.blocks):
             raise CorticalRNNError("model config: cuda_graphs needs dense per-step products; blocks "
                                    f"below sparse_below={config.sparse_below} density would use CSR "
@@ -259,8 +262,7 @@ class CorticalRNN(nn.Module):
             y = y.permute(2, 1, 0).contiguous()
             force = f.t().to(dtype).contiguous()
         weights = tuple(self.weights[n].weight() for n in self._v1_blocks)
-        masks = tuple(self.weights[n].mask if b.sparse_grad else None
-                      for n, b in zip(self._v1_blocks, self.layout.blocks))
+        patterns = tuple(self.weights[n].pattern() for n in self._v1_blocks)
         alphas = self.alphas()
         leaky = self.config.neuron_model == "leaky"
         pops = [(self.graph.offset[s], self.graph.offset[s] + self.sizes[s]) for s in self.graph.v1_order]
@@ -279,13 +281,13 @@ class CorticalRNN(nn.Module):
             sl = slice(t0, min(t0 + chunk, T))
             yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, masks,
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, patterns,
                                                            drive[:, sl], state[0], state[1], alpha_vec, yc,
                                                            force, *weights)
                 state = (v_last, rt_last)
             else:
                 r, state = generic_recurrence(self.layout, cdtype, drive[:, sl], units, pops, alphas,
-                                              state, yc, force, weights, masks)
+                                              state, yc, force, weights, patterns)
             if chunk < T:
                 state = _detach(state)
             outs.append(r)

@@ -22,7 +22,6 @@ Matmuls run in ``cdtype`` (fp32/bf16/fp16); state, drive and rates stay in the d
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from corticalrnn.model import gemm
+from corticalrnn.model.sparse import Pattern
 from corticalrnn.model.step_graphs import StepGraphs
 
 
@@ -59,20 +59,17 @@ class RecLayout:
 
 
 def _step_kernels(layout: RecLayout, weights: tuple[torch.Tensor, ...], cdtype: torch.dtype,
-                  transpose: bool) -> tuple[torch.Tensor, ...]:
+                  transpose: bool, patterns: tuple[Pattern | None, ...]) -> tuple[torch.Tensor, ...]:
     """The matrices the per-step products use: each block's weight (or its transpose) in ``cdtype``,
-    as CSR for blocks marked sparse (built once per call; float32/float64 only, the CPU CSR kernels'
-    dtypes). Weight gradients stay one dense GEMM over all steps either way."""
+    as CSR on the block's fixed pattern for blocks marked sparse (values gathered once per call;
+    float32/float64 only, the CPU CSR kernels' dtypes)."""
     out = []
-    for w, b in zip(weights, layout.blocks):
-        wc = w.to(cdtype)
-        if transpose:
-            wc = wc.t()
-        if b.sparse and cdtype in (torch.float32, torch.float64):
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                wc = wc.to_sparse_csr()
-        out.append(wc)
+    for w, b, p in zip(weights, layout.blocks, patterns):
+        if b.sparse and p is not None and cdtype in (torch.float32, torch.float64):
+            out.append(p.csr_t(w, cdtype) if transpose else p.csr(w, cdtype))
+        else:
+            wc = w.to(cdtype)
+            out.append(wc.t() if transpose else wc)
     return tuple(out)
 
 
@@ -94,11 +91,11 @@ def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tenso
 
 def _weight_grads(layout: RecLayout, dI: torch.Tensor, RT: torch.Tensor, rt0: torch.Tensor,
                   weights: tuple[torch.Tensor, ...], cdtype: torch.dtype,
-                  needs: tuple[bool, ...], masks: tuple[torch.Tensor | None, ...]
+                  needs: tuple[bool, ...], patterns: tuple[Pattern | None, ...]
                   ) -> list[torch.Tensor | None]:
     """dW for every block as one GEMM over (time, batch): ``dI[rows, T*B] @ r~[cols, T*B]^T``
     (on CPU through the BLAS ``layout.blas`` names, see ``gemm.py``); for blocks marked
-    ``sparse_grad`` only the entries of the block's mask (``masks[i]``), as one SDDMM."""
+    ``sparse_grad`` only the entries of the block's pattern, as one SDDMM."""
     N, T, B = dI.shape
     dIc = dI if dI.dtype == cdtype else dI.to(cdtype)
     RTc = RT if RT.dtype == cdtype else RT.to(cdtype)
@@ -111,11 +108,11 @@ def _weight_grads(layout: RecLayout, dI: torch.Tensor, RT: torch.Tensor, rt0: to
                 continue
             rows = dIc[b.row0:b.row1]
             n_post, n_pre = b.row1 - b.row0, b.col1 - b.col0
-            if b.sparse_grad and masks[i] is not None and cdtype in (torch.float32, torch.float64):
+            if b.sparse_grad and patterns[i] is not None and cdtype in (torch.float32, torch.float64):
                 src = RTc[b.col0:b.col1]
                 if b.delay == 1:  # r~ of the previous step: rt0, then r~(0..T-2)
                     src = torch.cat([rt0c[b.col0:b.col1, None], src[:, :-1]], 1)
-                g = _sddmm(masks[i], rows.reshape(n_post, T * B), src.reshape(n_pre, T * B))
+                g = patterns[i].sddmm(rows.reshape(n_post, T * B), src.reshape(n_pre, T * B))
             elif b.delay == 0:
                 g = gemm.matmul_nt(rows.reshape(n_post, T * B), RTc[b.col0:b.col1].reshape(n_pre, T * B),
                                    layout.blas)
@@ -258,39 +255,25 @@ def _backward_graphed(graphs: StepGraphs, layout: RecLayout, wct: tuple[torch.Te
     return dv_a
 
 
-def _sddmm(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a @ b.T) * mask`` computed only where ``mask`` (bool) is set, returned dense.
-
-    Measured (CPU, 2 threads, [4687 x 1800] @ [1800 x 8437]): 0.23 s against 1.8 s for the dense GEMM
-    at 1 % density, 1.3 s against 1.75 s at 5 %; hence ``ModelConfig.sparse_grad_below`` = 0.05.
-    """
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = mask.to_sparse_csr()
-        ones = torch.ones(pattern.values().shape, dtype=a.dtype, device=a.device)
-        tmpl = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), ones, mask.shape)
-        return torch.sparse.sampled_addmm(tmpl, a, b.t(), beta=0.0).to_dense()
-
-
 class LeakyRecurrence(torch.autograd.Function):
     """Leaky-rate-unit network over T steps; see the module docstring.
 
-    ``apply(layout, cdtype, graphs, masks, drive [N,T,B], v0 [N,B], rt0 [N,B], alpha [N], teacher
+    ``apply(layout, cdtype, graphs, patterns, drive [N,T,B], v0 [N,B], rt0 [N,B], alpha [N], teacher
     [N,T,B] | None, force [N,B] | None, *weights) -> (rates [N,T,B], v_last, rt_last)``; the last two
     are the state for a following chunk and carry no gradient. ``graphs`` (a :class:`StepGraphs` or
-    None) runs the loop as captured chunks of steps (CUDA graphs); ``masks`` (bool or None per block)
-    are the patterns of ``sparse_grad`` blocks.
+    None) runs the loop as captured chunks of steps (CUDA graphs); ``patterns`` (a
+    :class:`~corticalrnn.model.sparse.Pattern` or None per block) serve the sparse blocks.
     """
 
     @staticmethod
     def forward(ctx: Any, layout: RecLayout, cdtype: torch.dtype, graphs: StepGraphs | None,
-                masks: tuple[torch.Tensor | None, ...], drive: torch.Tensor, v0: torch.Tensor,
+                patterns: tuple[Pattern | None, ...], drive: torch.Tensor, v0: torch.Tensor,
                 rt0: torch.Tensor, alpha: torch.Tensor,
                 teacher: torch.Tensor | None, force: torch.Tensor | None,
                 *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         N, T, B = drive.shape
         dt = drive.dtype
-        wc = _step_kernels(layout, weights, cdtype, transpose=False)
+        wc = _step_kernels(layout, weights, cdtype, False, patterns)
         V = drive.new_empty(N, T, B)
         R = drive.new_empty(N, T, B)
         forced = teacher is not None
@@ -301,7 +284,7 @@ class LeakyRecurrence(torch.autograd.Function):
             _forward_steps(layout, wc, drive, V, R, RT, v0, rt0c, a, teacher, force)
         else:
             _forward_graphed(graphs, layout, wc, drive, V, R, RT, v0, rt0c, a, teacher, force)
-        ctx.layout, ctx.cdtype, ctx.graphs, ctx.masks = layout, cdtype, graphs, masks
+        ctx.layout, ctx.cdtype, ctx.graphs, ctx.patterns = layout, cdtype, graphs, patterns
         ctx.save_for_backward(V, RT, v0, rt0, alpha, force, *weights)
         v_last, rt_last = V[:, -1].clone(), RT[:, -1].to(dt, copy=True)
         ctx.mark_non_differentiable(v_last, rt_last)
@@ -314,7 +297,7 @@ class LeakyRecurrence(torch.autograd.Function):
         layout, cdtype, graphs = ctx.layout, ctx.cdtype, ctx.graphs
         N, T, B = V.shape
         dt, dev = V.dtype, V.device
-        wct = _step_kernels(layout, tuple(weights), cdtype, transpose=True)
+        wct = _step_kernels(layout, tuple(weights), cdtype, True, ctx.patterns)
         a = alpha[:, None]
         keep = None if force is None else 1 - force
         dR = dR.contiguous()
@@ -331,7 +314,8 @@ class LeakyRecurrence(torch.autograd.Function):
                 drt0[b.col0:b.col1] = _mm_into(drt0[b.col0:b.col1], wct[i], dI[b.row0:b.row1, 0])
         dv0 = (1 - a) * dv_a
         dalpha = dalpha.sum(1) / alpha
-        dW = _weight_grads(layout, dI, RT, rt0, tuple(weights), cdtype, ctx.needs_input_grad[10:], ctx.masks)
+        dW = _weight_grads(layout, dI, RT, rt0, tuple(weights), cdtype, ctx.needs_input_grad[10:],
+                           ctx.patterns)
         return (None, None, None, None, dI, dv0, drt0, dalpha, None, None, *dW)
 
 
@@ -343,9 +327,9 @@ class DeferredWeightGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, layout: RecLayout, cdtype: torch.dtype, store: list[torch.Tensor],
-                masks: tuple[torch.Tensor | None, ...], drive: torch.Tensor,
+                patterns: tuple[Pattern | None, ...], drive: torch.Tensor,
                 *weights: torch.Tensor) -> torch.Tensor:
-        ctx.layout, ctx.cdtype, ctx.store, ctx.masks = layout, cdtype, store, masks
+        ctx.layout, ctx.cdtype, ctx.store, ctx.patterns = layout, cdtype, store, patterns
         ctx.save_for_backward(*weights)
         return drive.clone()
 
@@ -355,7 +339,7 @@ class DeferredWeightGrad(torch.autograd.Function):
         weights = ctx.saved_tensors
         rt0, RT = ctx.store[0], torch.stack(ctx.store[1:], 1)
         dW = _weight_grads(ctx.layout, dD.contiguous(), RT, rt0, weights, ctx.cdtype,
-                           ctx.needs_input_grad[5:], ctx.masks)
+                           ctx.needs_input_grad[5:], ctx.patterns)
         return (None, None, None, None, dD, *dW)
 
 
@@ -363,7 +347,7 @@ def generic_recurrence(layout: RecLayout, cdtype: torch.dtype, drive: torch.Tens
                        pop_ranges: list[tuple[int, int]], alphas: list[torch.Tensor],
                        state: tuple[list[torch.Tensor], torch.Tensor], teacher: torch.Tensor | None,
                        force: torch.Tensor | None, weights: tuple[torch.Tensor, ...],
-                       masks: tuple[torch.Tensor | None, ...]
+                       patterns: tuple[Pattern | None, ...]
                        ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], torch.Tensor]]:
     """Autograd loop for any neuron model. ``units[k]`` (``.step(I, state, alpha)`` on ``[n, B]``)
     owns internal neurons ``pop_ranges[k]``; ``state = (per-unit states, r~ of the previous step)``.
@@ -372,7 +356,7 @@ def generic_recurrence(layout: RecLayout, cdtype: torch.dtype, drive: torch.Tens
     pop_states, rt_prev = state
     pop_states = list(pop_states)
     store.append(rt_prev.detach())
-    drive = DeferredWeightGrad.apply(layout, cdtype, store, masks, drive, *weights)
+    drive = DeferredWeightGrad.apply(layout, cdtype, store, patterns, drive, *weights)
     wd = tuple(w.detach().to(cdtype) for w in weights)
     per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
     stage_pops = [[k for k, (a, _) in enumerate(pop_ranges) if r0 <= a < r1] for r0, r1 in layout.stages]

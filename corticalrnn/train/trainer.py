@@ -256,7 +256,10 @@ class Trainer:
         self.model: nn.Module = self.raw_model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+            # every buffer (signs, masks, sparsity patterns, permutations) is fixed at construction
+            # and identical on all ranks: no need to re-broadcast them (masks alone are ~N^2 bytes)
+            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids,
+                                                             broadcast_buffers=False)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                            eps=o.eps, weight_decay=o.weight_decay)
