@@ -397,9 +397,11 @@ def test_graph_chunked_path_matches_reference(chunk, teacher, sign_mode):
     a GPU, run eagerly here). Outputs and gradients equal the float64 reference, with chunk sizes that
     divide the 6 steps, leave a remainder, and exceed them."""
     model = make(cuda_graphs=True, graph_chunk=chunk, sign_mode=sign_mode)
+    model._graphs.emulate = True
     assert_matches_reference(model, teacher, seed=4)
     assert model._graphs.replays == 2 * -(-6 // chunk)  # forward and backward chunks
     again = make(cuda_graphs=True, graph_chunk=chunk, sign_mode=sign_mode, tbptt_steps=4).double()
+    again._graphs.emulate = True
     x, _, _ = data(5)
     torch.testing.assert_close(again(x), make(sign_mode=sign_mode, tbptt_steps=4).double()(x),
                                rtol=1e-12, atol=1e-12)
@@ -415,8 +417,12 @@ def test_graph_options_errors_and_copies():
         make(cuda_graphs=True, connectivity="distance", sparse_below=1.0)
     model = make(cuda_graphs=True, graph_chunk=2)
     model(data(dtype=torch.float32)[0])
+    assert model._graphs.replays == 0  # on CPU the plain loop runs unless emulation is asked for
+    model._graphs.emulate = True
+    model(data(dtype=torch.float32)[0])
+    assert model._graphs.replays == 3  # forward only: 6 steps in chunks of 2
     twin = copy.deepcopy(model)
-    assert twin._graphs is not model._graphs and twin._graphs.replays == 0
+    assert twin._graphs is not model._graphs and twin._graphs.replays == 0 and twin._graphs.emulate
     torch.testing.assert_close(twin(data(dtype=torch.float32)[0]), model(data(dtype=torch.float32)[0]))
 
 

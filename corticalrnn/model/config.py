@@ -116,7 +116,7 @@ class ModelConfig:
     tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (matmul dtype; state and weights stay fp32)
     # leaky units on a GPU: replay each chunk of graph_chunk steps as one captured CUDA graph
-    # (model/step_graphs.py); without CUDA the same chunked path runs eagerly (for tests only)
+    # (model/step_graphs.py); elsewhere the plain loop runs (StepGraphs.emulate: chunked, for tests)
     cuda_graphs: bool = False
     graph_chunk: int = 16
     loss: str = "poisson"  # poisson | mse

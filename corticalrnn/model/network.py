@@ -275,13 +275,16 @@ class CorticalRNN(nn.Module):
                 init = [u.initial(v0[a:e]) for u, (a, e) in zip(units, pops)]
                 state = ([s for _, s in init], torch.cat([r for r, _ in init]))
         alpha_vec = torch.cat([a.expand(e - s) for a, (s, e) in zip(alphas, pops)]).to(dtype)
+        # CUDA graphs only pay off on a GPU; elsewhere the plain loop runs unless a test asks for the
+        # chunked path (StepGraphs.emulate)
+        graphs = self._graphs if self._graphs is not None and (lgn.is_cuda or self._graphs.emulate) else None
         chunk = self.config.tbptt_steps or T
         outs = []
         for t0 in range(0, T, chunk):
             sl = slice(t0, min(t0 + chunk, T))
             yc = None if y is None else y[:, sl]
             if leaky:
-                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, self._graphs, patterns,
+                r, v_last, rt_last = LeakyRecurrence.apply(self.layout, cdtype, graphs, patterns,
                                                            drive[:, sl], state[0], state[1], alpha_vec, yc,
                                                            force, *weights)
                 state = (v_last, rt_last)

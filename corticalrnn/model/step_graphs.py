@@ -12,8 +12,9 @@ its next replay, so callers copy them out at once. *Persistent* tensors (weights
 constants) are read in place: they come from :meth:`StepGraphs.static`, which keeps one buffer per
 name and copies the current values in, once per forward or backward pass.
 
-Without CUDA the same chunked path runs eagerly on the static copies (``captured`` stays 0). That
-only exists so the bookkeeping can be tested on CPU; it is slower than the plain loop there.
+Without CUDA the model runs its plain loop; with ``emulate = True`` it runs the same chunked path
+eagerly on the static copies instead (``captured`` stays 0), so that the bookkeeping can be tested
+on CPU (it is slower than the plain loop there).
 """
 
 from __future__ import annotations
@@ -41,23 +42,23 @@ class StepGraphs:
     handles and workspaces are set up outside the graph).
     """
 
-    def __init__(self, chunk: int, warmup: int = 2) -> None:
+    def __init__(self, chunk: int, warmup: int = 2, emulate: bool = False) -> None:
         if chunk < 1:
             raise ValueError(f"graph chunk must be >= 1 step, got {chunk}")
-        self.chunk, self.warmup = chunk, warmup
+        self.chunk, self.warmup, self.emulate = chunk, warmup, emulate
         self._entries: dict[Hashable, _Entry] = {}
         self._static: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.captured = 0  # CUDA graphs captured so far
         self.replays = 0  # chunk runs (replays, or eager runs without CUDA)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StepGraphs:  # graphs belong to one model instance
-        return StepGraphs(self.chunk, self.warmup)
+        return StepGraphs(self.chunk, self.warmup, self.emulate)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"chunk": self.chunk, "warmup": self.warmup}
+        return {"chunk": self.chunk, "warmup": self.warmup, "emulate": self.emulate}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["chunk"], state["warmup"])  # type: ignore[misc]
+        self.__init__(state["chunk"], state["warmup"], state["emulate"])  # type: ignore[misc]
 
     def clear(self) -> None:
         """Drop every graph and static buffer (frees their GPU memory)."""
