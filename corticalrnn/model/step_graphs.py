@@ -38,8 +38,8 @@ class StepGraphs:
     """Captured chunk graphs by key, plus the static buffers they read.
 
     ``chunk``: steps per captured graph (a window of ``T`` steps replays ``T // chunk`` times plus one
-    shorter graph for the rest). ``warmup``: eager runs on a side stream before capture (cuBLAS
-    handles and workspaces are set up outside the graph).
+    shorter graph for the rest). ``warmup``: eager runs on the capture's side stream before capture
+    (cuBLAS handles and workspaces are set up outside the graph).
     """
 
     def __init__(self, chunk: int, warmup: int = 2, emulate: bool = False) -> None:
@@ -111,7 +111,9 @@ class StepGraphs:
                 fn(*persistent, *inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # capture on the warm-up stream: BLAS handles and workspaces, created lazily per stream, then
+        # already exist (as torch.cuda.make_graphed_callables does since PyTorch 2.12)
+        with torch.cuda.graph(graph, stream=side):
             outputs = fn(*persistent, *inputs)
         self.captured += 1
         return _Entry(graph, persistent, inputs, tuple(outputs))
