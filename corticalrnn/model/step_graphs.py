@@ -112,7 +112,7 @@ class StepGraphs:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # capture on the warm-up stream: BLAS handles and workspaces, created lazily per stream, then
-        # already exist (as torch.cuda.make_graphed_callables does since PyTorch 2.12)
+        # already exist (pytorch PR 187745 made make_graphed_callables do the same)
         with torch.cuda.graph(graph, stream=side):
             outputs = fn(*persistent, *inputs)
         self.captured += 1
