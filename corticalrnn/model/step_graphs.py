@@ -13,8 +13,9 @@ constants) are read in place: they come from :meth:`StepGraphs.static`, which ke
 name and copies the current values in, once per forward or backward pass.
 
 Without CUDA the model runs its plain loop; with ``emulate = True`` it runs the same chunked path
-eagerly on the static copies instead (``captured`` stays 0), so that the bookkeeping can be tested
-on CPU (it is slower than the plain loop there).
+eagerly on the static copies instead (``captured`` stays 0), results copied into the same output
+tensors at every call as a replay would leave them, so that the bookkeeping can be tested on CPU (it
+is slower than the plain loop there).
 """
 
 from __future__ import annotations
@@ -94,16 +95,18 @@ class StepGraphs:
             if s is not None and x is not None:
                 s.copy_(x)
         self.replays += 1
-        if entry.graph is None:
-            return fn(*entry.persistent, *entry.inputs)
-        entry.graph.replay()
+        if entry.graph is None:  # emulation: like a replay, results land in the same output tensors
+            for out, new in zip(entry.outputs, fn(*entry.persistent, *entry.inputs)):
+                out.copy_(new)
+        else:
+            entry.graph.replay()
         return entry.outputs
 
     def _capture(self, fn: Callable[..., tuple[torch.Tensor, ...]], persistent: tuple[Any, ...],
                  inputs: list[torch.Tensor | None]) -> _Entry:
         device = next((x.device for x in (*persistent, *inputs) if x is not None), torch.device("cpu"))
         if device.type != "cuda":
-            return _Entry(None, persistent, inputs, ())
+            return _Entry(None, persistent, inputs, tuple(fn(*persistent, *inputs)))
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
