@@ -8,7 +8,8 @@ In one run, on the same sizes and data:
 (c) the FLOP lower bound: 3 x forward FLOPs (forward, input-gradient and weight-gradient GEMMs)
     divided by the GEMM rate measured on a large square matmul in the same run.
 Plus dense x mask vs a sparse (CSR) kernel for the per-step product at several densities.
-A training step = forward + Poisson loss on 10% observed neurons + backward + Adam step (+ projection).
+A training step = forward + Poisson loss on 10% observed neurons + backward + Adam step (+ projection);
+the fast path uses the trainer's optimizer (fused AdamW), the baseline torch's default Adam.
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
     model = _fast_model(sizes, bin_ms, precision, local, graph_chunk).to(device)
     build_s = time.perf_counter() - t0
     x, counts, observed = _data(sizes, B, T, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    from corticalrnn.train.config import OptimConfig
+    from corticalrnn.train.trainer import adamw
+    opt = adamw(model.parameters(), OptimConfig(lr=1e-4))  # what `corticalrnn train` uses (fused)
     step = _synced(_step_fn(model, x, counts, observed, opt, True), device)
     with _Memory(device) as mem:
         t = time_call(step, repeats=repeats, warmup=1)

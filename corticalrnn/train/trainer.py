@@ -41,7 +41,7 @@ from corticalrnn.train.checkpoint import (
     load_state_strict,
     save_checkpoint,
 )
-from corticalrnn.train.config import ScheduleConfig, TrainConfig, to_toml
+from corticalrnn.train.config import OptimConfig, ScheduleConfig, TrainConfig, to_toml
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -214,6 +214,20 @@ class _BatchSet(torch.utils.data.Dataset):
         return self.data.batch(indices)
 
 
+
+def adamw(params: Any, o: OptimConfig) -> torch.optim.AdamW:
+    """AdamW as configured; the fused kernel where this torch has it for the parameters' device.
+
+    Measured on CPU (2 threads, the 92.6 M parameters of the 10 % model): one step 0.054-0.079 s
+    fused against 0.56 s for the default for-loop implementation and 0.38 s for ``foreach``.
+    """
+    params = list(params)
+    kw = {"lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps, "weight_decay": o.weight_decay}
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype/torch
+        return torch.optim.AdamW(params, **kw)
+
 class Trainer:
     """Trains ``model`` on ``train_data``; selects the best step on ``val_data`` (training images).
 
@@ -260,9 +274,7 @@ class Trainer:
             # and identical on all ranks: no need to re-broadcast them (masks alone are ~N^2 bytes)
             self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids,
                                                              broadcast_buffers=False)
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = adamw(self.raw_model.parameters(), cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.schedule, loop.max_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
