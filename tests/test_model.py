@@ -466,3 +466,51 @@ def test_sparse_pattern_kernels_against_dense():
     model = make(connectivity="distance", sparse_below=1.0)
     assert not any(k.startswith("pattern_") or ".pattern_" in k for k in model.state_dict())
     assert any(model.weights[n].pattern() is not None for n in model._v1_blocks)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("neuron_model,sign_mode,reparam", [
+    ("leaky", "projected", "softplus"), ("leaky", "reparam", "softplus"), ("leaky", "reparam", "abs"),
+    ("gru", "projected", "softplus"), ("mlp", "reparam", "softplus")])
+def test_sparse_storage_matches_reference(teacher, neuron_model, sign_mode, reparam):
+    """``weight_storage="sparse"``: masked recurrent blocks are parameters of their ``nnz`` values;
+    outputs and gradients equal the float64 reference (which sees them as dense matrices)."""
+    from corticalrnn.model.dale import SparseSignedWeight
+    kw = dict(connectivity="distance", neuron_model=neuron_model, sign_mode=sign_mode, reparam=reparam,
+              distance_sigma_mm={"exc": 0.15, "inh": 0.1})
+    model = make(weight_storage="sparse", **kw)
+    dense = make(**kw)
+    sparse_blocks = [n for n in model._v1_blocks if isinstance(model.weights[n], SparseSignedWeight)]
+    assert sparse_blocks and all(b.stored_sparse for b in model.layout.blocks)
+    for n in sparse_blocks:  # same initial weights as dense storage, stored as values only
+        assert model.weights[n].param.dim() == 1
+        assert model.weights[n].param.numel() == int(dense.weights[n].mask.sum())
+        torch.testing.assert_close(model.weights[n].dense(), dense.weights[n].weight())
+    assert model.n_synapses() == dense.n_synapses()
+    assert_matches_reference(model, teacher, seed=6)
+
+
+def test_sparse_storage_training_keeps_dale_and_roundtrips():
+    local = {"connectivity": "distance", "distance_sigma_mm": {"exc": 0.15, "inh": 0.1}}
+    model = make(weight_storage="sparse", **local)
+    x, y, mask = data(dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        model.loss(model(x, y, mask, 0.5), y, mask).backward()
+        opt.step()
+        model.project_()
+    assert not any(model.sign_violations().values())
+    vals = torch.cat([model.weights[n].param.detach() for n in model._v1_blocks])
+    assert (vals == 0).sum() > 0  # the optimiser pushed some weights across zero; projection clamped them
+    twin = make(weight_storage="sparse", **local)
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(twin(x), model(x))
+    bf = make(weight_storage="sparse", precision="bf16", **local)
+    bf.load_state_dict(model.state_dict())
+    out = bf(x, y, mask, 0.5, torch.Generator().manual_seed(1))  # bf16 matmuls, fp32 CSR values
+    out.sum().backward()
+    torch.testing.assert_close(out, model(x, y, mask, 0.5, torch.Generator().manual_seed(1)),
+                               rtol=0.05, atol=0.05)
+    with pytest.raises(CorticalRNNError, match="weight_storage"):
+        ModelConfig(weight_storage="sparse")

@@ -99,6 +99,9 @@ class ModelConfig:
     # BLAS for the CPU weight-gradient GEMMs: auto | torch | openblas (see model/gemm.py; measured
     # 1.8-2x faster with numpy's OpenBLAS than torch's MKL on AMD; auto picks it on non-Intel CPUs)
     cpu_blas: str = "auto"
+    # recurrent V1 blocks with masks stored as their values on the mask's pattern (parameters,
+    # gradients and Adam state O(synapses), per-step CSR, SDDMM gradients): dense | sparse
+    weight_storage: str = "dense"
     input_sigma_mm: float = 0.1
     lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     sign_mode: str = "projected"  # projected | reparam
@@ -135,6 +138,7 @@ class ModelConfig:
                                      ("neuron_model", self.neuron_model, NEURON_MODELS),
                                      ("precision", self.precision, PRECISIONS),
                                      ("cpu_blas", self.cpu_blas, CPU_BLAS),
+                                     ("weight_storage", self.weight_storage, ("dense", "sparse")),
                                      ("loss", self.loss, LOSSES),
                                      ("teacher.schedule", self.teacher.schedule, SCHEDULES)):
             if value not in allowed:
@@ -148,6 +152,8 @@ class ModelConfig:
         if self.input_connectivity not in INPUT_MASK_KINDS:
             raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
                       f"{', '.join(INPUT_MASK_KINDS)}")
+        if self.weight_storage == "sparse" and self.connectivity != "distance":
+            raise bad("weight_storage='sparse' needs connectivity='distance' (masks to store sparsely)")
         if self.graph_chunk < 1:
             raise bad(f"graph_chunk must be >= 1 step, got {self.graph_chunk}")
         if self.cuda_graphs and self.neuron_model != "leaky":

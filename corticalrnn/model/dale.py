@@ -63,6 +63,16 @@ class SignedWeight(nn.Module):
         bufs = {k: getattr(self, f"pattern_{k}") for k in self._pattern_keys}
         return Pattern(tuple(self.mask.shape), **bufs)
 
+    stored_sparse = False
+
+    def dense(self) -> torch.Tensor:
+        """The dense signed weight (:meth:`weight` itself for dense storage)."""
+        return self.weight()
+
+    @property
+    def n_synapses(self) -> int:
+        return int(self.mask.sum()) if self.mask is not None else int(self.param.numel())
+
     def _mask_grad(self, g: torch.Tensor) -> torch.Tensor:
         return g * self.mask
 
@@ -96,6 +106,61 @@ class SignedWeight(nn.Module):
         if self.mask is not None:
             bad |= (w != 0) & ~self.mask
         return int(bad.sum())
+
+
+class SparseSignedWeight(nn.Module):
+    """A masked weight block stored as its values on the mask's fixed pattern: parameters, gradients
+    and optimiser state are ``[nnz]``, not ``[rows, cols]`` (``ModelConfig.weight_storage =
+    "sparse"``). Same modes as :class:`SignedWeight`; :meth:`weight` returns the signed values."""
+
+    stored_sparse = True
+
+    def __init__(self, magnitude: torch.Tensor, col_sign: np.ndarray, mask: np.ndarray,
+                 mode: str, reparam: str) -> None:
+        super().__init__()
+        self.mode, self.reparam = mode, reparam
+        self.shape = tuple(mask.shape)
+        bufs = pattern_buffers(torch.as_tensor(mask, dtype=torch.bool))
+        self._pattern_keys = list(bufs)
+        for k, v in bufs.items():
+            self.register_buffer(f"pattern_{k}", v, persistent=False)
+        cols = bufs["flat"] % self.shape[1]
+        sign = torch.as_tensor(col_sign, dtype=torch.float32)[cols]
+        self.register_buffer("sign", sign, persistent=False)  # per stored value
+        mag = magnitude.reshape(-1)[bufs["flat"]].abs()
+        if mode == "projected":
+            self.param = nn.Parameter(mag * sign)
+        else:
+            mag = torch.maximum(mag, torch.full_like(mag, 1e-6))
+            self.param = nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+
+    def pattern(self) -> Pattern:
+        return Pattern(self.shape, **{k: getattr(self, f"pattern_{k}") for k in self._pattern_keys})
+
+    def weight(self) -> torch.Tensor:
+        """The signed values ``[nnz]`` (the parameter itself in projected mode)."""
+        if self.mode == "projected":
+            return self.param
+        mag = F.softplus(self.param) if self.reparam == "softplus" else self.param.abs()
+        return mag * self.sign.to(mag.dtype)
+
+    def dense(self) -> torch.Tensor:
+        """The dense signed weight ``[rows, cols]`` (differentiable; for tests and inspection)."""
+        return self.pattern().dense(self.weight())
+
+    @property
+    def n_synapses(self) -> int:
+        return int(self.param.numel())
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.mode == "projected":
+            s = self.sign.to(self.param.dtype)
+            self.param.mul_(s).clamp_(min=0).mul_(s)
+
+    @torch.no_grad()
+    def violations(self) -> int:
+        return int(((self.weight() * self.sign.to(self.param.dtype)) < 0).sum())
 
 
 def _sign_runs(col_sign: np.ndarray) -> list[tuple[int, int, int]]:

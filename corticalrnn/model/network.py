@@ -13,7 +13,13 @@ from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import gemm
 from corticalrnn.model import loss as loss_mod
 from corticalrnn.model.config import ModelConfig
-from corticalrnn.model.dale import SignedWeight, balanced_magnitudes, softplus_inv, spectral_radius
+from corticalrnn.model.dale import (
+    SignedWeight,
+    SparseSignedWeight,
+    balanced_magnitudes,
+    softplus_inv,
+    spectral_radius,
+)
 from corticalrnn.model.graph import Block, Graph, distance_mask
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
@@ -63,8 +69,11 @@ class CorticalRNN(nn.Module):
             for b in g.blocks:
                 if b.source == "v1":
                     mags[b.name] *= config.spectral_radius / radius
+        stored = {b.name: config.weight_storage == "sparse" and b.source == "v1" and masks[b.name] is not None
+                  for b in g.blocks}
         self.weights = nn.ModuleDict({
-            b.name: SignedWeight(mags[b.name], b.col_sign, masks[b.name], config.sign_mode, config.reparam)
+            b.name: (SparseSignedWeight if stored[b.name] else SignedWeight)(
+                mags.pop(b.name), b.col_sign, masks[b.name], config.sign_mode, config.reparam)
             for b in g.blocks})
         self.bias = nn.Parameter(torch.full((g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate)))))
         self.units = nn.ModuleDict({
@@ -73,15 +82,16 @@ class CorticalRNN(nn.Module):
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
-            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1, density[b.name] < config.sparse_below,
-                     density[b.name] < config.sparse_grad_below)
+            RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1,
+                     stored[b.name] or density[b.name] < config.sparse_below,
+                     stored[b.name] or density[b.name] < config.sparse_grad_below, stored[b.name])
             for b in g.blocks if b.source == "v1"
             for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]),
             gemm.resolve(config.cpu_blas))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
         self._graphs = StepGraphs(config.graph_chunk) if config.cuda_graphs else None
         for name, b in zip(self._v1_blocks, self.layout.blocks):
-            if b.sparse or b.sparse_grad:
+            if (b.sparse or b.sparse_grad) and not b.stored_sparse:
                 self.weights[name].enable_pattern()
         if config.cuda_graphs and any(b.sparse for b in self.layout.blocks):
             raise CorticalRNNError("model config: cuda_graphs needs dense per-step products; blocks "
@@ -154,16 +164,13 @@ class CorticalRNN(nn.Module):
             for p in b.pathways:
                 if (p.pre, p.post, p.delay) == (pre, post, delay):
                     rs, cs = g.slice(post), g.slice(pre)
-                    w = self.weights[b.name].weight()
+                    w = self.weights[b.name].dense()
                     return w[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0]
         raise KeyError(f"no pathway {pre} -> {post} with delay {delay}")
 
     def n_synapses(self) -> int:
         """Number of weights that can be non-zero (structure and masks)."""
-        total = 0
-        for w in self.weights.values():
-            total += int(w.mask.sum()) if w.mask is not None else w.param.numel()
-        return total
+        return sum(w.n_synapses for w in self.weights.values())
 
     @torch.no_grad()
     def project_(self) -> None:

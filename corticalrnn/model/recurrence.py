@@ -46,6 +46,7 @@ class RecBlock:
     col1: int
     sparse: bool = False  # per-step products with a CSR copy (only worth it for sparse masks)
     sparse_grad: bool = False  # weight gradient as SDDMM on the mask's pattern (very sparse masks)
+    stored_sparse: bool = False  # the weight is its values [nnz] on the pattern (weight_storage=sparse)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,11 @@ def _step_kernels(layout: RecLayout, weights: tuple[torch.Tensor, ...], cdtype: 
     float32/float64 only, the CPU CSR kernels' dtypes)."""
     out = []
     for w, b, p in zip(weights, layout.blocks, patterns):
-        if b.sparse and p is not None and cdtype in (torch.float32, torch.float64):
+        if b.stored_sparse:  # CSR only; values stay fp32 when cdtype has no CPU CSR kernel
+            assert p is not None
+            dt = cdtype if cdtype in (torch.float32, torch.float64) or w.is_cuda else w.dtype
+            out.append(p.csr_t(w, dt, stored=True) if transpose else p.csr(w, dt, stored=True))
+        elif b.sparse and p is not None and cdtype in (torch.float32, torch.float64):
             out.append(p.csr_t(w, cdtype) if transpose else p.csr(w, cdtype))
         else:
             wc = w.to(cdtype)
@@ -81,6 +86,9 @@ def _mm_into(out: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tenso
     and a strided ``a`` (a time slice of [N, T, B]) doubles the cost of ``W @ a``.
     """
     if w.layout == torch.sparse_csr:
+        a = a.to(w.dtype) if a.dtype != w.dtype else a
+        if out.dtype != w.dtype:
+            return out + torch.sparse.mm(w, a.contiguous()).to(out.dtype)
         return torch.addmm(out, w, a if a.is_contiguous() else a.contiguous())
     if a.dtype == out.dtype == w.dtype:
         if w.dim() == 2 and w.stride(0) == 1 and w.stride(1) != 1:  # transposed view (backward)
@@ -108,11 +116,17 @@ def _weight_grads(layout: RecLayout, dI: torch.Tensor, RT: torch.Tensor, rt0: to
                 continue
             rows = dIc[b.row0:b.row1]
             n_post, n_pre = b.row1 - b.row0, b.col1 - b.col0
-            if b.sparse_grad and patterns[i] is not None and cdtype in (torch.float32, torch.float64):
-                src = RTc[b.col0:b.col1]
+            p = patterns[i]
+            sddmm_dtype = cdtype in (torch.float32, torch.float64)  # the SDDMM kernels' dtypes
+            if p is not None and (b.stored_sparse or (b.sparse_grad and sddmm_dtype)):
+                if sddmm_dtype:
+                    rws, src, r0 = rows, RTc[b.col0:b.col1], rt0c[b.col0:b.col1]
+                else:  # stored-sparse block under bf16/fp16 matmuls: its gradient in the state dtype
+                    rws, src, r0 = dI[b.row0:b.row1], RT[b.col0:b.col1].to(dI.dtype), rt0[b.col0:b.col1]
                 if b.delay == 1:  # r~ of the previous step: rt0, then r~(0..T-2)
-                    src = torch.cat([rt0c[b.col0:b.col1, None], src[:, :-1]], 1)
-                g = patterns[i].sddmm(rows.reshape(n_post, T * B), src.reshape(n_pre, T * B))
+                    src = torch.cat([r0.to(src.dtype)[:, None], src[:, :-1]], 1)
+                a, s = rws.reshape(n_post, T * B), src.reshape(n_pre, T * B)
+                g = p.sddmm_values(a, s) if b.stored_sparse else p.sddmm(a, s)
             elif b.delay == 0:
                 g = gemm.matmul_nt(rows.reshape(n_post, T * B), RTc[b.col0:b.col1].reshape(n_pre, T * B),
                                    layout.blas)
@@ -357,7 +371,7 @@ def generic_recurrence(layout: RecLayout, cdtype: torch.dtype, drive: torch.Tens
     pop_states = list(pop_states)
     store.append(rt_prev.detach())
     drive = DeferredWeightGrad.apply(layout, cdtype, store, patterns, drive, *weights)
-    wd = tuple(w.detach().to(cdtype) for w in weights)
+    wd = _step_kernels(layout, tuple(w.detach() for w in weights), cdtype, False, patterns)
     per_stage = [layout.stage_blocks(s) for s in range(len(layout.stages))]
     stage_pops = [[k for k, (a, _) in enumerate(pop_ranges) if r0 <= a < r1] for r0, r1 in layout.stages]
     rates = []

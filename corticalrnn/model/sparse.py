@@ -51,28 +51,44 @@ class Pattern:
     col_t: torch.Tensor
     perm: torch.Tensor
 
+    @property
+    def nnz(self) -> int:
+        return int(self.flat.numel())
+
     def values(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The pattern's entries of a dense ``w`` (row-major order)."""
         return w.reshape(-1)[self.flat].to(dtype)
 
-    def csr(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``w`` (dense, the pattern's shape) as CSR on the pattern."""
-        return _csr(self.crow, self.col, self.values(w, dtype), self.shape)
+    def csr(self, w: torch.Tensor, dtype: torch.dtype, stored: bool = False) -> torch.Tensor:
+        """``w`` as CSR on the pattern: ``w`` dense (the pattern's shape), or its values ``[nnz]``
+        when ``stored``."""
+        vals = w.to(dtype) if stored else self.values(w, dtype)
+        return _csr(self.crow, self.col, vals, self.shape)
 
-    def csr_t(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``w.T`` as CSR on the transposed pattern."""
-        return _csr(self.crow_t, self.col_t, self.values(w, dtype)[self.perm], self.shape[::-1])
+    def csr_t(self, w: torch.Tensor, dtype: torch.dtype, stored: bool = False) -> torch.Tensor:
+        """``w.T`` as CSR on the transposed pattern (``w`` as in :meth:`csr`)."""
+        vals = w.to(dtype) if stored else self.values(w, dtype)
+        return _csr(self.crow_t, self.col_t, vals[self.perm], self.shape[::-1])
 
-    def sddmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``(a @ b.T) * mask``, computed on the pattern's entries only, returned dense.
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Dense ``[rows, cols]`` matrix with ``values`` on the pattern (differentiable)."""
+        out = values.new_zeros(self.shape[0] * self.shape[1])
+        return out.index_put((self.flat,), values).view(self.shape)
+
+    def sddmm_values(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(a @ b.T)`` at the pattern's entries, ``[nnz]`` in row-major order (float32/float64).
 
         Measured (CPU, 2 threads, [4687 x 1800] @ [1800 x 8437]): 0.23 s against 1.8 s for the dense
         GEMM at 1 % density, 1.3 s against 1.75 s at 5 % (hence ``ModelConfig.sparse_grad_below``).
         """
         ones = torch.ones(self.flat.shape, dtype=a.dtype, device=a.device)
-        vals = torch.sparse.sampled_addmm(_csr(self.crow, self.col, ones, self.shape), a, b.t(),
+        return torch.sparse.sampled_addmm(_csr(self.crow, self.col, ones, self.shape), a, b.t(),
                                           beta=0.0).values()
+
+    def sddmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(a @ b.T) * mask``, computed on the pattern's entries only, returned dense."""
         out = torch.zeros(self.shape, dtype=a.dtype, device=a.device)
-        out.view(-1)[self.flat] = vals
+        out.view(-1)[self.flat] = self.sddmm_values(a, b)
         return out
 
 
