@@ -177,10 +177,10 @@ def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "c
 
 
 def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
-                local: tuple[float, float] | None = None, graph_chunk: int = 0):
-    """The fast path; with ``local = (sparse_below, sparse_grad_below)`` a local model (distance masks,
-    ~1-2 % density on a 2 mm sheet) whose per-step products use CSR and whose weight gradients use
-    SDDMM below those densities (0: dense x mask); ``graph_chunk > 0`` turns on ``cuda_graphs``."""
+                local: dict[str, Any] | None = None, graph_chunk: int = 0):
+    """The fast path; with ``local`` (ModelConfig overrides: ``sparse_below``, ``sparse_grad_below``,
+    ``weight_storage``) a local model (distance masks, ~1-2 % density on a 2 mm sheet);
+    ``graph_chunk > 0`` turns on ``cuda_graphs``."""
     from corticalrnn.model import CorticalRNN, ModelConfig
     graphs = {"cuda_graphs": graph_chunk > 0, "graph_chunk": max(1, graph_chunk)}
     if local is None:
@@ -188,8 +188,7 @@ def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
     rng = np.random.default_rng(0)
     pos = {s: rng.random((n, 2)) * 2.0 for s, n in sizes.items()}
     cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
-                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, sparse_below=local[0],
-                      sparse_grad_below=local[1], **graphs)
+                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, **local, **graphs)
     return CorticalRNN(cfg, sizes, pos)
 
 
@@ -208,7 +207,7 @@ def _child(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
 
 
 def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision: str,
-                 repeats: int, local: tuple[float, float] | None = None, device: str = "cpu",
+                 repeats: int, local: dict[str, Any] | None = None, device: str = "cpu",
                  graph_chunk: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = _fast_model(sizes, bin_ms, precision, local, graph_chunk).to(device)
@@ -345,8 +344,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["sparse_vs_dense"] = sp
         log("local model (distance masks, ~1-2 % density): training step, dense x mask vs sparse kernels")
         local = []
-        for label, thr in (("dense x mask", (0.0, 0.0)), ("CSR products", (0.1, 0.0)),
-                           ("CSR products + SDDMM grads (default)", (0.1, 0.05))):
+        for label, thr in (("dense x mask", {"sparse_below": 0.0, "sparse_grad_below": 0.0}),
+                           ("CSR products", {"sparse_below": 0.1, "sparse_grad_below": 0.0}),
+                           ("CSR products + SDDMM grads (default)", {}),
+                           ("sparse storage (weight_storage=sparse)", {"weight_storage": "sparse"})):
             r = _isolated(measure_fast, th, s, B, T, args.bin_ms, args.precision, max(1, args.repeats), thr,
                           dev)
             local.append({"kernel": label, "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
