@@ -482,11 +482,19 @@ def test_sparse_storage_matches_reference(teacher, neuron_model, sign_mode, repa
     dense = make(**kw)
     sparse_blocks = [n for n in model._v1_blocks if isinstance(model.weights[n], SparseSignedWeight)]
     assert sparse_blocks and all(b.stored_sparse for b in model.layout.blocks)
-    for n in sparse_blocks:  # same initial weights as dense storage, stored as values only
+    for n in sparse_blocks:  # values only, built without dense masks: another draw of the same law
         assert model.weights[n].param.dim() == 1
-        assert model.weights[n].param.numel() == int(dense.weights[n].mask.sum())
-        torch.testing.assert_close(model.weights[n].dense(), dense.weights[n].weight())
-    assert model.n_synapses() == dense.n_synapses()
+        assert model.weights[n].param.numel() == model.weights[n].n_synapses
+    assert abs(model.n_synapses() / dense.n_synapses() - 1) < 0.25
+    # E/I balance per row as in dense storage: a neuron's summed E and I input weights cancel
+    exc, inh = torch.zeros(model.n_v1, dtype=torch.float64), torch.zeros(model.n_v1, dtype=torch.float64)
+    for n, b in zip(model._v1_blocks, model.layout.blocks):
+        w = model.weights[n].dense().detach().double()
+        exc[b.row0:b.row1] += w.clamp(min=0).sum(1)
+        inh[b.row0:b.row1] += w.clamp(max=0).sum(1)
+    both = (exc > 0) & (inh < 0)
+    assert both.sum() > model.n_v1 // 2
+    torch.testing.assert_close(exc[both], -inh[both])
     assert_matches_reference(model, teacher, seed=6)
 
 
@@ -514,3 +522,23 @@ def test_sparse_storage_training_keeps_dale_and_roundtrips():
                                rtol=0.05, atol=0.05)
     with pytest.raises(CorticalRNNError, match="weight_storage"):
         ModelConfig(weight_storage="sparse")
+
+
+def test_distance_pairs_follow_the_distance_law():
+    """Cell-list sampling without a dense matrix: per distance band, the connection frequency matches
+    the dense sampler and p_max * exp(-d^2 / 2 sigma^2); pairs are unique and sorted."""
+    from corticalrnn.model.graph import distance_mask, distance_pairs
+    rng = np.random.default_rng(0)
+    pre, post = rng.random((1500, 2)) * 1.5, rng.random((1000, 2)) * 1.5
+    d = np.sqrt(((post[:, None] - pre[None]) ** 2).sum(-1))
+    r, c = distance_pairs(pre, post, 0.1, 0.8, np.random.default_rng(1))
+    m = distance_mask(pre, post, 0.1, 0.8, np.random.default_rng(1))
+    assert np.all(np.diff(r * 1500 + c) > 0)
+    hit = np.zeros_like(m)
+    hit[r, c] = True
+    for lo, hi in ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3)):
+        band = (d >= lo) & (d < hi)
+        expected = (0.8 * np.exp(-d[band] ** 2 / 0.02)).mean()
+        assert abs(hit[band].mean() - expected) < 0.02 + 0.1 * expected
+        assert abs(hit[band].mean() - m[band].mean()) < 0.02 + 0.1 * expected
+    assert not hit[d > 0.5].any()  # beyond 5 sigma: never sampled

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corticalrnn.model.sparse import Pattern, pattern_buffers
+from corticalrnn.model.sparse import Pattern, pattern_buffers, pattern_from_pairs
 
 
 def softplus_inv(y: torch.Tensor) -> torch.Tensor:
@@ -115,19 +115,19 @@ class SparseSignedWeight(nn.Module):
 
     stored_sparse = True
 
-    def __init__(self, magnitude: torch.Tensor, col_sign: np.ndarray, mask: np.ndarray,
-                 mode: str, reparam: str) -> None:
+    def __init__(self, magnitude: torch.Tensor, col_sign: np.ndarray, rows: torch.Tensor, cols: torch.Tensor,
+                 shape: tuple[int, int], mode: str, reparam: str) -> None:
+        """``magnitude [nnz]`` of the entries ``(rows[k], cols[k])`` (sorted row-major)."""
         super().__init__()
         self.mode, self.reparam = mode, reparam
-        self.shape = tuple(mask.shape)
-        bufs = pattern_buffers(torch.as_tensor(mask, dtype=torch.bool))
+        self.shape = tuple(shape)
+        bufs = pattern_from_pairs(rows, cols, self.shape)
         self._pattern_keys = list(bufs)
         for k, v in bufs.items():
             self.register_buffer(f"pattern_{k}", v, persistent=False)
-        cols = bufs["flat"] % self.shape[1]
         sign = torch.as_tensor(col_sign, dtype=torch.float32)[cols]
         self.register_buffer("sign", sign, persistent=False)  # per stored value
-        mag = magnitude.reshape(-1)[bufs["flat"]].abs()
+        mag = magnitude.abs()
         if mode == "projected":
             self.param = nn.Parameter(mag * sign)
         else:
@@ -201,6 +201,25 @@ def balanced_magnitudes(shapes: list[tuple[int, int]], col_signs: list[np.ndarra
         w[:, st < 0] *= scale_i[:, None]
         w *= norm[:, None]
     return mags
+
+
+def balanced_values(shapes: list[tuple[int, int]], col_signs: list[np.ndarray],
+                    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                    generator: torch.Generator) -> list[torch.Tensor]:
+    """:func:`balanced_magnitudes` for blocks given by their entries ``(rows, cols)``: values
+    ``[nnz]`` per block, never a dense matrix (same balance and 1/sqrt(fan-in) scale)."""
+    n = shapes[0][0] if shapes else 0
+    vals = [torch.rand(r.numel(), generator=generator, dtype=torch.float32) for r, _ in pairs]
+    e_sum, i_sum, fan = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    inh = [torch.as_tensor(s)[c] < 0 for s, (_, c) in zip(col_signs, pairs)]
+    for v, (r, _), neg in zip(vals, pairs, inh):
+        e_sum.index_add_(0, r, torch.where(neg, 0.0, v))
+        i_sum.index_add_(0, r, torch.where(neg, v, 0.0))
+        fan.index_add_(0, r, torch.ones_like(v))
+    scale_i = torch.where(i_sum > 0, e_sum / i_sum.clamp_min(1e-12), torch.ones_like(i_sum))
+    scale_i = torch.where(e_sum > 0, scale_i, torch.ones_like(i_sum))
+    norm = 1.0 / fan.clamp_min(1).sqrt()
+    return [torch.where(neg, v * scale_i[r], v) * norm[r] for v, (r, _), neg in zip(vals, pairs, inh)]
 
 
 def spectral_radius(w: torch.Tensor, exact_max: int = 2500) -> float:

@@ -141,6 +141,48 @@ def distance_mask(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_ma
     return out
 
 
+def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_max: float,
+                   rng: np.random.Generator, radius_sigmas: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The connections of :func:`distance_mask` without the dense matrix: ``(post, pre)`` indices
+    (int64, sorted by post then pre), sampled only among pairs closer than ``radius_sigmas * sigma``
+    (a cell list of that size; farther pairs connect with probability below ``p_max * 3.7e-6`` at 5
+    sigma and are dropped). Memory and time grow with the pairs inside the radius, not ``n_post *
+    n_pre``. Another random stream than :func:`distance_mask`, so not the same draw."""
+    pre = np.asarray(pre_xy, dtype=np.float64)[:, :2]
+    post = np.asarray(post_xy, dtype=np.float64)[:, :2]
+    r = radius_sigmas * sigma_mm
+    lo = np.minimum(pre.min(0), post.min(0)) if len(pre) and len(post) else np.zeros(2)
+    cell_pre = np.floor((pre - lo) / r).astype(np.int64)
+    cell_post = np.floor((post - lo) / r).astype(np.int64)
+    ny = int(max(cell_pre[:, 1].max(initial=0), cell_post[:, 1].max(initial=0))) + 3
+    key_pre = (cell_pre[:, 0] + 1) * ny + (cell_pre[:, 1] + 1)
+    order = np.argsort(key_pre, kind="stable")
+    sorted_keys = key_pre[order]
+    posts, pres = [], []
+    post_key = (cell_post[:, 0] + 1) * ny + (cell_post[:, 1] + 1)
+    post_order = np.argsort(post_key, kind="stable")
+    bounds = np.flatnonzero(np.diff(post_key[post_order])) + 1
+    for group in np.split(post_order, bounds):
+        if not group.size:
+            continue
+        k = post_key[group[0]]
+        cand = np.concatenate([order[np.searchsorted(sorted_keys, k + dx * ny + dy):
+                                     np.searchsorted(sorted_keys, k + dx * ny + dy, side="right")]
+                               for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
+        if not cand.size:
+            continue
+        d2 = ((post[group, None, :] - pre[None, cand, :]) ** 2).sum(-1)
+        hit = rng.random(d2.shape) < p_max * np.exp(-d2 / (2 * sigma_mm**2))
+        i, j = np.nonzero(hit)
+        posts.append(group[i])
+        pres.append(cand[j])
+    if not posts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a, b = np.concatenate(posts), np.concatenate(pres)
+    srt = np.lexsort((b, a))
+    return a[srt], b[srt]
+
+
 def _check_sizes(sizes: dict[str, int]) -> dict[str, int]:
     out = {}
     for name, n in sizes.items():

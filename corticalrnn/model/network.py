@@ -17,10 +17,11 @@ from corticalrnn.model.dale import (
     SignedWeight,
     SparseSignedWeight,
     balanced_magnitudes,
+    balanced_values,
     softplus_inv,
     spectral_radius,
 )
-from corticalrnn.model.graph import Block, Graph, distance_mask
+from corticalrnn.model.graph import Block, Graph, distance_mask, distance_pairs
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
@@ -51,29 +52,37 @@ class CorticalRNN(nn.Module):
         self.register_buffer("_inv_perm", None if perm is None else torch.as_tensor(np.argsort(perm)),
                              persistent=False)
 
-        masks = {b.name: self._block_mask(b, positions, rng) for b in g.blocks}
+        # weight_storage = "sparse": recurrent blocks are built as their entries only (never dense)
+        sparse = config.weight_storage == "sparse"
+        masks: dict[str, np.ndarray | None] = {}
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for b in g.blocks:
+            if sparse and b.source == "v1":
+                pairs[b.name] = self._block_pairs(b, positions, rng)
+            else:
+                masks[b.name] = self._block_mask(b, positions, rng)
         mags: dict[str, torch.Tensor] = {}
         for st in range(g.n_stages):
             v1b = [b for b in g.blocks if b.row0 == g.stage_rows[st][0] and b.source == "v1"]
-            for b, m in zip(v1b, balanced_magnitudes([b.shape for b in v1b], [b.col_sign for b in v1b],
-                                                     [masks[b.name] for b in v1b], gen)):
-                mags[b.name] = m
+            shapes, signs = [b.shape for b in v1b], [b.col_sign for b in v1b]
+            vals = (balanced_values(shapes, signs, [pairs[b.name] for b in v1b], gen) if sparse else
+                    balanced_magnitudes(shapes, signs, [masks[b.name] for b in v1b], gen))
+            mags.update(zip([b.name for b in v1b], vals))
             for b in g.blocks:
                 if b.row0 == g.stage_rows[st][0] and b.source == "input":
                     m = torch.rand(b.shape, generator=gen)
                     if masks[b.name] is not None:
                         m *= torch.as_tensor(masks[b.name])
                     mags[b.name] = m * (config.input_gain / m.sum(1, keepdim=True).clamp_min(1e-12))
-        radius = self._radius([b for b in g.blocks if b.source == "v1"], mags)
+        radius = self._radius([b for b in g.blocks if b.source == "v1"], mags, pairs)
         if radius > 0:
             for b in g.blocks:
                 if b.source == "v1":
                     mags[b.name] *= config.spectral_radius / radius
-        stored = {b.name: config.weight_storage == "sparse" and b.source == "v1" and masks[b.name] is not None
-                  for b in g.blocks}
+        mode, rp = config.sign_mode, config.reparam
         self.weights = nn.ModuleDict({
-            b.name: (SparseSignedWeight if stored[b.name] else SignedWeight)(
-                mags.pop(b.name), b.col_sign, masks[b.name], config.sign_mode, config.reparam)
+            b.name: SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
+            if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
         self.bias = nn.Parameter(torch.full((g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate)))))
         self.units = nn.ModuleDict({
@@ -81,6 +90,10 @@ class CorticalRNN(nn.Module):
                                           config.neuron_hidden, config.learn_tau, gen)
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
+        for b in g.blocks:
+            if b.name in pairs:
+                density[b.name] = pairs[b.name][0].numel() / (b.shape[0] * b.shape[1])
+        stored = {b.name: b.name in pairs for b in g.blocks}
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
             RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1,
                      stored[b.name] or density[b.name] < config.sparse_below,
@@ -126,26 +139,63 @@ class CorticalRNN(nn.Module):
                 pre_xy, post_xy, sigma, cfg.distance_p_max, rng)
         return m
 
+    def _block_pairs(self, b: Block, positions: dict[str, np.ndarray] | None,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries ``(rows, cols)`` (int64, sorted row-major) of a recurrent block for sparse storage:
+        distance pathways sampled by :func:`distance_pairs`, other pathways all pairs."""
+        g, cfg = self.graph, self.config
+        rows, cols = [], []
+        for p in b.pathways:
+            rs, cs = g.slice(p.post), g.slice(p.pre)
+            if (p.mask or cfg.connectivity) == "distance":
+                sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
+                r, c = distance_pairs(_positions(positions, p.pre, g.sizes[p.pre]),
+                                      _positions(positions, p.post, g.sizes[p.post]), sigma,
+                                      cfg.distance_p_max, rng)
+            else:
+                r, c = np.divmod(np.arange((rs.stop - rs.start) * (cs.stop - cs.start)), cs.stop - cs.start)
+            rows.append(r + (rs.start - b.row0))
+            cols.append(c + (cs.start - b.col0))
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        order = np.lexsort((c, r))
+        return torch.as_tensor(r[order], dtype=torch.int64), torch.as_tensor(c[order], dtype=torch.int64)
+
     def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
         """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
         g = self.graph
         xy = np.concatenate([_positions(positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
         return float((xy.max(0) - xy.min(0)).max())
 
-    def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor]) -> float:
-        """Spectral radius of the signed V1 connectivity (all delays summed)."""
+    def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor],
+                pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Spectral radius of the signed V1 connectivity (all delays summed); blocks in ``pairs`` have
+        their values ``[nnz]`` in ``mags``."""
         n = self.graph.n_v1
+
+        def signed(b: Block) -> torch.Tensor:
+            sign = torch.as_tensor(b.col_sign, dtype=torch.float64)
+            return mags[b.name].double() * (sign[pairs[b.name][1]] if b.name in pairs else sign)
+
         if n <= 2500:
             w = torch.zeros(n, n, dtype=torch.float64)
             for b in blocks:
-                w[b.row0:b.row1, b.col0:b.col1] += mags[b.name].double() * torch.as_tensor(b.col_sign)
+                if b.name in pairs:
+                    r, c = pairs[b.name]
+                    w.index_put_((r + b.row0, c + b.col0), signed(b), accumulate=True)
+                else:
+                    w[b.row0:b.row1, b.col0:b.col1] += signed(b)
             return spectral_radius(w)
         sq = torch.zeros(n, dtype=torch.float64)
         s1 = torch.zeros(n, dtype=torch.float64)
         for b in blocks:
-            w = mags[b.name].double() * torch.as_tensor(b.col_sign, dtype=torch.float64)
-            sq[b.row0:b.row1] += (w**2).sum(1)
-            s1[b.row0:b.row1] += w.sum(1)
+            w = signed(b)
+            if b.name in pairs:
+                r = pairs[b.name][0] + b.row0
+                sq.index_add_(0, r, w**2)
+                s1.index_add_(0, r, w)
+            else:
+                sq[b.row0:b.row1] += (w**2).sum(1)
+                s1[b.row0:b.row1] += w.sum(1)
         return math.sqrt(float((sq - s1**2 / n).sum()) / n)
 
     # -- parameters views ------------------------------------------------------------------------

@@ -23,12 +23,17 @@ import torch
 
 
 def pattern_buffers(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Index tensors of a bool mask ``[rows, cols]``: row-major flat positions of its entries, CSR
-    ``crow``/``col``, the transpose's ``crow_t``/``col_t``, and ``perm`` with ``values_t =
-    values[perm]``."""
-    rows, cols = mask.shape
-    idx = torch.int32 if max(rows, cols, int(mask.sum()) + 1) < 2**31 else torch.int64
+    """Index tensors of a bool mask ``[rows, cols]`` (see :func:`pattern_from_pairs`)."""
     r, c = mask.nonzero(as_tuple=True)  # row-major order
+    return pattern_from_pairs(r, c, tuple(mask.shape))
+
+
+def pattern_from_pairs(r: torch.Tensor, c: torch.Tensor, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Index tensors of the entries ``(r[k], c[k])`` (int64, sorted row-major, unique) of a
+    ``[rows, cols]`` matrix: their row-major flat positions, CSR ``crow``/``col``, the transpose's
+    ``crow_t``/``col_t``, and ``perm`` with ``values_t = values[perm]``."""
+    rows, cols = shape
+    idx = torch.int32 if max(rows, cols, r.numel() + 1) < 2**31 else torch.int64
     flat = r * cols + c
     perm = torch.argsort(c * rows + r, stable=True)  # column-major order of the same entries
     crow = torch.zeros(rows + 1, dtype=torch.int64)
