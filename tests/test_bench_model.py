@@ -10,7 +10,7 @@ from corticalrnn.cli import main
 def test_bench_model_reports_ratios(tmp_path, capsys):
     out = tmp_path / "model.json"
     assert main(["bench", "model", "--scale", "0.005", "--sizes", "0.005", "--window-ms", "80",
-                 "--fine-window-ms", "4", "--repeats", "1", "--naive-max-steps", "2",
+                 "--fine-window-ms", "4", "--repeats", "1", "--naive-max-steps", "2", "--sheet-local", "0.01",
                  "--threads", "1", "--cuda-graphs", "--graph-chunk", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     for col in ("fast/bound", "naive/fast", "naive/bound", "step/bound"):
@@ -25,5 +25,9 @@ def test_bench_model_reports_ratios(tmp_path, capsys):
     assert fig["scaling"][0]["step_s"] == fig["coarse"]["fast"]["step_s"]
     local = fig["local_sparse_step"]
     assert [r["kernel"].split(" ")[0] for r in local] == ["dense", "CSR", "CSR", "sparse"]
-    assert len({r["synapses (M)"] for r in local}) == 1  # the same model, four ways of computing it
+    assert len({r["synapses (M)"] for r in local[:3]}) == 1  # the same model, three ways of computing it
+    # sparse storage samples its synapses without a dense mask: another draw of the same law
+    assert abs(local[3]["synapses (M)"] / local[0]["synapses (M)"] - 1) < 0.25
     assert all(r["step_s"] > 0 for r in local) and len(fig["sparse_vs_dense"]) == 3
+    sheet = fig["sheet_local"]
+    assert sheet["V1 neurons"] == 936 and 0 < sheet["recurrent_synapses"] and sheet["step_s"] > 0

@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="fast path with ModelConfig.cuda_graphs (chunks of steps replayed as CUDA graphs)")
     p.add_argument("--graph-chunk", type=int, default=16, help="steps per captured CUDA graph")
+    p.add_argument("--sheet-local", type=float, default=0.0, metavar="FRAC",
+                   help="also time a local model with sparse weight storage at this fraction of the full "
+                        "size (1.0 = 93,750 V1 neurons), neurons at the full model's density on a 5 x 5 mm "
+                        "sheet (sheet side 5 mm x sqrt(FRAC)); batch --sheet-batch, 20 ms bins")
+    p.add_argument("--sheet-batch", type=int, default=8)
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-sparse", action="store_true")
     p.add_argument("--quick", action="store_true",
@@ -225,6 +230,33 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
     return {"step_s": t.median, "peak_bytes": mem.growth_bytes, "weights": n_w, "build_s": build_s}
 
 
+def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: str, repeats: int,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Build and train a local model (distance masks, sparse weight storage) at ``frac`` of the full
+    size with the full model's neuron density (93,750 V1 neurons on 5 x 5 mm)."""
+    from corticalrnn.model import CorticalRNN, ModelConfig
+    from corticalrnn.train.config import OptimConfig
+    from corticalrnn.train.trainer import adamw
+    sizes = scaled_sizes(frac)
+    side = 5.0 * math.sqrt(frac)
+    rng = np.random.default_rng(0)
+    pos = {s: rng.random((n, 2)) * side for s, n in sizes.items()}
+    cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
+                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, weight_storage="sparse")
+    with _Memory(device) as mem:
+        t0 = time.perf_counter()
+        model = CorticalRNN(cfg, sizes, pos).to(device)
+        build_s = time.perf_counter() - t0
+        x, counts, observed = _data(sizes, B, T, device=device)
+        opt = adamw(model.parameters(), OptimConfig(lr=1e-4))
+        step = _synced(_step_fn(model, x, counts, observed, opt, True), device)
+        t = time_call(step, repeats=repeats, warmup=1)
+    rec = sum(model.weights[n].n_synapses for n in model._v1_blocks)
+    return {"fraction": frac, "V1 neurons": model.n_v1, "sheet_mm": side, "recurrent_synapses": rec,
+            "input_weights": model.n_synapses() - rec, "build_s": build_s, "step_s": t.median,
+            "peak_bytes": mem.growth_bytes}
+
+
 def measure_naive(sizes: dict[str, int], B: int, T: int, bin_ms: float, repeats: int,
                   max_steps: int, device: str = "cpu") -> dict[str, Any]:
     T_run = min(T, max_steps)
@@ -356,4 +388,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nlocal {args.scale:.1%} model, {T} steps, batch {B}: training step")
         print(format_table(local))
         results["local_sparse_step"] = local
+    if args.sheet_local > 0:
+        log(f"local model with sparse storage at {args.sheet_local:.0%} size")
+        r = _isolated(measure_sheet_local, th, args.sheet_local, args.sheet_batch, T, args.bin_ms,
+                      args.precision, max(1, args.repeats), dev)
+        print(f"\nlocal model, sparse weight storage, {args.sheet_local:.0%} size on a "
+              f"{r['sheet_mm']:.2f} mm sheet ({T} steps of {args.bin_ms:g} ms, batch {args.sheet_batch})")
+        print(format_table([{"V1 neurons": r["V1 neurons"],
+                             "recurrent synapses (M)": r["recurrent_synapses"] / 1e6,
+                             "input weights (M)": r["input_weights"] / 1e6, "build_s": r["build_s"],
+                             "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"])}]))
+        results["sheet_local"] = r
     return results
