@@ -514,6 +514,9 @@ def test_sparse_storage_training_keeps_dale_and_roundtrips():
     twin = make(weight_storage="sparse", **local)
     twin.load_state_dict(model.state_dict())
     torch.testing.assert_close(twin(x), model(x))
+    other = make(weight_storage="sparse", seed=1, **local)  # another draw of synapses
+    with pytest.raises(RuntimeError, match="synapse pattern differs"):
+        other.load_state_dict(model.state_dict())
     bf = make(weight_storage="sparse", precision="bf16", **local)
     bf.load_state_dict(model.state_dict())
     out = bf(x, y, mask, 0.5, torch.Generator().manual_seed(1))  # bf16 matmuls, fp32 CSR values

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,6 +128,11 @@ class SparseSignedWeight(nn.Module):
             self.register_buffer(f"pattern_{k}", v, persistent=False)
         sign = torch.as_tensor(col_sign, dtype=torch.float32)[cols]
         self.register_buffer("sign", sign, persistent=False)  # per stored value
+        # the pattern is rebuilt from the configuration, not saved: a checkpoint keeps this fingerprint
+        # so that loading it into a model with another pattern fails instead of scrambling weights
+        flat = bufs["flat"]
+        self.register_buffer("fingerprint", torch.stack([torch.tensor(flat.numel()), flat.sum(),
+                                                         (flat % 65521).pow(2).sum()]))
         mag = magnitude.abs()
         if mode == "projected":
             self.param = nn.Parameter(mag * sign)
@@ -136,6 +142,14 @@ class SparseSignedWeight(nn.Module):
 
     def pattern(self) -> Pattern:
         return Pattern(self.shape, **{k: getattr(self, f"pattern_{k}") for k in self._pattern_keys})
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        saved = state_dict.get(prefix + "fingerprint")
+        if saved is not None and not torch.equal(saved.cpu(), self.fingerprint.cpu()):
+            args[-1].append(f"{prefix.rstrip('.')}: the checkpoint's synapse pattern differs from the one "
+                            "this model built (other positions, seed, sizes or connectivity settings)")
+            return
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def weight(self) -> torch.Tensor:
         """The signed values ``[nnz]`` (the parameter itself in projected mode)."""
