@@ -73,6 +73,14 @@ class BinnedCSR:
         """Row index of every event (int64 [E])."""
         return np.repeat(np.arange(self.n_rows, dtype=np.int64), np.diff(self.indptr))
 
+    @classmethod
+    def from_dense(cls, counts: np.ndarray) -> BinnedCSR:
+        """Inverse of :meth:`to_dense`: ``counts [R, n_bins]`` (non-negative integers)."""
+        r, b = np.nonzero(counts)
+        indptr = np.zeros(counts.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=counts.shape[0]), out=indptr[1:])
+        return cls(indptr, b.astype(np.int32), counts[r, b].astype(np.int32), counts.shape[1])
+
     def to_dense(self, dtype: np.dtype | type = np.int32) -> np.ndarray:
         """Dense ``[R, n_bins]`` counts."""
         out = np.zeros(self.n_rows * self.n_bins, dtype=dtype)

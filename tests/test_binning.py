@@ -7,6 +7,7 @@ import pytest
 
 from corticalrnn.binning import (
     BinGrid,
+    BinnedCSR,
     bin_indices,
     bin_spikes,
     histogram_reference,
@@ -119,3 +120,11 @@ def test_bin_grid_validation() -> None:
     assert validate_bin_ms(5.0) == 5
     with pytest.raises(CorticalRNNError, match="at least one bin"):
         BinGrid(0.0, 5, 0)
+
+
+def test_binned_csr_from_dense_inverts_to_dense():
+    counts = np.array([[0, 2, 0, 1], [0, 0, 0, 0], [3, 0, 0, 7]])
+    csr = BinnedCSR.from_dense(counts)
+    assert csr.indptr.tolist() == [0, 2, 2, 4] and csr.bins.tolist() == [1, 3, 0, 3]
+    assert csr.counts.tolist() == [2, 1, 3, 7] and csr.n_bins == 4
+    np.testing.assert_array_equal(csr.to_dense(), counts)

@@ -27,11 +27,7 @@ SIZES = {"X_ON": 6, "X_OFF": 5, "V1_Exc_L4": 8, "V1_Inh_L4": 3, "V1_Exc_L2/3": 7
 
 
 def _csr(dense: np.ndarray) -> BinnedCSR:
-    flat = dense.reshape(-1, dense.shape[-1])
-    r, b = np.nonzero(flat)
-    indptr = np.zeros(flat.shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(r, minlength=flat.shape[0]), out=indptr[1:])
-    return BinnedCSR(indptr, b.astype(np.int32), flat[r, b].astype(np.int32), dense.shape[-1])
+    return BinnedCSR.from_dense(dense.reshape(-1, dense.shape[-1]))
 
 
 @pytest.fixture(scope="module")

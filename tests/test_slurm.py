@@ -82,6 +82,19 @@ def make_datastores(root: Path, names: list[str], images: str = "50000-50001",
     return folders
 
 
+def assert_same_as_uninterrupted(run_dir: Path, ref_dir: Path, ref: subprocess.Popen) -> None:
+    """The interrupted run's final checkpoint equals the uninterrupted reference run's, bit for bit."""
+    import torch
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    got = torch.load(run_dir / "last.pt", weights_only=True)
+    want = torch.load(ref_dir / "last.pt", weights_only=True)
+    assert got["progress"]["step"] == want["progress"]["step"] == TRAIN_STEPS
+    assert got["model"].keys() == want["model"].keys()
+    for name, tensor in want["model"].items():
+        assert torch.equal(got["model"][name], tensor), f"weights {name} differ from the uninterrupted run"
+
+
 # ------------------------------------------------------------------------------ script basics
 @pytest.mark.parametrize("script", sorted(p.name for p in SLURM.glob("*.sbatch")))
 def test_help_and_syntax(script: str) -> None:
@@ -193,7 +206,6 @@ def release(slurm: SlurmCluster, job: int, log: Path) -> None:
 
 def test_train_preempted_twice_resumes_to_uninterrupted_result(slurm: SlurmCluster, tmp_path: Path,
                                                                 train_config: Path) -> None:
-    import torch
 
     # The uninterrupted reference run, outside Slurm, concurrently with the Slurm job.
     ref_dir = tmp_path / "reference"
@@ -222,14 +234,7 @@ def test_train_preempted_twice_resumes_to_uninterrupted_result(slurm: SlurmClust
     assert "requeueing job" in text and "SIGTERM" in text
     assert "stopped on a signal" in text and f"finished {TRAIN_STEPS} steps" in text
 
-    out, _ = ref.communicate(timeout=300)
-    assert ref.returncode == 0, out
-    got = torch.load(run_dir / "last.pt", weights_only=True)
-    want = torch.load(ref_dir / "last.pt", weights_only=True)
-    assert got["progress"]["step"] == want["progress"]["step"] == TRAIN_STEPS
-    assert got["model"].keys() == want["model"].keys()
-    for name, tensor in want["model"].items():
-        assert torch.equal(got["model"][name], tensor), f"weights {name} differ from the uninterrupted run"
+    assert_same_as_uninterrupted(run_dir, ref_dir, ref)
     # the per-step training losses match too (each resumed run drops and repeats rows after last.pt)
     assert [(r["step"], r["loss"]) for r in train_rows(run_dir)] == \
         [(r["step"], r["loss"]) for r in train_rows(ref_dir)]
@@ -291,7 +296,6 @@ def test_multinode_script_ddp_preempted_resumes(slurm: SlurmCluster, tmp_path: P
                                                 train_config: Path) -> None:
     """srun + torchrun rendezvous (one node here, 2 CPU processes on gloo), stopped by the
     time-limit warning, requeued and resumed: same weights as an uninterrupted torchrun run."""
-    import torch
 
     ref_dir = tmp_path / "reference"
     ref = subprocess.Popen([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "-m",
@@ -313,10 +317,4 @@ def test_multinode_script_ddp_preempted_resumes(slurm: SlurmCluster, tmp_path: P
     assert "1 node(s) x 2 process(es)" in text and "requeueing job" in text
     assert "stopped on a signal" in text and f"finished {TRAIN_STEPS} steps" in text
 
-    out, _ = ref.communicate(timeout=300)
-    assert ref.returncode == 0, out
-    got = torch.load(run_dir / "last.pt", weights_only=True)
-    want = torch.load(ref_dir / "last.pt", weights_only=True)
-    assert got["progress"]["step"] == want["progress"]["step"] == TRAIN_STEPS
-    for name, tensor in want["model"].items():
-        assert torch.equal(got["model"][name], tensor), f"weights {name} differ from the uninterrupted run"
+    assert_same_as_uninterrupted(run_dir, ref_dir, ref)

@@ -27,11 +27,7 @@ T = 12
 
 def dense_to_csr(dense: np.ndarray) -> BinnedCSR:
     """[W, N, T] counts -> BinnedCSR with rows w*N + n."""
-    flat = dense.reshape(-1, dense.shape[-1])
-    r, b = np.nonzero(flat)
-    indptr = np.zeros(flat.shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(r, minlength=flat.shape[0]), out=indptr[1:])
-    return BinnedCSR(indptr, b.astype(np.int32), flat[r, b].astype(np.int32), dense.shape[-1])
+    return BinnedCSR.from_dense(dense.reshape(-1, dense.shape[-1]))
 
 
 def make_meta(rng: np.random.Generator, bin_ms: int = 5) -> StoreMeta:

@@ -182,19 +182,28 @@ def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "c
 
 
 def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
-                local: dict[str, Any] | None = None, graph_chunk: int = 0):
+                local: dict[str, Any] | None = None, graph_chunk: int = 0, sheet_mm: float = 2.0):
     """The fast path; with ``local`` (ModelConfig overrides: ``sparse_below``, ``sparse_grad_below``,
-    ``weight_storage``) a local model (distance masks, ~1-2 % density on a 2 mm sheet);
-    ``graph_chunk > 0`` turns on ``cuda_graphs``."""
+    ``weight_storage``) a local model (distance masks; neurons uniform on a ``sheet_mm`` square,
+    ~1-2 % density at 10 % size on 2 mm); ``graph_chunk > 0`` turns on ``cuda_graphs``."""
     from corticalrnn.model import CorticalRNN, ModelConfig
     graphs = {"cuda_graphs": graph_chunk > 0, "graph_chunk": max(1, graph_chunk)}
     if local is None:
         return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision, **graphs), sizes)
     rng = np.random.default_rng(0)
-    pos = {s: rng.random((n, 2)) * 2.0 for s, n in sizes.items()}
+    pos = {s: rng.random((n, 2)) * sheet_mm for s, n in sizes.items()}
     cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
                       distance_sigma_mm={"exc": 0.1, "inh": 0.08}, **local, **graphs)
     return CorticalRNN(cfg, sizes, pos)
+
+
+def _trainer_step(model: nn.Module, sizes: dict[str, int], B: int, T: int, device: str) -> Any:
+    """One training step of ``model`` on generated data, with the trainer's optimizer (fused AdamW)."""
+    from corticalrnn.train.config import OptimConfig
+    from corticalrnn.train.trainer import adamw
+    x, counts, observed = _data(sizes, B, T, device=device)
+    opt = adamw(model.parameters(), OptimConfig(lr=1e-4))
+    return _synced(_step_fn(model, x, counts, observed, opt, True), device)
 
 
 def _isolated(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
@@ -217,16 +226,12 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
     t0 = time.perf_counter()
     model = _fast_model(sizes, bin_ms, precision, local, graph_chunk).to(device)
     build_s = time.perf_counter() - t0
-    x, counts, observed = _data(sizes, B, T, device=device)
-    from corticalrnn.train.config import OptimConfig
-    from corticalrnn.train.trainer import adamw
-    opt = adamw(model.parameters(), OptimConfig(lr=1e-4))  # what `corticalrnn train` uses (fused)
-    step = _synced(_step_fn(model, x, counts, observed, opt, True), device)
+    step = _trainer_step(model, sizes, B, T, device)
     with _Memory(device) as mem:
         t = time_call(step, repeats=repeats, warmup=1)
     n_w = model.n_synapses()
     assert not any(model.sign_violations().values())
-    del model, opt
+    del model, step
     return {"step_s": t.median, "peak_bytes": mem.growth_bytes, "weights": n_w, "build_s": build_s}
 
 
@@ -234,23 +239,13 @@ def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: s
                         device: str = "cpu") -> dict[str, Any]:
     """Build and train a local model (distance masks, sparse weight storage) at ``frac`` of the full
     size with the full model's neuron density (93,750 V1 neurons on 5 x 5 mm)."""
-    from corticalrnn.model import CorticalRNN, ModelConfig
-    from corticalrnn.train.config import OptimConfig
-    from corticalrnn.train.trainer import adamw
     sizes = scaled_sizes(frac)
     side = 5.0 * math.sqrt(frac)
-    rng = np.random.default_rng(0)
-    pos = {s: rng.random((n, 2)) * side for s, n in sizes.items()}
-    cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
-                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, weight_storage="sparse")
-    with _Memory(device) as mem:
+    with _Memory(device) as mem:  # construction included: it is part of what must fit
         t0 = time.perf_counter()
-        model = CorticalRNN(cfg, sizes, pos).to(device)
+        model = _fast_model(sizes, bin_ms, precision, {"weight_storage": "sparse"}, sheet_mm=side).to(device)
         build_s = time.perf_counter() - t0
-        x, counts, observed = _data(sizes, B, T, device=device)
-        opt = adamw(model.parameters(), OptimConfig(lr=1e-4))
-        step = _synced(_step_fn(model, x, counts, observed, opt, True), device)
-        t = time_call(step, repeats=repeats, warmup=1)
+        t = time_call(_trainer_step(model, sizes, B, T, device), repeats=repeats, warmup=1)
     rec = sum(model.weights[n].n_synapses for n in model._v1_blocks)
     return {"fraction": frac, "V1 neurons": model.n_v1, "sheet_mm": side, "recurrent_synapses": rec,
             "input_weights": model.n_synapses() - rec, "build_s": build_s, "step_s": t.median,

@@ -39,30 +39,19 @@ class SignedWeight(nn.Module):
         self._runs = _sign_runs(col_sign)
         self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool))
         self._pattern_keys: list[str] = []
-        mag = magnitude.abs() if mask is None else magnitude.abs() * self.mask
-        if mode == "projected":
-            self.param = nn.Parameter(mag * sign)
-            if mask is not None:
-                self.param.register_hook(self._mask_grad)
-        else:
-            floor = torch.full_like(mag, 1e-6)
-            mag = torch.maximum(mag, floor)
-            self.param = nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+        self.param = _initial_param(magnitude.abs() if mask is None else magnitude.abs() * self.mask,
+                                    sign, mode, reparam)
+        if mode == "projected" and mask is not None:
+            self.param.register_hook(self._mask_grad)
 
     def enable_pattern(self) -> None:
         """Keep the mask's sparsity pattern (CSR indices, built once) for the sparse kernels."""
-        if self.mask is None or self._pattern_keys:
-            return
-        for k, v in pattern_buffers(self.mask).items():
-            self.register_buffer(f"pattern_{k}", v, persistent=False)
-            self._pattern_keys.append(k)
+        if self.mask is not None and not self._pattern_keys:
+            self._pattern_keys = _register_pattern(self, pattern_buffers(self.mask))
 
     def pattern(self) -> Pattern | None:
         """The mask's :class:`Pattern` (None unless :meth:`enable_pattern` was called)."""
-        if not self._pattern_keys:
-            return None
-        bufs = {k: getattr(self, f"pattern_{k}") for k in self._pattern_keys}
-        return Pattern(tuple(self.mask.shape), **bufs)
+        return _pattern(self, tuple(self.mask.shape)) if self._pattern_keys else None
 
     stored_sparse = False
 
@@ -79,11 +68,8 @@ class SignedWeight(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The signed, masked weight (the parameter itself in projected mode)."""
-        if self.mode == "projected":
-            return self.param
-        mag = F.softplus(self.param) if self.reparam == "softplus" else self.param.abs()
-        w = mag * self.sign.to(mag.dtype)
-        return w if self.mask is None else w * self.mask
+        w = _signed(self.param, self.sign, self.mode, self.reparam)
+        return w if self.mode == "projected" or self.mask is None else w * self.mask
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -123,9 +109,7 @@ class SparseSignedWeight(nn.Module):
         self.mode, self.reparam = mode, reparam
         self.shape = tuple(shape)
         bufs = pattern_from_pairs(rows, cols, self.shape)
-        self._pattern_keys = list(bufs)
-        for k, v in bufs.items():
-            self.register_buffer(f"pattern_{k}", v, persistent=False)
+        self._pattern_keys = _register_pattern(self, bufs)
         sign = torch.as_tensor(col_sign, dtype=torch.float32)[cols]
         self.register_buffer("sign", sign, persistent=False)  # per stored value
         # the pattern is rebuilt from the configuration, not saved: a checkpoint keeps this fingerprint
@@ -133,15 +117,10 @@ class SparseSignedWeight(nn.Module):
         flat = bufs["flat"]
         self.register_buffer("fingerprint", torch.stack([torch.tensor(flat.numel()), flat.sum(),
                                                          (flat % 65521).pow(2).sum()]))
-        mag = magnitude.abs()
-        if mode == "projected":
-            self.param = nn.Parameter(mag * sign)
-        else:
-            mag = torch.maximum(mag, torch.full_like(mag, 1e-6))
-            self.param = nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+        self.param = _initial_param(magnitude.abs(), sign, mode, reparam)
 
     def pattern(self) -> Pattern:
-        return Pattern(self.shape, **{k: getattr(self, f"pattern_{k}") for k in self._pattern_keys})
+        return _pattern(self, self.shape)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         saved = state_dict.get(prefix + "fingerprint")
@@ -153,10 +132,7 @@ class SparseSignedWeight(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The signed values ``[nnz]`` (the parameter itself in projected mode)."""
-        if self.mode == "projected":
-            return self.param
-        mag = F.softplus(self.param) if self.reparam == "softplus" else self.param.abs()
-        return mag * self.sign.to(mag.dtype)
+        return _signed(self.param, self.sign, self.mode, self.reparam)
 
     def dense(self) -> torch.Tensor:
         """The dense signed weight ``[rows, cols]`` (differentiable; for tests and inspection)."""
@@ -175,6 +151,34 @@ class SparseSignedWeight(nn.Module):
     @torch.no_grad()
     def violations(self) -> int:
         return int(((self.weight() * self.sign.to(self.param.dtype)) < 0).sum())
+
+
+def _initial_param(mag: torch.Tensor, sign: torch.Tensor, mode: str, reparam: str) -> nn.Parameter:
+    """The parameter for non-negative magnitudes ``mag``: the signed weight (projected), or the free
+    parameter whose softplus / abs gives ``mag`` (reparametrised; floored at 1e-6)."""
+    if mode == "projected":
+        return nn.Parameter(mag * sign)
+    mag = torch.maximum(mag, torch.full_like(mag, 1e-6))
+    return nn.Parameter(softplus_inv(mag) if reparam == "softplus" else mag.clone())
+
+
+def _signed(param: torch.Tensor, sign: torch.Tensor, mode: str, reparam: str) -> torch.Tensor:
+    """The signed weight of a parameter (see :func:`_initial_param`); no mask applied."""
+    if mode == "projected":
+        return param
+    mag = F.softplus(param) if reparam == "softplus" else param.abs()
+    return mag * sign.to(mag.dtype)
+
+
+def _register_pattern(module: nn.Module, bufs: dict[str, torch.Tensor]) -> list[str]:
+    """Register a pattern's index tensors as non-persistent ``pattern_*`` buffers; returns their keys."""
+    for k, v in bufs.items():
+        module.register_buffer(f"pattern_{k}", v, persistent=False)
+    return list(bufs)
+
+
+def _pattern(module: nn.Module, shape: tuple[int, int]) -> Pattern:
+    return Pattern(shape, **{k: getattr(module, f"pattern_{k}") for k in module._pattern_keys})
 
 
 def _sign_runs(col_sign: np.ndarray) -> list[tuple[int, int, int]]:
@@ -207,9 +211,7 @@ def balanced_magnitudes(shapes: list[tuple[int, int]], col_signs: list[np.ndarra
         e_sum += w[:, st > 0].sum(1)
         i_sum += w[:, st < 0].sum(1)
         fan += (w > 0).sum(1)
-    scale_i = torch.where(i_sum > 0, e_sum / i_sum.clamp_min(1e-12), torch.ones_like(i_sum))
-    scale_i = torch.where(e_sum > 0, scale_i, torch.ones_like(i_sum))
-    norm = 1.0 / fan.clamp_min(1).sqrt()
+    scale_i, norm = _balance(e_sum, i_sum, fan)
     for w, s in zip(mags, col_signs):
         st = torch.as_tensor(s)
         w[:, st < 0] *= scale_i[:, None]
@@ -230,10 +232,17 @@ def balanced_values(shapes: list[tuple[int, int]], col_signs: list[np.ndarray],
         e_sum.index_add_(0, r, torch.where(neg, 0.0, v))
         i_sum.index_add_(0, r, torch.where(neg, v, 0.0))
         fan.index_add_(0, r, torch.ones_like(v))
+    scale_i, norm = _balance(e_sum, i_sum, fan)
+    return [torch.where(neg, v * scale_i[r], v) * norm[r] for v, (r, _), neg in zip(vals, pairs, inh)]
+
+
+def _balance(e_sum: torch.Tensor, i_sum: torch.Tensor,
+             fan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the factor that makes the summed inhibitory weight equal the excitatory one (1 where
+    either is absent), and the 1/sqrt(fan-in) scale."""
     scale_i = torch.where(i_sum > 0, e_sum / i_sum.clamp_min(1e-12), torch.ones_like(i_sum))
     scale_i = torch.where(e_sum > 0, scale_i, torch.ones_like(i_sum))
-    norm = 1.0 / fan.clamp_min(1).sqrt()
-    return [torch.where(neg, v * scale_i[r], v) * norm[r] for v, (r, _), neg in zip(vals, pairs, inh)]
+    return scale_i, 1.0 / fan.clamp_min(1).sqrt()
 
 
 def spectral_radius(w: torch.Tensor, exact_max: int = 2500) -> float:

@@ -314,7 +314,6 @@ class LeakyRecurrence(torch.autograd.Function):
         wct = _step_kernels(layout, tuple(weights), cdtype, True, ctx.patterns)
         a = alpha[:, None]
         keep = None if force is None else 1 - force
-        dR = dR.contiguous()
         dI = torch.empty_like(V)
         dv_a = torch.zeros(N, B, dtype=dt, device=dev)
         dalpha = torch.zeros(N, B, dtype=dt, device=dev)
