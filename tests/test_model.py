@@ -413,6 +413,8 @@ def test_graph_options_errors_and_copies():
         ModelConfig(cuda_graphs=True, neuron_model="gru")
     with pytest.raises(CorticalRNNError, match="graph_chunk"):
         ModelConfig(graph_chunk=0)
+    with pytest.raises(CorticalRNNError, match="sparse_grad_below"):
+        ModelConfig(sparse_grad_below=1.5)
     with pytest.raises(CorticalRNNError, match="sparse_below"):
         make(cuda_graphs=True, connectivity="distance", sparse_below=1.0)
     model = make(cuda_graphs=True, graph_chunk=2)
