@@ -73,3 +73,18 @@ def mozaik_positions_to_mm(sheet: str, positions: object) -> object:
     if info.layer == "LGN":
         return positions
     return positions * 1e-3  # type: ignore[operator]
+
+
+#: Per-neuron identity the simulator records (Mozaik ``neuron_annotations`` keys) -> the short
+#: property name used in spike files, stores and the model. Angles in radians (orientation period
+#: pi, phase period 2 pi), frequency in cycles per LGN grid unit of the annotation, size in grid units.
+MOZAIK_ANNOTATIONS: dict[str, str] = {
+    "LGNAfferentOrientation": "ori",
+    "LGNAfferentPhase": "phase",
+    "LGNAfferentFrequency": "frequency",
+    "LGNAfferentSize": "size",
+    "LGNAfferentAspectRatio": "aspect_ratio",
+}
+
+#: Property names a store may hold per V1 neuron (besides ``positions``), in this order.
+NEURON_PROPERTIES: tuple[str, ...] = tuple(MOZAIK_ANNOTATIONS.values())

@@ -61,7 +61,7 @@ import numpy as np
 
 from corticalrnn.binning import BinnedCSR
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
-from corticalrnn.sheets import normalize_sheet_name, sort_sheets
+from corticalrnn.sheets import NEURON_PROPERTIES, normalize_sheet_name, sort_sheets
 
 SCHEMA = "corticalrnn.windows"
 SCHEMA_VERSION = 1
@@ -79,7 +79,7 @@ WINDOW_COLUMNS: dict[str, Any] = {
     "valid_bins": np.int32,
     "split": np.int8,
 }
-SHEET_PROPERTIES: tuple[str, ...] = ("ori", "phase")
+SHEET_PROPERTIES: tuple[str, ...] = NEURON_PROPERTIES
 
 
 def sheet_key(name: str) -> str:
