@@ -2,11 +2,13 @@
 
 Spikes arrive as CSR rows (``indptr`` int64 [R+1], ``times`` sorted within each row, ms), e.g.
 one row per (presentation, neuron) as in the HDF5 spike file. A :class:`BinGrid` defines
-``n_bins`` bins of ``bin_ms`` starting at ``t0_ms``. Bin ``k`` is ``[t0 + k*b, t0 + (k+1)*b)``,
-except that the last bin also holds spikes exactly at its right edge ``t0 + n_bins*b`` (the
-``np.histogram`` convention, so a spike at a segment's ``t_stop`` that ends the window is kept).
+``n_bins`` bins of ``bin_ms`` starting at ``t0_ms``. Every bin is half-open: bin ``k`` is
+``[t0 + k*b, t0 + (k+1)*b)``, the last one included, so a spike exactly at the grid's right edge
+``t0 + n_bins*b`` is outside it (it belongs to bin 0 of a window starting there; unlike
+``np.histogram``, whose last bin is closed, no spike is ever counted in two adjacent windows).
 Bin indices are computed in float64 and corrected against the float64 edges ``t0 + k*b``, so the
-result equals ``np.histogram(times + offset, edges)`` exactly, including spikes on edges.
+result equals ``np.histogram(times + offset, edges)`` exactly except for spikes at the right edge
+(:func:`histogram_reference`).
 
 The output is run-length encoded sparse counts (:class:`BinnedCSR`): per row, the occupied bins
 in ascending order with their counts; no dense ``rows x bins`` array is ever built unless asked.
@@ -124,11 +126,7 @@ def _raw_bins(times: np.ndarray, grid: BinGrid, offset_ms: float) -> tuple[np.nd
             x += shift
         x /= float(grid.bin_ms)
         np.floor(x, out=x)
-        k = x.astype(np.int32)  # |x| < 2**20: no overflow
-        at_n = np.flatnonzero(k == n)
-        if at_n.size:  # a spike exactly at the right edge belongs to the last (closed) bin
-            edge = times[at_n].astype(np.float64) + shift == float(n * grid.bin_ms)
-            k[at_n[edge]] = n - 1
+        k = x.astype(np.int32)  # |x| < 2**20: no overflow; half-open bins, k == n is outside
     else:
         if offset_ms:
             x += offset_ms
@@ -138,8 +136,7 @@ def _raw_bins(times: np.ndarray, grid: BinGrid, offset_ms: float) -> tuple[np.nd
         # correct float rounding against the exact float64 edges (as np.histogram does)
         lo = t0 + q * b
         q -= x < lo
-        q += x >= lo + b
-        q[x == grid.t_end_ms] = n - 1
+        q += x >= lo + b  # half-open: a spike on an edge opens the next bin (or leaves the grid)
         k = q.astype(np.int32)
     outside = k.view(np.uint32) >= n  # negative indices wrap to huge values
     return k, (outside if outside.any() else None)
@@ -230,10 +227,12 @@ def bin_spikes(
 
 
 def histogram_reference(indptr: np.ndarray, times: np.ndarray, grid: BinGrid) -> np.ndarray:
-    """Naive reference: ``np.histogram`` per row in float64 (slow; tests and benchmarks only)."""
+    """Naive reference: ``np.histogram`` per row in float64, made half-open (spikes exactly at the
+    right edge are not counted; slow; tests and benchmarks only)."""
     edges = grid.edges()
     n_rows = indptr.size - 1
     out = np.zeros((n_rows, grid.n_bins), dtype=np.int64)
     for r in range(n_rows):
-        out[r] = np.histogram(np.asarray(times[indptr[r] : indptr[r + 1]], np.float64), edges)[0]
+        x = np.asarray(times[indptr[r] : indptr[r + 1]], np.float64)
+        out[r] = np.histogram(x[x != edges[-1]], edges)[0]
     return out

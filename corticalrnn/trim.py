@@ -4,7 +4,8 @@ A window is cut around each image presentation, in ms relative to image onset:
 ``[-before, stimulus + after]``, binned into ``n_bins = length / bin_ms`` bins. Spike times of
 the three recorded parts are shifted onto that axis (blank before: ``t - blank_before_ms``,
 stimulus: ``t``, blank after: ``t + stimulus_ms``) and binned exactly (:mod:`corticalrnn.binning`;
-bins are half-open, the last one closed, so a spike at the window's end counts).
+every bin is half-open, the last one too, so a spike exactly at the window's end is counted
+only in the window that starts there).
 
 Window definition (``--window before=75,after=75,incomplete=drop,remainder=error``):
 

@@ -78,15 +78,34 @@ def test_segments_with_offsets_equal_concatenated_histogram() -> None:
                 for seg, off in zip((blank, stim, after), (-150, 0, 560))
             ]
         )
-        assert np.array_equal(got[r], np.histogram(x, edges)[0])
+        assert np.array_equal(got[r], np.histogram(x[x != edges[-1]], edges)[0])  # half-open
 
 
 def test_edges_and_t_stop() -> None:
+    # half-open bins everywhere: a spike at the grid's right edge is outside (bin 0 of the next window)
     times = np.array([0.0, 4.999, 5.0, 10.0, 15.0, 19.999, 20.0, 20.001], np.float32)
     indptr = np.array([0, times.size])
     grid = BinGrid(0.0, 5, 4)
-    assert bin_indices(times, grid).tolist() == [0, 0, 1, 2, 3, 3, 3, -1]
-    assert bin_spikes((indptr, times), grid).to_dense().tolist() == [[2, 1, 1, 3]]
+    assert bin_indices(times, grid).tolist() == [0, 0, 1, 2, 3, 3, -1, -1]
+    assert bin_spikes((indptr, times), grid).to_dense().tolist() == [[2, 1, 1, 2]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0.0, -30.0, 0.25])
+def test_spikes_on_window_and_bin_edges_counted_once(dtype, offset: float) -> None:
+    """Adjacent windows tile time: every spike on any edge lands in exactly one bin of one window."""
+    edges_ms = np.arange(0.0, 41.0, 5.0)  # two windows of 4 bins: [0, 20) and [20, 40), and 40
+    times = (np.concatenate([edges_ms, edges_ms + 0.5]) - offset).astype(dtype)
+    times.sort()
+    indptr = np.array([0, times.size])
+    first = bin_spikes([(indptr, times, offset)], BinGrid(0.0, 5, 4)).to_dense()
+    second = bin_spikes([(indptr, times, offset)], BinGrid(20.0, 5, 4)).to_dense()
+    assert first.tolist() == [[2, 2, 2, 2]] and second.tolist() == [[2, 2, 2, 2]]
+    both = bin_spikes([(indptr, times, offset)], BinGrid(0.0, 5, 8)).to_dense()
+    assert both.sum() == 16  # 40.0 and 40.5 are outside both windows
+    assert np.array_equal(both, np.concatenate([first, second], axis=1))
+    ref = histogram_reference(indptr, times.astype(np.float64) + offset, BinGrid(0.0, 5, 8))
+    assert np.array_equal(both, ref)
 
 
 def test_slice_of_larger_csr_and_empty_rows() -> None:

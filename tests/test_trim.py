@@ -79,7 +79,7 @@ def reference(truth, sheet: str, t0: float, bin_ms: int, n_bins: int) -> np.ndar
         per_neuron = []
         for n in range(SHEETS[sheet]):
             x = np.concatenate([spikes[sheet][part][n].astype(np.float64) + offsets[part] for part in PARTS])
-            per_neuron.append(np.histogram(x, edges)[0])
+            per_neuron.append(np.histogram(x[x != edges[-1]], edges)[0])  # half-open bins
         out.append(np.stack(per_neuron, axis=1))
     return np.stack(out)
 
@@ -138,8 +138,9 @@ def test_edge_spikes_are_exact(tmp_path: Path) -> None:
     got = {int(i): int(c) for i, c in zip(np.flatnonzero(counts), counts[counts > 0])}
     # axis: blank before -150..0, stimulus 0..560, after 560..710; window -75..635, bins of 5
     # -75 (t=75) -> bin 0; -10 (140) -> 13; 0 (150 before + 0, 0 stim twice) -> 15 x3; 5 -> 16;
-    # 559.999 -> 126; 560 (stim end + after start) -> 127 x2; 634 -> 141; 635 (window end) -> 141
-    assert got == {0: 1, 13: 1, 15: 3, 16: 1, 126: 1, 127: 2, 141: 2}
+    # 559.999 -> 126; 560 (stim end + after start) -> 127 x2; 634 -> 141; 635 (window end) is
+    # outside: bins are half-open, it would be bin 0 of a window starting at 635
+    assert got == {0: 1, 13: 1, 15: 3, 16: 1, 126: 1, 127: 2, 141: 1}
 
 
 def test_incomplete_pad_and_drop(tmp_path: Path, files) -> None:
