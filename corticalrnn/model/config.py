@@ -12,8 +12,8 @@ from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, normalize_s
 NEURON_MODELS = ("leaky", "mlp", "gru")
 SIGN_MODES = ("projected", "reparam")
 REPARAM_FUNCS = ("softplus", "abs")
-MASK_KINDS = ("dense", "distance")
-INPUT_MASK_KINDS = ("dense", "retinotopic")
+MASK_KINDS = ("dense", "distance", "feature", "simulator")  # rules in model/connectivity.py
+INPUT_MASK_KINDS = ("dense", "retinotopic", "gabor")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_BLAS = ("auto", "torch", "openblas")  # see model/gemm.py
 LOSSES = ("poisson", "mse")
@@ -83,13 +83,20 @@ class ModelConfig:
 
     bin_ms: float = 20.0
     pathways: tuple[PathwayConfig, ...] = field(default_factory=default_pathways)
-    connectivity: str = "dense"  # dense | distance (needs positions)
+    # dense | distance (needs positions) | feature (distance x orientation / phase similarity: needs
+    # per-neuron ori, phase) | simulator (the stored connectome of the simulator); see model/connectivity.py
+    connectivity: str = "dense"
+    feature_affinity: dict[str, float] = field(default_factory=lambda: {"ori": 1.5, "phase": 1.0})
     distance_sigma_mm: dict[str, float] = field(
         default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
     distance_p_max: float = 1.0  # connection probability at distance 0
     # LGN -> V1: dense, or retinotopic (Gaussian in cortical mm around each V1 neuron; LGN grid
     # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
-    input_connectivity: str = "dense"  # dense | retinotopic (needs positions)
+    # ... or gabor: each unit's weights are a Gabor RF from its identity (model/identity.py; needs V1 and
+    # LGN positions, per-neuron ori and phase; frequency / size where recorded, else these, in LGN units)
+    input_connectivity: str = "dense"  # dense | retinotopic (needs positions) | gabor
+    rf_size: float = 0.0  # 0: 1.5 LGN grid steps
+    rf_frequency: float = 0.0  # 0: 1 / (4 rf_size)
     # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
     # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
     sparse_below: float = 0.1
@@ -152,8 +159,13 @@ class ModelConfig:
         if self.input_connectivity not in INPUT_MASK_KINDS:
             raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
                       f"{', '.join(INPUT_MASK_KINDS)}")
-        if self.weight_storage == "sparse" and self.connectivity != "distance":
-            raise bad("weight_storage='sparse' needs connectivity='distance' (masks to store sparsely)")
+        if self.weight_storage == "sparse" and self.connectivity == "dense":
+            raise bad("weight_storage='sparse' needs a masked connectivity (distance, feature or simulator)")
+        if self.rf_size < 0 or self.rf_frequency < 0:
+            raise bad("rf_size and rf_frequency must be >= 0 (0 = automatic)")
+        for key, v in self.feature_affinity.items():
+            if key not in ("ori", "phase") or not (math.isfinite(v) and v >= 0):
+                raise bad(f"feature_affinity[{key!r}]={v!r}: keys ori, phase with values >= 0")
         if self.graph_chunk < 1:
             raise bad(f"graph_chunk must be >= 1 step, got {self.graph_chunk}")
         if self.cuda_graphs and self.neuron_model != "leaky":
@@ -212,7 +224,7 @@ class ModelConfig:
                 kw["teacher"] = TeacherForcingConfig(**kw["teacher"])
         except TypeError as exc:
             raise CorticalRNNError(f"model config: {exc}") from exc
-        for key in ("distance_sigma_mm", "tau_ms"):
+        for key in ("distance_sigma_mm", "tau_ms", "feature_affinity"):
             if key in kw:
                 kw[key] = dict(kw[key])
         return cls(**kw)

@@ -13,6 +13,7 @@ form one block per delay in the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,25 +125,33 @@ class Graph:
         raise KeyError(pathway)
 
 
+LogAffinity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def distance_mask(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_max: float,
-                  rng: np.random.Generator, self_connections: bool = True) -> np.ndarray:
+                  rng: np.random.Generator, self_connections: bool = True,
+                  log_affinity: LogAffinity | None = None) -> np.ndarray:
     """Bernoulli mask [n_post, n_pre] with P(connect) = p_max * exp(-d^2 / (2 sigma^2)), d in the x, y
-    plane (mm). Built in row chunks to bound memory."""
+    plane (mm), times ``exp(log_affinity(post_idx, pre_idx))`` (``[len(post), len(pre)]``, <= 0) when
+    given. Built in row chunks to bound memory."""
     out = np.empty((len(post_xy), len(pre_xy)), dtype=bool)
     pre = np.asarray(pre_xy, dtype=np.float64)[:, :2]
     post = np.asarray(post_xy, dtype=np.float64)[:, :2]
     step = max(1, 2_000_000 // max(len(pre), 1))
     for i in range(0, len(post), step):
         d2 = ((post[i:i + step, None, :] - pre[None, :, :]) ** 2).sum(-1)
-        p = p_max * np.exp(-d2 / (2 * sigma_mm**2))
-        out[i:i + step] = rng.random(p.shape) < p
+        logp = -d2 / (2 * sigma_mm**2)
+        if log_affinity is not None:
+            logp = logp + log_affinity(np.arange(i, min(i + step, len(post))), np.arange(len(pre)))
+        out[i:i + step] = rng.random(logp.shape) < p_max * np.exp(logp)
     if not self_connections:
         np.fill_diagonal(out, False)
     return out
 
 
 def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_max: float,
-                   rng: np.random.Generator, radius_sigmas: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, radius_sigmas: float = 5.0,
+                   log_affinity: LogAffinity | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The connections of :func:`distance_mask` without the dense matrix: ``(post, pre)`` indices
     (int64, sorted by post then pre), sampled only among pairs closer than ``radius_sigmas * sigma``
     (a cell list of that size; farther pairs connect with probability below ``p_max * 3.7e-6`` at 5
@@ -172,7 +181,10 @@ def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_m
         if not cand.size:
             continue
         d2 = ((post[group, None, :] - pre[None, cand, :]) ** 2).sum(-1)
-        hit = rng.random(d2.shape) < p_max * np.exp(-d2 / (2 * sigma_mm**2))
+        logp = -d2 / (2 * sigma_mm**2)
+        if log_affinity is not None:
+            logp = logp + log_affinity(group, cand)
+        hit = rng.random(d2.shape) < p_max * np.exp(logp)
         i, j = np.nonzero(hit)
         posts.append(group[i])
         pres.append(cand[j])

@@ -13,6 +13,8 @@ from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import gemm
 from corticalrnn.model import loss as loss_mod
 from corticalrnn.model.config import ModelConfig
+from corticalrnn.model.connectivity import RuleContext, unit_positions
+from corticalrnn.model.connectivity import rule as conn_rule
 from corticalrnn.model.dale import (
     SignedWeight,
     SparseSignedWeight,
@@ -21,11 +23,12 @@ from corticalrnn.model.dale import (
     softplus_inv,
     spectral_radius,
 )
-from corticalrnn.model.graph import Block, Graph, distance_mask, distance_pairs
+from corticalrnn.model.graph import Block, Graph, distance_mask
+from corticalrnn.model.identity import GaborInputWeight, default_rf_size
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
-from corticalrnn.sheets import SHEET_INFO, V1_SHEETS, file_sheet_name
+from corticalrnn.sheets import V1_SHEETS, file_sheet_name
 
 _CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,7 +42,14 @@ class CorticalRNN(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, sizes: dict[str, int],
-                 positions: dict[str, np.ndarray] | None = None) -> None:
+                 positions: dict[str, np.ndarray] | None = None,
+                 properties: dict[str, dict[str, np.ndarray]] | None = None,
+                 connectome: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+                 ) -> None:
+        """``properties``: per sheet, per-neuron identity (``ori``, ``phase``, ...; modelled neurons in
+        model order), used by ``feature`` connectivity and ``gabor`` input; ``connectome``: the
+        simulator's connections among modelled neurons, ``(pre, post) -> (post_idx, pre_idx, weight)``,
+        used by ``simulator`` connectivity."""
         super().__init__()
         self.config = config
         self.graph = g = Graph(config, sizes)
@@ -47,6 +57,7 @@ class CorticalRNN(nn.Module):
         self.n_in, self.n_v1 = g.n_in, g.n_v1
         gen = torch.Generator().manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
+        ctx = RuleContext(config, positions, properties, connectome, rng)
         perm = g.internal_to_external
         self.register_buffer("_perm", None if perm is None else torch.as_tensor(perm), persistent=False)
         self.register_buffer("_inv_perm", None if perm is None else torch.as_tensor(np.argsort(perm)),
@@ -56,11 +67,13 @@ class CorticalRNN(nn.Module):
         sparse = config.weight_storage == "sparse"
         masks: dict[str, np.ndarray | None] = {}
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        gabor = {b.name: self._gabor_input(b, ctx) for b in g.blocks
+                 if b.source == "input" and config.input_connectivity == "gabor"}
         for b in g.blocks:
             if sparse and b.source == "v1":
-                pairs[b.name] = self._block_pairs(b, positions, rng)
-            else:
-                masks[b.name] = self._block_mask(b, positions, rng)
+                pairs[b.name] = self._block_pairs(b, ctx)
+            elif b.name not in gabor:
+                masks[b.name] = self._block_mask(b, ctx)
         mags: dict[str, torch.Tensor] = {}
         for st in range(g.n_stages):
             v1b = [b for b in g.blocks if b.row0 == g.stage_rows[st][0] and b.source == "v1"]
@@ -69,7 +82,7 @@ class CorticalRNN(nn.Module):
                     balanced_magnitudes(shapes, signs, [masks[b.name] for b in v1b], gen))
             mags.update(zip([b.name for b in v1b], vals))
             for b in g.blocks:
-                if b.row0 == g.stage_rows[st][0] and b.source == "input":
+                if b.row0 == g.stage_rows[st][0] and b.source == "input" and b.name not in gabor:
                     m = torch.rand(b.shape, generator=gen)
                     if masks[b.name] is not None:
                         m *= torch.as_tensor(masks[b.name])
@@ -81,7 +94,8 @@ class CorticalRNN(nn.Module):
                     mags[b.name] *= config.spectral_radius / radius
         mode, rp = config.sign_mode, config.reparam
         self.weights = nn.ModuleDict({
-            b.name: SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
+            b.name: gabor[b.name] if b.name in gabor else
+            SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
             if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
         self.bias = nn.Parameter(torch.full((g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate)))))
@@ -90,6 +104,7 @@ class CorticalRNN(nn.Module):
                                           config.neuron_hidden, config.learn_tau, gen)
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
+        density.update(dict.fromkeys(gabor, 1.0))
         for b in g.blocks:
             if b.name in pairs:
                 density[b.name] = pairs[b.name][0].numel() / (b.shape[0] * b.shape[1])
@@ -113,57 +128,68 @@ class CorticalRNN(nn.Module):
         self._in_blocks = [b for b in g.blocks if b.source == "input"]
 
     # -- construction helpers -------------------------------------------------------------------
-    def _block_mask(self, b: Block, positions: dict[str, np.ndarray] | None,
-                    rng: np.random.Generator) -> np.ndarray | None:
+    def _block_mask(self, b: Block, ctx: RuleContext) -> np.ndarray | None:
         g, cfg = self.graph, self.config
         m = g.structure(b)
         if b.source == "input":
-            distance = [p for p in b.pathways if cfg.input_connectivity == "retinotopic"]
-        else:
-            distance = [p for p in b.pathways if (p.mask or cfg.connectivity) == "distance"]
-        if not distance:
+            if cfg.input_connectivity != "retinotopic":
+                return m
+            if m is None:
+                m = np.ones(b.shape, dtype=bool)
+            for p in b.pathways:
+                post_xy = unit_positions(ctx.positions, p.post, g.sizes[p.post])
+                pre_xy = lgn_grid_to_mm(unit_positions(ctx.positions, p.pre, g.sizes[p.pre]),
+                                        cfg.lgn_extent_mm or self._v1_extent_mm(ctx.positions))
+                rs, cs = g.slice(p.post), g.slice(p.pre)
+                m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
+                    pre_xy, post_xy, cfg.input_sigma_mm, cfg.distance_p_max, ctx.rng)
             return m
-        if m is None:
-            m = np.ones(b.shape, dtype=bool)
-        for p in distance:
-            post_xy = _positions(positions, p.post, g.sizes[p.post])
-            if b.source == "input":
-                pre_xy = lgn_grid_to_mm(_positions(positions, p.pre, g.sizes[p.pre]),
-                                        cfg.lgn_extent_mm or self._v1_extent_mm(positions))
-                sigma = cfg.input_sigma_mm
-            else:
-                pre_xy = _positions(positions, p.pre, g.sizes[p.pre])
-                sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
+        for p in b.pathways:
+            rule = conn_rule(p.mask or cfg.connectivity)
+            pm = rule.mask(ctx, p.pre, p.post, g.sizes[p.pre], g.sizes[p.post])
+            if pm is None:
+                continue
+            if m is None:
+                m = np.ones(b.shape, dtype=bool)
             rs, cs = g.slice(p.post), g.slice(p.pre)
-            m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
-                pre_xy, post_xy, sigma, cfg.distance_p_max, rng)
+            m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = pm
         return m
 
-    def _block_pairs(self, b: Block, positions: dict[str, np.ndarray] | None,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entries ``(rows, cols)`` (int64, sorted row-major) of a recurrent block for sparse storage:
-        distance pathways sampled by :func:`distance_pairs`, other pathways all pairs."""
+    def _block_pairs(self, b: Block, ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries ``(rows, cols)`` (int64, sorted row-major) of a recurrent block for sparse storage,
+        drawn by each pathway's connectivity rule (``model/connectivity.py``)."""
         g, cfg = self.graph, self.config
         rows, cols = [], []
         for p in b.pathways:
             rs, cs = g.slice(p.post), g.slice(p.pre)
-            if (p.mask or cfg.connectivity) == "distance":
-                sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[p.pre].excitatory else "inh"]
-                r, c = distance_pairs(_positions(positions, p.pre, g.sizes[p.pre]),
-                                      _positions(positions, p.post, g.sizes[p.post]), sigma,
-                                      cfg.distance_p_max, rng)
-            else:
-                r, c = np.divmod(np.arange((rs.stop - rs.start) * (cs.stop - cs.start)), cs.stop - cs.start)
+            r, c = conn_rule(p.mask or cfg.connectivity).pairs(ctx, p.pre, p.post, g.sizes[p.pre],
+                                                                g.sizes[p.post])
             rows.append(r + (rs.start - b.row0))
             cols.append(c + (cs.start - b.col0))
         r, c = np.concatenate(rows), np.concatenate(cols)
         order = np.lexsort((c, r))
         return torch.as_tensor(r[order], dtype=torch.int64), torch.as_tensor(c[order], dtype=torch.int64)
 
+    def _gabor_input(self, b: Block, ctx: RuleContext) -> GaborInputWeight:
+        """Identity-conditioned weights of an input block (``input_connectivity = "gabor"``)."""
+        g, cfg = self.graph, self.config
+        posts = [s for s in g.v1_order if g.offset[s] >= b.row0 and g.offset[s] + g.sizes[s] <= b.row1]
+        pres = [s for s in g.inputs if g.offset[s] >= b.col0 and g.offset[s] + g.sizes[s] <= b.col1]
+        unit_xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in posts])
+        props = {k: np.concatenate([np.asarray(_sheet_props(ctx, s).get(k, np.full(g.sizes[s], np.nan)),
+                                               np.float64) for s in posts])
+                 for k in ("ori", "phase", "frequency", "size", "aspect_ratio")}
+        row_pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(posts)])
+        lgn_xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in pres])
+        polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
+        size = cfg.rf_size or default_rf_size(lgn_xy)
+        return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity, cfg.input_gain, size,
+                                cfg.rf_frequency or 1.0 / (4.0 * size))
+
     def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
         """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
         g = self.graph
-        xy = np.concatenate([_positions(positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
+        xy = np.concatenate([unit_positions(positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
         return float((xy.max(0) - xy.min(0)).max())
 
     def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor],
@@ -389,17 +415,9 @@ def lgn_grid_to_mm(ij: np.ndarray, extent_mm: float) -> np.ndarray:
     return ((ij + 0.5) / side - 0.5) * extent_mm
 
 
-def _positions(positions: dict[str, np.ndarray] | None, sheet: str, n: int) -> np.ndarray:
-    if positions is None:
-        raise DataMismatchError(
-            "model: distance-dependent (or retinotopic) connectivity needs neuron positions; none were given")
-    pos = {k.replace("L23", "L2/3"): v for k, v in positions.items()}
-    if sheet not in pos:
-        raise DataMismatchError(f"model: no positions for sheet {sheet}")
-    p = np.asarray(pos[sheet])
-    if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
-        raise DataMismatchError(f"model: positions of {sheet} must be [{n}, 2 or 3], got {list(p.shape)}")
-    return p
+def _sheet_props(ctx: RuleContext, sheet: str) -> dict[str, np.ndarray]:
+    props = {k.replace("L23", "L2/3"): v for k, v in (ctx.properties or {}).items()}
+    return dict(props.get(sheet, {}))
 
 
 __all__ = ["CorticalRNN", "V1_SHEETS"]

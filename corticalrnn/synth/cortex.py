@@ -24,7 +24,7 @@ through image offsets. Elements are simulated in batches, each with its own rand
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -57,6 +57,7 @@ DEFAULT_PATHWAYS: dict[tuple[str, str], tuple[float, float]] = {
     ("V1_Inh_L2/3", "V1_Inh_L2/3"): (0.40, 0.10),
 }
 
+STRUCTURES = ("random", "lsv1m")
 NO_STIMULATION_MS = 50.0
 _CHUNK_MS = 100  # steps per noise/spike drawing chunk; fixed, since it orders the random draws
 END_BLANK_MS = 150.0
@@ -92,6 +93,20 @@ class CortexConfig:
         default_factory=lambda: dict(DEFAULT_PATHWAYS)
     )
     batch: int = 32  # elements simulated together (memory/speed; same draws, sums differ by rounding)
+    # "random": local random LGN afferents with an ON/OFF bias, distance-only recurrence (no identity).
+    # "lsv1m": like Mozaik's LSV1M model: an orientation map; L4 cells with Gabor-shaped LGN afferents
+    # (retinotopic centre, orientation, phase, frequency, size); recurrence by distance x orientation
+    # similarity (phase push-pull in L4); annotations written under Mozaik's key names.
+    structure: str = "random"
+    lgn_density: float = 1.0  # LGN grid side multiplier (finer grids resolve Gabor RFs)
+    ori_map_period_mm: float = 0.4  # column spacing of the orientation map
+    ori_jitter: float = 0.15  # rad, per-cell deviation from the map
+    rf_size_mm: float = 0.07  # Gabor envelope s.d. (in retinotopic mm)
+    rf_frequency_cpmm: float = 3.5  # Gabor carrier, cycles per mm
+    rf_aspect_ratio: float = 0.7
+    rf_jitter: float = 0.15  # log-normal s.d. of per-cell size and frequency
+    ori_affinity: float = 1.5  # kappa of exp(kappa cos 2 dtheta) in the connection probability
+    phase_affinity: float = 1.0  # L4: exp(+-kappa cos dphi), + for excitatory, - for inhibitory (push-pull)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.scale) and self.scale > 0):
@@ -126,13 +141,24 @@ class CortexConfig:
                 raise CorticalRNNError(f"pathway to unknown sheet {post!r}; known: {', '.join(V1_SHEETS)}")
         if self.fan_in < 1 or self.lgn_fan_in < 1 or self.batch < 1:
             raise CorticalRNNError("fan_in, lgn_fan_in and batch must be >= 1")
+        if self.structure not in STRUCTURES:
+            raise CorticalRNNError(f"structure={self.structure!r}; expected one of {', '.join(STRUCTURES)}")
+        for name in ("lgn_density", "ori_map_period_mm", "rf_size_mm", "rf_frequency_cpmm",
+                     "rf_aspect_ratio"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise CorticalRNNError(f"{name} must be a positive number, got {v!r}")
+        for name in ("ori_jitter", "rf_jitter", "ori_affinity", "phase_affinity"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise CorticalRNNError(f"{name} must be >= 0, got {v!r}")
 
     def sizes(self) -> dict[str, int]:
         """Neurons per sheet, canonical order."""
         n_exc = int(round(_BASE_EXC * self.scale))
         n_inh = n_exc // 4
         n_exc = 4 * n_inh  # exact 4:1
-        side = int(round(_BASE_LGN_SIDE * np.sqrt(self.scale)))
+        side = max(2, int(round(_BASE_LGN_SIDE * np.sqrt(self.scale) * self.lgn_density)))
         return {
             "X_ON": side * side,
             "X_OFF": side * side,
@@ -176,6 +202,10 @@ class Network:
     bias: np.ndarray  # float64 [N_v1]
     tau_ms: np.ndarray  # float64 [N_v1]
     lgn_sign: np.ndarray  # +1 ON, -1 OFF per LGN neuron [N_lgn]
+    # per V1 sheet, Mozaik neuron-annotation key -> float64 [N] ("lsv1m" structure; empty otherwise).
+    # Angles in rad; LGNAfferentFrequency / LGNAfferentSize in LGN grid units, as the datastore's
+    # LGN positions (grid indices) are.
+    annotations: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def v1_slices(self) -> dict[str, slice]:
@@ -220,8 +250,11 @@ def _sample_partners(
     radius: float,
     exclude_self: bool,
     replace: bool = False,
+    log_affinity: Callable[[int, int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k presynaptic partners per post neuron with P ∝ exp(-d²/2σ²); (rows, cols) with rows repeated.
+    """k presynaptic partners per post neuron with P ∝ exp(-d²/2σ²) (times ``exp(log_affinity(a, b))``,
+    the ``[b - a, n_pre]`` log-affinity of post neurons ``a..b-1``, when given); (rows, cols) with rows
+    repeated.
 
     Without replacement (Gumbel top-k) every partner is distinct; with replacement a partner may be
     drawn several times (its weights are summed), which keeps small fan-ins local on coarse grids.
@@ -237,6 +270,8 @@ def _sample_partners(
         b = min(n_post, a + chunk)
         d2 = ((post_xy[a:b, None, :] - pre_xy[None, :, :]) ** 2).sum(-1)
         logp = -d2 / (2 * radius**2)
+        if log_affinity is not None:
+            logp = logp + log_affinity(a, b)
         if exclude_self:
             idx = np.arange(a, b)
             logp[idx - a, idx] = -np.inf
@@ -271,6 +306,8 @@ def build_network(config: CortexConfig, seed: int) -> Network:
         positions[s] = np.stack([gx.ravel(), gy.ravel()], axis=1)
     for s in V1_SHEETS:
         positions[s] = rng.uniform(-side / 2, side / 2, size=(sizes[s], 2))
+    lsv1m = config.structure == "lsv1m"
+    ident = _identity(config, positions, rng) if lsv1m else {}
 
     net_tmp = Network(
         config,
@@ -297,15 +334,17 @@ def build_network(config: CortexConfig, seed: int) -> Network:
     w_rows, w_cols, w_vals = [], [], []
     u_rows, u_cols, u_vals = [], [], []
     # ON/OFF preference per V1 neuron: ON weights x (1 + phi), OFF weights x (1 - phi).
-    phi = rng.uniform(-1.0, 1.0, size=n_v1)
+    phi = rng.uniform(-1.0, 1.0, size=n_v1) if not lsv1m else np.zeros(n_v1)
     for (pre, post), (strength, radius) in config.pathways.items():
         post_xy = positions[post]
         off = v1s[post].start
         if pre == "LGN":
             for lgn_sheet, pref in (("X_ON", 1.0), ("X_OFF", -1.0)):
                 lo = 0 if lgn_sheet == "X_ON" else n_on
+                aff = _gabor_affinity(ident[post], post_xy, positions[lgn_sheet], pref) if lsv1m else None
                 r, c = _sample_partners(
-                    rng, post_xy, positions[lgn_sheet], config.lgn_fan_in, radius, False, replace=True
+                    rng, post_xy, positions[lgn_sheet], config.lgn_fan_in, 1e9 if lsv1m else radius, False,
+                    replace=True, log_affinity=aff,
                 )
                 k = config.lgn_fan_in
                 # x is spikes per 1 ms bin; mean x = baseline/1000, so this gives lgn_drive_hz * strength / 2.
@@ -315,7 +354,9 @@ def build_network(config: CortexConfig, seed: int) -> Network:
                 u_vals.append(w * lognormal(len(r)) * (1 + pref * phi[r + off]))
             continue
         pre_off = v1s[pre].start
-        r, c = _sample_partners(rng, post_xy, positions[pre], config.fan_in, radius, exclude_self=pre == post)
+        aff = _similarity_affinity(config, pre, post, ident) if lsv1m else None
+        r, c = _sample_partners(rng, post_xy, positions[pre], config.fan_in, radius, exclude_self=pre == post,
+                                log_affinity=aff)
         k = max(1, min(config.fan_in, sizes[pre] - (pre == post)))
         w = SHEET_INFO[pre].sign * config.recurrent_gain_hz * strength / k
         w_rows.append(r + off)
@@ -340,7 +381,81 @@ def build_network(config: CortexConfig, seed: int) -> Network:
             for s in V1_SHEETS
         ]
     )
-    return Network(config, int(seed), sizes, _neuron_ids(sizes), positions, W, U, bias, tau, lgn_sign)
+    spacing = side / g  # mm per LGN grid step: annotations in the datastore's LGN units
+    annotations = {
+        s: {"LGNAfferentOrientation": p["ori"]} if "frequency" not in p else {
+            "LGNAfferentOrientation": p["ori"], "LGNAfferentPhase": p["phase"],
+            "LGNAfferentFrequency": p["frequency"] * spacing, "LGNAfferentSize": p["size"] / spacing,
+            "LGNAfferentAspectRatio": p["aspect_ratio"]}
+        for s, p in ident.items()}
+    return Network(config, int(seed), sizes, _neuron_ids(sizes), positions, W, U, bias, tau, lgn_sign,
+                   annotations)
+
+
+def orientation_map(xy_mm: np.ndarray, period_mm: float, rng: np.random.Generator, n_waves: int = 8
+                    ) -> np.ndarray:
+    """Pinwheel orientation map (rad in [0, pi)): half the angle of a sum of ``n_waves`` complex plane
+    waves of one wavelength and random directions and phases (Swindale's model of column maps)."""
+    theta = np.pi * (np.arange(n_waves) + rng.uniform(0, 1, n_waves)) / n_waves
+    phase = rng.uniform(0, 2 * np.pi, n_waves)
+    k = 2 * np.pi / period_mm
+    proj = xy_mm[:, :1] * np.cos(theta) + xy_mm[:, 1:2] * np.sin(theta)
+    z = np.exp(1j * (k * proj + phase)).sum(1)
+    return np.mod(np.angle(z) / 2, np.pi)
+
+
+def _identity(config: CortexConfig, positions: dict[str, np.ndarray], rng: np.random.Generator
+              ) -> dict[str, dict[str, np.ndarray]]:
+    """Per V1 sheet: ori (map + jitter) and phase; L4 sheets also Gabor frequency (c/mm), size (mm)
+    and aspect ratio. One map for all sheets (columns span the layers)."""
+    map_rng = np.random.default_rng(rng.integers(1 << 62))
+    waves = map_rng.integers(1 << 62)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for s in V1_SHEETS:
+        n = len(positions[s])
+        ori = orientation_map(positions[s], config.ori_map_period_mm, np.random.default_rng(waves))
+        p = {"ori": np.mod(ori + rng.normal(0, config.ori_jitter, n), np.pi),
+             "phase": rng.uniform(0, 2 * np.pi, n)}
+        if SHEET_INFO[s].layer == "L4":
+            jit = rng.normal(0, config.rf_jitter, (2, n))
+            p["frequency"] = config.rf_frequency_cpmm * np.exp(jit[0])
+            p["size"] = config.rf_size_mm * np.exp(jit[1])
+            p["aspect_ratio"] = np.full(n, config.rf_aspect_ratio)
+        out[s] = p
+    return out
+
+
+def _gabor_affinity(ident: dict[str, np.ndarray], post_xy: np.ndarray, pre_xy: np.ndarray, polarity: float
+                    ) -> Callable[[int, int], np.ndarray]:
+    """log relu(+-G): ON afferents where the Gabor is positive, OFF where it is negative (Mozaik's
+    GaborConnector samples afferents with this probability)."""
+    from corticalrnn.receptive_field import gabor
+
+    def f(a: int, b: int) -> np.ndarray:
+        d = pre_xy[None, :, :] - post_xy[a:b, None, :]
+        col = {k: v[a:b, None] for k, v in ident.items()}
+        g = polarity * gabor(d[..., 0], d[..., 1], col["ori"], col["phase"], col["frequency"], col["size"],
+                             col["aspect_ratio"], np)
+        with np.errstate(divide="ignore"):
+            return np.log(np.maximum(g, 1e-12 * np.abs(g).max(1, keepdims=True)))
+    return f
+
+
+def _similarity_affinity(config: CortexConfig, pre: str, post: str, ident: dict[str, dict[str, np.ndarray]]
+                         ) -> Callable[[int, int], np.ndarray]:
+    """log of exp(kappa_o cos 2 dtheta) (not from L2/3 inhibitory cells), times exp(+-kappa_p cos dphi)
+    within L4 (like-phase excitation, anti-phase inhibition: push-pull)."""
+    ko = 0.0 if (SHEET_INFO[pre].layer == "L2/3" and not SHEET_INFO[pre].excitatory) else config.ori_affinity
+    in_l4 = SHEET_INFO[pre].layer == SHEET_INFO[post].layer == "L4"
+    kp = config.phase_affinity * SHEET_INFO[pre].sign if in_l4 else 0.0
+    a_pre, a_post = ident[pre], ident[post]
+
+    def f(a: int, b: int) -> np.ndarray:
+        out = ko * np.cos(2 * (a_post["ori"][a:b, None] - a_pre["ori"][None, :]))
+        if kp:
+            out = out + kp * np.cos(a_post["phase"][a:b, None] - a_pre["phase"][None, :])
+        return out
+    return f
 
 
 def image_pattern(image_id: int, xy_mm: np.ndarray, side_mm: float) -> np.ndarray:
