@@ -36,8 +36,9 @@ from tqdm import tqdm
 from corticalrnn.atomic import temporary_name
 from corticalrnn.binning import BinnedCSR, validate_bin_ms
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.locking import exclusive_lock
 from corticalrnn.sheets import file_sheet_name, normalize_sheet_name, sort_sheets
-from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
+from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock, sha256_file
 
 THESIS_WINDOW_MS = 710
 FILE_RE = re.compile(r"^spikes_(?:trial_(?P<trial>\d+)_)?(?P<image>\d+)\.npz$")
@@ -119,12 +120,25 @@ def scan_folder(root: str | Path) -> ImportPlan:
             raise DataMismatchError(
                 f"{id_dir}: no neuron_ids_{file_sheet_name(sheet)}_*.npy for sheet {sheet}"
             )
-        ids = np.load(cands[0]).astype(np.int64).ravel()
+        ids = _load_ids(cands[0])
         for other in cands[1:]:
-            if not np.array_equal(np.load(other).astype(np.int64).ravel(), ids):
+            if not np.array_equal(_load_ids(other), ids):
                 raise DataMismatchError(f"{other}: neuron ids differ from {cands[0]}")
         plan.neuron_ids[sheet] = ids
     return plan
+
+
+def _load_ids(path: Path) -> np.ndarray:
+    """Neuron ids from a ``.npy``: integers (or integral floats) only, no pickled objects."""
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataMismatchError(f"{path}: not a numeric .npy array of neuron ids ({exc})") from None
+    if raw.dtype.kind not in "iuf":
+        raise DataMismatchError(f"{path}: neuron ids must be integers, got dtype {raw.dtype}")
+    if raw.dtype.kind == "f" and not (np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))):
+        raise DataMismatchError(f"{path}: neuron ids must be integers (found non-integral values)")
+    return raw.astype(np.int64).ravel()
 
 
 def infer_bin_ms(n_bins: int, where: str) -> int:
@@ -185,16 +199,53 @@ def _positions(path: Path | None, plan: ImportPlan) -> dict[str, dict[str, np.nd
 
 
 def import_npz(root: str | Path, out: str | Path, config: ImportConfig | None = None) -> Path:
-    """Import a thesis folder into a new store at ``out`` (built under ``out.tmp``, then renamed)."""
-    config = config or ImportConfig()
-    root, out = Path(root), Path(out)
+    """Import a thesis folder into a new store at ``out`` (built under ``out.tmp``, then renamed).
+
+    Holds ``out``'s write lock throughout; rerunning a finished import of the same files is a no-op.
+    """
+    with exclusive_lock(out):
+        return _import_npz(Path(root), Path(out), config or ImportConfig())
+
+
+def _split_digest(plan: ImportPlan, split: str, root: Path) -> str:
+    """The source digest of one split (as recorded by an import), from the files alone."""
+    lines = [
+        f"{f.relative_to(root).as_posix()} {sha256_file(f)}"
+        for sheet in plan.sheets
+        for f in plan.files[split][sheet].values()
+    ]
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def _finished(out: Path, root: Path, plan: ImportPlan, bin_ms: int | None, config: ImportConfig) -> bool:
+    from corticalrnn.store import open_store
+
+    try:
+        store = open_store(out)
+    except CorticalRNNError:
+        return False
+    if store.window_def.get("origin") != "import-npz" or (bin_ms is not None and store.bin_ms != bin_ms):
+        return False
+    recorded = sorted(str(s.get("sha256")) for s in store.sources)
+    if recorded != sorted(_split_digest(plan, split, root) for split in plan.files):
+        return False
+    if config.progress:
+        print(f"import-npz: {out} already holds {root}; nothing to do", file=sys.stderr)
+    return True
+
+
+def _import_npz(root: Path, out: Path, config: ImportConfig) -> Path:
+    plan = scan_folder(root)
     if out.exists():
         if not config.overwrite:
-            raise CorticalRNNError(f"{out}: already exists (use --overwrite to replace it)")
-    plan = scan_folder(root)
+            if _finished(out, root, plan, config.bin_ms, config):
+                return out
+            raise CorticalRNNError(
+                f"{out}: already exists with other contents (use --overwrite to replace it)"
+            )
     splits = sorted(plan.files)
     first = next(iter(plan.files[splits[0]][plan.sheets[0]].values()))
-    n_bins = sp.load_npz(first).shape[1]
+    n_bins = _load_matrix(first, [], root).shape[1]
     bin_ms = validate_bin_ms(config.bin_ms) if config.bin_ms is not None else infer_bin_ms(n_bins, str(first))
     pos_path = config.positions
     if pos_path is None and (root / "pos_ori_phase_dictionary.npz").exists():

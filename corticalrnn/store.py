@@ -40,8 +40,16 @@ Limits: N < 2**32, n_bins < 2**16, count < 2**16.
 
 Writes go through :class:`StoreWriter`: events are appended shard-aligned, and
 :meth:`StoreWriter.commit` rewrites the (small) window table and ``ptr`` and then the root
-attributes (written atomically by zarr's local store). A store is therefore always readable at
-its last commit, which is what makes ``trim`` resumable and appending safe.
+attributes. The commit point is that one document: ``sources``, ``splits`` and ``committed`` are
+written together as the root ``zarr.json`` in one atomic replace (never key by key), and every chunk
+write is itself a whole-file atomic replace (zarr's local store), so data below the commit point is
+never touched. ``create`` likewise writes all root attributes at once, last: a folder without the
+``schema`` attribute is an unfinished creation (:func:`is_uncreated`). Each source records
+``content_sha256`` (its events and window rows), checked by :meth:`StoreWriter.verify_source` when a
+resumed ``trim`` skips an input already in the store. Leftover ``*.partial`` files (zarr's
+temporary names of a killed write) are removed when a writer opens the store.
+A store is therefore always readable at its last commit, which is what makes ``trim`` resumable and
+appending safe.
 Reading: :func:`open_store` validates and returns a :class:`WindowStore`; reads that meet a
 corrupt chunk raise :class:`SchemaError` naming the store and array.
 """
@@ -557,6 +565,10 @@ class StoreWriter:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self._data = root["events/data"]
+        self._hashers: dict[int, Any] = {}  # source -> sha256 of its events (sources added now)
+        self._touched: set[int] = set()
+        self._hashed: dict[int, bool] = {}
+        self._last_source: int | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -612,7 +624,7 @@ class StoreWriter:
             compressors=[*comp, Crc32cCodec()],
         )
         root["events/ptr"][:] = np.zeros(1, np.int64)
-        root.attrs.update(
+        root.attrs.put(  # one atomic document, written last: the creation's commit point
             {
                 "schema": SCHEMA,
                 "schema_version": SCHEMA_VERSION,
@@ -636,7 +648,52 @@ class StoreWriter:
         import zarr
 
         store = open_store(path)  # validation
+        remove_partial_files(store.path)
         return cls(store.path, zarr.open_group(str(store.path), mode="r+"))
+
+    # -- verification and rollback (resume) -----------------------------------------------
+    def verify_source(self, index: int) -> str | None:
+        """None when source ``index``'s committed windows are all there and match its recorded
+        ``content_sha256`` (when it has one); else what is wrong. Reads that source's events."""
+        src = self.sources[index]
+        try:
+            a, n = int(src["first_window"]), int(src["n_windows"])
+        except (KeyError, TypeError, ValueError):
+            return "its record has no valid first_window / n_windows"
+        W = int(self._table["image_id"].size)
+        if a < 0 or n < 0 or a + n > W:
+            return f"it records windows {a}..{a + n} but the store commits {W}"
+        if n and not np.all(self._table["source"][a : a + n] == index):
+            return f"windows {a}..{a + n} belong to another source"
+        want = src.get("content_sha256")
+        if want is None:
+            return None
+        S = len(self.sheets)
+        ptr = self._ptr[0] if len(self._ptr) == 1 else np.concatenate(self._ptr)
+        lo, hi = int(ptr[a * S]), int(ptr[(a + n) * S])
+        try:
+            events = np.asarray(self._data[lo:hi])
+        except Exception as exc:
+            return f"its events cannot be read ({type(exc).__name__}: {exc})"
+        got = _content_digest(
+            hashlib.sha256(_le_bytes(events)), {c: v[a : a + n] for c, v in self._table.items()}
+        )
+        return None if got == want else "its windows do not match the recorded content_sha256"
+
+    def rollback_to(self, index: int) -> None:
+        """Forget sources ``index..`` and their windows (they must be the last ones) and commit."""
+        if self._pending_n or any(v for v in self._table_new.values()):
+            raise CorticalRNNError(f"{self.path}: rollback with uncommitted windows")
+        W = int(self.sources[index]["first_window"]) if index < len(self.sources) else self.n_windows
+        S = len(self.sheets)
+        ptr = np.concatenate(self._ptr)[: W * S + 1]
+        self._table = {c: v[:W] for c, v in self._table.items()}
+        self._ptr = [ptr]
+        self._n_events = self._written = int(ptr[-1])
+        self.sources = self.sources[:index]
+        self._hashers = {k: v for k, v in self._hashers.items() if k < index}
+        self._touched = {k for k in self._touched if k < index}
+        self.commit()
 
     # -- appending -------------------------------------------------------------------------
     @property
@@ -652,6 +709,9 @@ class StoreWriter:
         info.setdefault("first_window", self.n_windows)
         info.setdefault("n_windows", 0)
         self.sources.append(info)
+        self._hashers[len(self.sources) - 1] = hashlib.sha256()
+        self._hashed[len(self.sources) - 1] = False
+        self._touched.add(len(self.sources) - 1)
         return len(self.sources) - 1
 
     def _split_code(self, name: str) -> int:
@@ -710,6 +770,13 @@ class StoreWriter:
         self._pending.append(merged)
         self._pending_n += merged.size
         self.sources[source]["n_windows"] = int(self.sources[source]["n_windows"]) + w
+        self._touched.add(source)
+        if source in self._hashers and self._last_source not in (None, source) and self._hashed[source]:
+            del self._hashers[source]  # interleaved with another source: its events are not contiguous
+        if source in self._hashers:
+            self._hashers[source].update(_le_bytes(merged))
+            self._hashed[source] = True
+        self._last_source = source
         if self._pending_n >= EVENT_SHARD:
             self._flush(final=False)
 
@@ -748,13 +815,68 @@ class StoreWriter:
         self._table = table
         self._table_new = {c: [] for c in WINDOW_COLUMNS}
         self._ptr = [ptr]
-        self._root.attrs.update(
+        for i in self._touched:
+            src = self.sources[i]
+            if i in self._hashers:
+                a, n = int(src["first_window"]), int(src["n_windows"])
+                src["content_sha256"] = _content_digest(
+                    self._hashers[i].copy(), {c: v[a : a + n] for c, v in table.items()}
+                )
+            else:  # appended to a source of an earlier session: no digest over all of it
+                src.pop("content_sha256", None)
+        self._touched.clear()
+        # the commit point: one atomic write of the whole root document (zarr's attrs.update
+        # would write it once per key, leaving a state where sources and committed disagree)
+        self._root.attrs.put(
             {
+                **dict(self._root.attrs),
                 "sources": self.sources,
                 "splits": self.splits,
                 "committed": {"n_windows": int(table["image_id"].size), "n_events": int(self._n_events)},
             }
         )
+
+
+def _le_bytes(values: np.ndarray) -> bytes | memoryview:
+    v = np.ascontiguousarray(values)
+    return v.astype(v.dtype.newbyteorder("<"), copy=False).data
+
+
+def _content_digest(events_hash: Any, columns: Mapping[str, np.ndarray]) -> str:
+    """sha256 of a source's events (already in ``events_hash``) and its window rows."""
+    for c in WINDOW_COLUMNS:
+        events_hash.update(c.encode())
+        events_hash.update(_le_bytes(np.asarray(columns[c], WINDOW_COLUMNS[c])))
+    return str(events_hash.hexdigest())
+
+
+def is_uncreated(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder that :meth:`StoreWriter.create` began but did not finish
+    (no root ``zarr.json``, or one without the ``schema`` attribute, which is written last)."""
+    import json
+
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    meta = p / "zarr.json"
+    if not meta.exists():
+        return True
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return True
+    return "schema" not in (doc.get("attributes") or {})
+
+
+def remove_partial_files(path: str | os.PathLike[str]) -> int:
+    """Delete zarr's temporary ``*.partial`` files of killed writes inside a store; returns how many.
+    Call only while holding the store's write lock."""
+    n = 0
+    for f in Path(path).rglob("*.partial"):
+        if f.is_file():
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _write_array(group: Any, name: str, values: np.ndarray, compressors: list[Any]) -> None:

@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 from corticalrnn.atomic import temporary_name
 from corticalrnn.binning import BinGrid, bin_spikes, validate_bin_ms
-from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
+from corticalrnn.locking import exclusive_lock
 from corticalrnn.sheets import mozaik_positions_to_mm
 from corticalrnn.store import (
     PackedEvents,
@@ -54,6 +55,7 @@ from corticalrnn.store import (
     StoreWriter,
     WindowBlock,
     check_compatible,
+    is_uncreated,
     open_store,
     pack_events,
     sha256_file,
@@ -298,8 +300,17 @@ def _read_headers(paths: Sequence[Path]) -> list[tuple[str, dict[str, np.ndarray
 
 
 def trim(inputs: Sequence[str | Path], out: str | Path, config: TrimConfig) -> Path:
-    """Build (or extend, with ``append``) the store ``out`` from spike files; returns its path."""
-    out = Path(out)
+    """Build (or extend, with ``append``) the store ``out`` from spike files; returns its path.
+
+    Holds the store's write lock (:mod:`corticalrnn.locking`) throughout: a second writer of the
+    same store fails with "in use by PID". Rerunning a finished trim with the same inputs and
+    options is a no-op.
+    """
+    with exclusive_lock(out):
+        return _trim(inputs, Path(out), config)
+
+
+def _trim(inputs: Sequence[str | Path], out: Path, config: TrimConfig) -> Path:
     paths = [Path(p).resolve() for p in inputs]
     if not paths:
         raise CorticalRNNError("no input files given")
@@ -329,13 +340,18 @@ def trim(inputs: Sequence[str | Path], out: str | Path, config: TrimConfig) -> P
     else:
         if config.bin_ms is None:
             raise CorticalRNNError("--bin-ms is required (a positive integer number of ms)")
-        if out.exists() and not config.overwrite:
-            raise CorticalRNNError(
-                f"{out}: already exists (use --append to add files, --overwrite to replace)"
-            )
         win = resolve_window(config.window, config.bin_ms, tables)
         meta = StoreMeta(win.bin_ms, win.n_bins, win.to_attrs(), sheets)
+        if out.exists() and not config.overwrite:
+            if _finished(out, paths, meta, config):
+                return out
+            raise CorticalRNNError(
+                f"{out}: already exists with other inputs or options "
+                "(use --append to add files, --overwrite to replace)"
+            )
         target = temporary_name(out)
+        if is_uncreated(target):  # killed while being created: nothing was committed
+            shutil.rmtree(target)
         if target.exists():
             try:
                 check_compatible(open_store(target), meta, f"{target} (partial store of an earlier run)")
@@ -365,6 +381,7 @@ def _run(
     )
     try:
         hashes = list(pool.map(sha256_file, paths)) if pool else [sha256_file(p) for p in paths]
+        _verify_done(writer, hashes)
         done = writer.committed_sha256()
         extra = [src["path"] for src in writer.sources if src.get("sha256") not in set(hashes)]
         if extra and not config.append:
@@ -408,6 +425,52 @@ def _run(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def _finished(out: Path, paths: Sequence[Path], meta: StoreMeta, config: TrimConfig) -> bool:
+    """True when ``out`` is a finished store of exactly these inputs and options (a rerun)."""
+    try:
+        store = open_store(out)
+        check_compatible(store, meta, str(out))
+    except CorticalRNNError:
+        return False
+    if store.window_def.get("incomplete") != meta.window.get("incomplete"):
+        return False
+    recorded = sorted(str(s.get("sha256")) for s in store.sources)
+    if recorded != sorted(sha256_file(p) for p in paths):
+        return False
+    if config.split and set(store.splits) - {""} != {config.split}:
+        return False
+    if config.progress:
+        print(f"trim: {out} already holds these {len(paths)} input(s); nothing to do", file=sys.stderr)
+    return True
+
+
+def _verify_done(writer: StoreWriter, hashes: Sequence[str]) -> None:
+    """Check the committed windows of every recorded input that is about to be skipped; redo the
+    trailing ones that fail (roll back to before them), refuse when an earlier one fails."""
+    given = set(hashes)
+    bad = {}
+    for i, src in enumerate(writer.sources):
+        if src.get("sha256") in given:
+            problem = writer.verify_source(i)
+            if problem is not None:
+                bad[i] = problem
+    if not bad:
+        return
+    first = min(bad)
+    if all(s.get("sha256") in given for s in writer.sources[first:]):
+        print(
+            f"trim: {writer.path}: input {writer.sources[first].get('path')} is recorded but "
+            f"{bad[first]}; redoing it and the inputs after it",
+            file=sys.stderr,
+        )
+        writer.rollback_to(first)
+        return
+    raise SchemaError(
+        f"{writer.path}: input {writer.sources[first].get('path')} is recorded but {bad[first]}; "
+        "the store is damaged (rebuild it)"
+    )
 
 
 def _ordered(

@@ -121,12 +121,17 @@ def test_bad_counts_and_ids(tmp_path: Path) -> None:
     _expect_failure(tmp_path, "no neuron_ids_V1_Inh_L23_")
 
 
-def test_cli_refuses_existing_output(tmp_path: Path, capsys) -> None:
+def test_cli_rerun_is_noop_other_contents_refused(tmp_path: Path, capsys) -> None:
     make_folder(tmp_path / "in")
     out = tmp_path / "s.zarr"
     assert main(["import-npz", str(tmp_path / "in"), "-o", str(out), "--no-progress"]) == 0
     assert "9 windows (test: 6, train: 3)" in capsys.readouterr().out
-    assert main(["import-npz", str(tmp_path / "in"), "-o", str(out), "--no-progress"]) == 1
+    before = (out / "zarr.json").read_bytes()
+    assert main(["import-npz", str(tmp_path / "in"), "-o", str(out), "--no-progress"]) == 0
+    assert "9 windows (test: 6, train: 3)" in capsys.readouterr().out
+    assert (out / "zarr.json").read_bytes() == before  # untouched
+    make_folder(tmp_path / "other", seed=5)  # other counts: not a rerun
+    assert main(["import-npz", str(tmp_path / "other"), "-o", str(out), "--no-progress"]) == 1
     assert "already exists" in capsys.readouterr().err
 
 

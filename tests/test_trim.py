@@ -292,3 +292,132 @@ def test_cli(tmp_path: Path, files, capsys) -> None:
     assert main(["trim", str(files[0]["path"]), "-o", str(tmp_path / "x.zarr"), "--bin-ms", "7"]) == 1
     assert "not a multiple of 7 ms" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# one commit point, verified resume, no-op rerun, locking (issue 15)
+
+
+def _same_store(a, b) -> None:
+    assert len(a) == len(b)
+    for sheet in SHEETS:
+        assert np.array_equal(a.read(sheet, np.arange(len(a))), b.read(sheet, np.arange(len(b))))
+    for col in ("image_id", "trial", "presentation", "padded", "valid_bins"):
+        assert np.array_equal(getattr(a.windows, col), getattr(b.windows, col))
+    assert [s["sha256"] for s in a.sources] == [s["sha256"] for s in b.sources]
+    assert [s["n_windows"] for s in a.sources] == [s["n_windows"] for s in b.sources]
+
+
+def test_commit_writes_root_attributes_once_never_key_by_key(tmp_path: Path, files, monkeypatch) -> None:
+    from zarr.core.attributes import Attributes
+
+    real_set = Attributes.__setitem__
+
+    def per_key(self, key, value):  # zarr writes the whole document once per key here
+        if self._obj.path in ("", "/"):
+            raise AssertionError(f"per-key write of root attribute {key!r}")
+        real_set(self, key, value)
+
+    monkeypatch.setattr(Attributes, "__setitem__", per_key)
+    puts: list[set] = []
+    real_put = Attributes.put
+    monkeypatch.setattr(Attributes, "put", lambda self, d: (puts.append(set(d)), real_put(self, d))[1])
+    st = open_store(trim([f["path"] for f in files], tmp_path / "s.zarr", _cfg(5)))
+    assert len(st) == 6
+    commits = [keys for keys in puts if "committed" in keys]
+    assert commits and all({"sources", "splits", "committed", "schema"} <= k for k in commits)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_kill_at_any_attribute_write_resumes_to_the_clean_store(
+    tmp_path: Path, files, monkeypatch, fail_at
+) -> None:
+    """A kill at the creation's or at a commit's attribute write: the rerun gives the clean store."""
+    from zarr.core.attributes import Attributes
+
+    paths = [f["path"] for f in files]
+    clean = open_store(trim(paths, tmp_path / "clean.zarr", _cfg(5)))
+    real_put, n = Attributes.put, [0]
+
+    def dies(self, d):
+        n[0] += 1
+        if n[0] == fail_at:  # 1: creation, 2: first commit, 3: second commit
+            raise KeyboardInterrupt
+        return real_put(self, d)
+
+    monkeypatch.setattr(Attributes, "put", dies)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        trim(paths, out, _cfg(5, chunk_windows=2))
+    monkeypatch.setattr(Attributes, "put", real_put)
+    _same_store(open_store(trim(paths, out, _cfg(5, chunk_windows=2))), clean)
+    assert not tmp_path_for(out).exists() and not list(out.rglob("*.partial"))
+
+
+def test_resume_redoes_a_recorded_input_whose_windows_are_damaged(
+    tmp_path: Path, files, monkeypatch, capsys
+) -> None:
+    import zarr
+
+    paths = [f["path"] for f in files]
+    clean = open_store(trim(paths, tmp_path / "clean.zarr", _cfg(5)))
+    real = trim_mod.bin_presentations
+
+    def dies_on_second_file(path, a, b, win):
+        if path == str(paths[1].resolve()):
+            raise KeyboardInterrupt
+        return real(path, a, b, win)
+
+    monkeypatch.setattr(trim_mod, "bin_presentations", dies_on_second_file)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        trim(paths, out, _cfg(5))
+    monkeypatch.setattr(trim_mod, "bin_presentations", real)
+    tmp = tmp_path_for(out)
+    root = zarr.open_group(str(tmp), mode="r+")
+    root["windows/trial"][0] = 77  # the recorded input's windows no longer match its content digest
+    (tmp / "events" / "stray.partial").write_bytes(b"x")  # a killed write's temporary file
+    _same_store(open_store(trim(paths, out, _cfg(5))), clean)
+    assert "redoing it" in capsys.readouterr().err
+    assert not list(out.rglob("*.partial"))
+
+
+def test_append_refuses_when_an_earlier_input_is_damaged(tmp_path: Path, files) -> None:
+    import zarr
+
+    a, b = (f["path"] for f in files)
+    out = trim([a], tmp_path / "s.zarr", _cfg(5))
+    trim([b], out, _cfg(None, append=True))
+    zarr.open_group(str(out), mode="r+")["windows/image_id"][0] = 5
+    with pytest.raises(CorticalRNNError, match="is recorded but its windows do not match"):
+        trim([a], out, _cfg(None, append=True))
+
+
+def test_rerun_of_a_finished_trim_is_a_noop(tmp_path: Path, files) -> None:
+    paths = [f["path"] for f in files]
+    out = trim(paths, tmp_path / "s.zarr", _cfg(5))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert trim(paths, out, _cfg(5)) == out
+    assert trim(list(reversed(paths)), out, _cfg(5)) == out
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(CorticalRNNError, match="already exists"):
+        trim(paths, out, _cfg(10))  # other options: not a rerun
+    with pytest.raises(CorticalRNNError, match="already exists"):
+        trim(paths[:1], out, _cfg(5))
+
+
+def test_second_writer_gets_in_use_by_pid(tmp_path: Path, files) -> None:
+    import os
+
+    from corticalrnn.locking import LockedError, exclusive_lock
+
+    paths = [f["path"] for f in files]
+    out = trim(paths[:1], tmp_path / "s.zarr", _cfg(5))
+    with exclusive_lock(out):
+        with pytest.raises(LockedError, match=f"in use by PID {os.getpid()}"):
+            trim(paths[1:], out, _cfg(None, append=True))
+        with pytest.raises(LockedError, match="in use by PID"):
+            trim(paths, tmp_path / "s.zarr", _cfg(5, overwrite=True))
+    assert len(open_store(out)) == 3
+    trim(paths[1:], out, _cfg(None, append=True))  # released: works
+    assert len(open_store(out)) == 6 and not (tmp_path / "s.zarr.lock").exists()
