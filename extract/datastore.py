@@ -124,6 +124,10 @@ class Datastore:
         self.block_positions: dict[str, np.ndarray] = {
             str(k): np.asarray(v, dtype=np.float64) for k, v in (ann.get("neuron_positions") or {}).items()
         }
+        #: sheet -> one annotation dict per neuron, in population order (Mozaik's neuron_annotations)
+        self.block_annotations: dict[str, list[Any]] = {
+            str(k): list(v or []) for k, v in (ann.get("neuron_annotations") or {}).items()
+        }
         self.segments: list[SegmentRef] = []
         for i, seg in enumerate(segments):
             d = getattr(seg, "__dict__", {})
@@ -262,6 +266,38 @@ class Datastore:
             f"neuron_ids for sheet {ref.sheet}"
         )
 
+    def population_rows(
+        self, sheet: str, ids: np.ndarray, n_population: int | None = None
+    ) -> np.ndarray | None:
+        """Population index (Mozaik's neuron index in the sheet) of each of ``ids``, or None if unknown.
+
+        The population order is the block's ``neuron_ids`` order; without them, the recorded order is
+        taken when the population has exactly that many neurons.
+        """
+        block_ids = self.block_neuron_ids.get(sheet)
+        if block_ids is None:
+            if n_population is not None and n_population == ids.size:
+                return np.arange(ids.size, dtype=np.int64)
+            return None
+        index = {int(n): i for i, n in enumerate(block_ids)}
+        rows = [index.get(int(n)) for n in ids]
+        if any(r is None for r in rows):
+            return None
+        return np.asarray(rows, dtype=np.int64)
+
+    def properties(self, sheet: str, ids: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Numeric neuron annotations of ``ids`` (name -> float64 [N]) and name -> Mozaik key."""
+        from extract.connections import numeric_annotations
+
+        per_neuron = self.block_annotations.get(sheet)
+        if not per_neuron:
+            return {}, {}
+        rows = self.population_rows(sheet, ids, len(per_neuron))
+        if rows is None or (rows.size and rows.max() >= len(per_neuron)):
+            return {}, {}
+        cols, keys = numeric_annotations(per_neuron)
+        return {name: np.ascontiguousarray(v[rows]) for name, v in cols.items()}, keys
+
     def positions(self, sheet: str, ids: np.ndarray) -> np.ndarray | None:
         """Positions [N, D] of ``ids`` from the block's ``neuron_positions`` (stored [D, N]), if any."""
         pos = self.block_positions.get(sheet)
@@ -294,6 +330,7 @@ class ExtractOptions:
     use_neo: bool = False  # unpickle into real neo objects (slower) instead of light stand-ins
     writer: WriterOptions = field(default_factory=WriterOptions)
     progress: bool = False  # a progress bar over presentations (stderr)
+    connections: bool = True  # copy the Connections structures of datastore.analysis.pickle, if any
 
 
 @dataclass
@@ -304,6 +341,7 @@ class ExtractResult:
     output: str
     n_presentations: int = 0
     n_spikes: int = 0
+    n_synapses: int = 0
     seconds: float = 0.0
     skipped: bool = False
     error: str | None = None
@@ -409,7 +447,10 @@ def extract_folder(
     output = Path(output)
     rows = iter_presentations(store, plan, sheets)
     first = next(rows)
-    layouts = [SheetLayout(s, first[2][s], store.positions(s, first[2][s])) for s in sheets]
+    layouts = []
+    for s in sheets:
+        props, keys = store.properties(s, first[2][s])
+        layouts.append(SheetLayout(s, first[2][s], store.positions(s, first[2][s]), props, keys))
     from tqdm import tqdm
 
     with (
@@ -423,10 +464,62 @@ def extract_folder(
             writer.append(row, spikes)
             bar.update(1)
         n_spikes = writer.n_spikes
+        n_synapses = (
+            write_connections(store, writer, {s: first[2][s] for s in sheets}) if options.connections else 0
+        )
     return ExtractResult(
         folder=str(store.path),
         output=str(output),
         n_presentations=len(plan),
         n_spikes=n_spikes,
+        n_synapses=n_synapses,
         seconds=time.perf_counter() - t0,
     )
+
+
+def write_connections(store: Datastore, writer: SpikeFileWriter, ids: dict[str, np.ndarray]) -> int:
+    """Copy every stored projection between extracted sheets into ``writer`` (streamed, chunk by chunk).
+
+    Mozaik indexes synapses by population index; they are mapped onto the file's neuron order.
+    Synapses from or onto neurons that are not in the file are dropped and counted (``n_dropped``);
+    a projection whose source or target sheet was not extracted is left out.
+    """
+    from extract.connections import read_connections
+
+    total = 0
+    for proj in read_connections(store.path, store.use_neo):
+        if proj.source not in ids or proj.target not in ids:
+            continue
+        maps = {}
+        for sheet in (proj.source, proj.target):
+            n_pop = store.block_neuron_ids[sheet].size if sheet in store.block_neuron_ids else ids[sheet].size
+            rows = store.population_rows(sheet, ids[sheet], n_pop)
+            lookup = np.full(n_pop, -1, np.int64)
+            if rows is not None:
+                lookup[rows] = np.arange(rows.size)
+            maps[sheet] = lookup
+        dropped = [0]
+
+        def remapped(proj=proj, maps=maps, dropped=dropped) -> Iterator[Any]:
+            src, tgt = maps[proj.source], maps[proj.target]
+            for c in proj.chunks():
+                if c.pre.size and (
+                    c.pre.min() < 0 or c.pre.max() >= src.size or c.post.min() < 0 or c.post.max() >= tgt.size
+                ):
+                    raise DataMismatchError(
+                        f"{proj.where}: projection {proj.name} indexes neurons beyond the populations of "
+                        f"{proj.source} ({src.size}) / {proj.target} ({tgt.size})"
+                    )
+                pre, post = src[c.pre], tgt[c.post]
+                keep = (pre >= 0) & (post >= 0)
+                dropped[0] += int(keep.size - keep.sum())
+                if not keep.all():
+                    c = type(c)(pre[keep], post[keep], c.weight[keep], c.delay[keep])
+                    yield c
+                else:
+                    yield type(c)(pre, post, c.weight, c.delay)
+
+        total += writer.add_connections(
+            proj.name, proj.source, proj.target, remapped(), n_dropped=lambda d=dropped: d[0]
+        )
+    return total

@@ -125,3 +125,152 @@ def dumps_with_mozaik_names(obj: Any, protocol: int = 4) -> bytes:
     buf = io.BytesIO()
     dump_with_mozaik_names(obj, buf, protocol)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis data structures (``datastore.analysis.pickle``)
+#
+# Mozaik saves ``DataStore.analysis_results`` (a list of ``AnalysisDataStructure`` objects) with
+# ``pickle.dump`` (mozaik/storage/datastore.py, ``PickledDataStore.save``). Each is a
+# ``MozaikParametrized`` (a ``param.Parameterized``, param 1.5.1 pinned in Mozaik's
+# requirements.txt): pickled as ``NEWOBJ`` of its class + ``BUILD`` with the instance
+# ``__dict__``, where every parameter value lives under ``_<name>_param_value`` and the
+# ``expanded_paramset_params_dict`` holds the parameter objects themselves
+# (``mozaik.tools.mozaik_parametrized.SString`` / ``SInteger`` / ``SNumber``, slot state dicts).
+# ``Connections`` (mozaik/analysis/data_structures.py) adds ``weights`` and ``delays`` (lists of
+# (pre index, post index, value), in practice numpy float64 ``[n, 3]`` arrays from
+# ``Projection.get(['weight', 'delay'], format='list')`` split into columns (0, 1, 2) and
+# (0, 1, 3), mozaik/connectors/__init__.py ``Connector.store_connections``), ``source_size``,
+# ``target_size``, and the parameters ``proj_name``, ``source_name``, ``target_name``.
+
+ANALYSIS_MODULE = "mozaik.analysis.data_structures"
+#: older Mozaik releases kept the same classes in this module
+ANALYSIS_MODULE_OLD = "mozaik.analysis.analysis_data_structures"
+PARAMETRIZED_MODULE = "mozaik.tools.mozaik_parametrized"
+#: analysis data structure classes of Mozaik (all read through :class:`AnalysisDataStructure`)
+ANALYSIS_CLASSES: tuple[str, ...] = (
+    "AnalysisDataStructure",
+    "SingleValue",
+    "SingleValueList",
+    "PerNeuronValue",
+    "PerNeuronPairValue",
+    "AnalysisDataStructure1D",
+    "AnalogSignal",
+    "AnalogSignalList",
+    "PerNeuronPairAnalogSignalList",
+    "ConductanceSignalList",
+)
+
+
+class AnalysisDataStructure:
+    """A Mozaik analysis data structure: the pickled ``__dict__`` verbatim, parameters by name."""
+
+    def __init__(self, **state: Any) -> None:
+        self.__dict__.update(state)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(
+                f"{type(self).__name__}: unexpected state of type {type(state).__name__}"
+            )
+        self.__dict__.update(state)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
+        import copyreg
+
+        return (copyreg.__newobj__, (type(self),), dict(self.__dict__))
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """Value of a Mozaik parameter (param 1.x keeps it as ``_<name>_param_value``)."""
+        d = self.__dict__
+        key = f"_{name}_param_value"
+        if key in d:
+            return d[key]
+        return d.get(name, default)
+
+    @property
+    def identifier(self) -> str | None:
+        return self.param("identifier")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} identifier={self.identifier!r}>"
+
+
+class Connections(AnalysisDataStructure):
+    """``mozaik.analysis.data_structures.Connections``: one projection's synapses."""
+
+    @property
+    def proj_name(self) -> str:
+        return str(self.param("proj_name"))
+
+    @property
+    def source_name(self) -> str:
+        return str(self.param("source_name"))
+
+    @property
+    def target_name(self) -> str:
+        return str(self.param("target_name"))
+
+    @property
+    def weights(self) -> Any:
+        """(pre index, post index, weight) rows; pre/post index the sheets' populations."""
+        return self.__dict__.get("weights")
+
+    @property
+    def delays(self) -> Any:
+        """(pre index, post index, delay in ms) rows."""
+        return self.__dict__.get("delays")
+
+
+class MozaikParameter:
+    """A ``param`` parameter object (``SString``, ``SInteger``, ``SNumber``): its slot state."""
+
+    def __init__(self, **state: Any) -> None:
+        self.__dict__.update(state)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
+        import copyreg
+
+        return (copyreg.__newobj__, (type(self),), dict(self.__dict__))
+
+
+class SString(MozaikParameter):
+    pass
+
+
+class SInteger(MozaikParameter):
+    pass
+
+
+class SNumber(MozaikParameter):
+    pass
+
+
+class SParameterSet(MozaikParameter):
+    pass
+
+
+_PARAMETER_CLASSES: dict[str, type] = {
+    "SString": SString,
+    "SInteger": SInteger,
+    "SNumber": SNumber,
+    "SParameterSet": SParameterSet,
+}
+for _module in (ANALYSIS_MODULE_OLD, ANALYSIS_MODULE):  # the current module last: pickled under it
+    for _name in ANALYSIS_CLASSES:
+        MOZAIK_CLASSES[(_module, _name)] = AnalysisDataStructure
+    MOZAIK_CLASSES[(_module, "Connections")] = Connections
+for _name, _cls in _PARAMETER_CLASSES.items():
+    MOZAIK_CLASSES[(PARAMETRIZED_MODULE, _name)] = _cls
+# the owner of the ``name`` parameter (a class reference in each parameter object's state)
+MOZAIK_CLASSES[(PARAMETRIZED_MODULE, "MozaikParametrized")] = AnalysisDataStructure
+_PICKLED_NAMES.update({cls: key for key, cls in MOZAIK_CLASSES.items()})
+_PICKLED_NAMES[AnalysisDataStructure] = (ANALYSIS_MODULE, "AnalysisDataStructure")

@@ -1,4 +1,4 @@
-"""The HDF5 spike-time file, schema ``corticalrnn.spikes`` v1: the one module that writes and reads it.
+"""The HDF5 spike-time file, schema ``corticalrnn.spikes`` v2: the one module that writes and reads it.
 
 One file per Mozaik datastore folder holds the exact spike times (float32 ms, relative to the
 start of each recorded segment) of every neuron of every extracted sheet, for each NaturalImage
@@ -10,9 +10,19 @@ presentation and each of its three parts (blank before, stimulus, blank after)::
     /sheets/<quoted name>/  attrs: name; neuron_ids int64 [N]; positions float64 [N, D] (optional)
         <part>/indptr int64 [P*N + 1]   CSR over (presentation, neuron): row = p*N + n
         <part>/times  float32 [nnz]     sorted within each row; spikes at t == duration kept
+        properties/<quoted name>  float64 [N] (v2, optional) one per numeric Mozaik neuron
+                                  annotation, in this sheet's neuron order; NaN where a neuron
+                                  lacks it; attr mozaik_key (e.g. LGNAfferentOrientation, name ori)
+    /connections/<quoted name>/   (v2, optional) one per stored Mozaik ``Connections`` projection;
+                            attrs: name, source, target (sheet names), n_dropped (synapses onto or
+                            from neurons not in the file), units ("as stored by the simulator")
+        pre, post int64 [M]   indices into the source's / target's neuron order in this file
+        weight float32 [M]    magnitude as the simulator stored it (sign: the source sheet's)
+        delay  float32 [M]    ms (NaN when the simulator stored none)
 
 ``<part>`` is ``blank_before``, ``stimulus`` or ``blank_after``; a part of zero duration has
 empty rows. Sheet names contain ``/`` and are quoted with ``urllib.parse.quote(name, safe="")``.
+Version-1 files (no properties, no connections) are read as well.
 
 Writing: :class:`SpikeFileWriter` takes one presentation at a time (memory stays at one
 presentation), writes ``<name>.tmp`` and renames it to ``<name>`` only on success.
@@ -24,7 +34,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +48,9 @@ from corticalrnn.atomic import temporary_name
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 
 SCHEMA = "corticalrnn.spikes"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this reader accepts (v1: no properties, no connections)
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 PARTS: tuple[str, ...] = ("blank_before", "stimulus", "blank_after")
 #: presentation-table column -> numpy dtype (``stimulus`` is a variable-length UTF-8 string)
 PRESENTATION_COLUMNS: dict[str, Any] = {
@@ -90,10 +102,23 @@ class SheetLayout:
     name: str
     neuron_ids: np.ndarray  # int64 [N]
     positions: np.ndarray | None = None  # float64 [N, D]
+    properties: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> float64 [N]
+    property_keys: Mapping[str, str] = field(default_factory=dict)  # name -> Mozaik annotation key
 
     @property
     def n_neurons(self) -> int:
         return int(len(self.neuron_ids))
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One projection of a spike file (synapses read with :meth:`SpikeFile.read_connections`)."""
+
+    name: str
+    source: str
+    target: str
+    n_synapses: int
+    n_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,16 @@ class SpikeFileWriter:
                         f"expected ({ids.size}, D)"
                     )
                 g.create_dataset("positions", data=pos)
+            for prop, values in layout.properties.items():
+                v = np.asarray(values, dtype=np.float64)
+                if v.shape != ids.shape:
+                    raise DataMismatchError(
+                        f"{self.path}: property {prop} of {layout.name} has shape {v.shape}, "
+                        f"expected {ids.shape}"
+                    )
+                ds = g.create_dataset(f"properties/{quote(prop, safe='')}", data=v)
+                ds.attrs["name"] = prop
+                ds.attrs["mozaik_key"] = str(layout.property_keys.get(prop, prop))
             for part in PARTS:
                 pg = g.create_group(part)
                 pg.create_dataset(
@@ -275,6 +310,60 @@ class SpikeFileWriter:
             self._nnz[(name, part)] = nnz + int(times.size)
             self.n_spikes += int(times.size)
         self._rows.append(presentation)
+
+    def add_connections(
+        self,
+        name: str,
+        source: str,
+        target: str,
+        chunks: Iterable[Any],
+        n_dropped: int | Callable[[], int] = 0,
+    ) -> int:
+        """Write one projection from chunks with ``pre``, ``post``, ``weight``, ``delay`` (streamed).
+
+        ``pre``/``post`` index the neuron order of ``source``/``target`` in this file (both must be
+        sheets of the file). ``n_dropped`` (or a function giving it once the chunks are consumed)
+        is recorded. Returns the number of synapses written.
+        """
+        h5 = self._require_open()
+        sizes = {s.name: s.n_neurons for s in self.sheets}
+        for sheet in (source, target):
+            if sheet not in sizes:
+                raise DataMismatchError(f"{self.path}: projection {name}: sheet {sheet!r} is not in the file")
+        key = f"connections/{quote(name, safe='')}"
+        if key in h5:
+            raise DataMismatchError(f"{self.path}: projection {name!r} written twice")
+        g = h5.create_group(key)
+        top = h5["connections"]
+        top.attrs["order"] = [*[_attr_str(x) for x in top.attrs.get("order", [])], name]
+        g.attrs.update(
+            {"name": name, "source": source, "target": target, "units": "as stored by the simulator"}
+        )
+        opts = self.options
+        comp = {"compression": opts.compression, "compression_opts": opts.compression_opts}
+        chunk = max(opts.chunk, 1 << 16)
+        spec = {"pre": np.int64, "post": np.int64, "weight": np.float32, "delay": np.float32}
+        ds = {
+            k: g.create_dataset(k, shape=(0,), dtype=t, maxshape=(None,), chunks=(chunk,), **comp)
+            for k, t in spec.items()
+        }
+        n = 0
+        where = f"{self.path} projection {name}"
+        for c in chunks:
+            cols = {k: np.asarray(getattr(c, k), dtype=t).ravel() for k, t in spec.items()}
+            m = cols["pre"].size
+            if any(v.size != m for v in cols.values()):
+                raise DataMismatchError(f"{where}: pre, post, weight and delay differ in length")
+            if m and (cols["pre"].min() < 0 or cols["pre"].max() >= sizes[source]):
+                raise DataMismatchError(f"{where}: presynaptic index out of range for {source}")
+            if m and (cols["post"].min() < 0 or cols["post"].max() >= sizes[target]):
+                raise DataMismatchError(f"{where}: postsynaptic index out of range for {target}")
+            for k, v in cols.items():
+                ds[k].resize((n + m,))
+                ds[k][n:] = v
+            n += m
+        g.attrs["n_dropped"] = int(n_dropped() if callable(n_dropped) else n_dropped)
+        return n
 
     def close(self) -> None:
         """Write the presentation table, close and rename the temporary file into place."""
@@ -380,8 +469,12 @@ class SpikeFile:
         if schema != SCHEMA:
             raise self._fail(f"schema is {schema!r}, expected {SCHEMA!r}")
         version = _scalar(_attr_str(h5.attrs.get("schema_version")))
-        if version != SCHEMA_VERSION:
-            raise self._fail(f"schema version {version!r} is not supported (this reader: {SCHEMA_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise self._fail(
+                f"schema version {version!r} is not supported (this reader: "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
+            )
+        self.schema_version = int(version)
         if "presentations" not in h5:
             raise self._fail("missing group /presentations")
         cols: dict[str, np.ndarray] = {}
@@ -449,6 +542,58 @@ class SpikeFile:
     def positions(self, sheet: str) -> np.ndarray | None:
         g = self._group(sheet)
         return g["positions"][()] if "positions" in g else None
+
+    def properties(self, sheet: str) -> dict[str, np.ndarray]:
+        """Per-neuron properties (name -> float64 [N], this file's neuron order); empty for v1 files."""
+        g = self._group(sheet)
+        if "properties" not in g:
+            return {}
+        return {_attr_str(ds.attrs.get("name", k)): ds[()] for k, ds in g["properties"].items()}
+
+    def property_keys(self, sheet: str) -> dict[str, str]:
+        """Property name -> the Mozaik annotation key it came from."""
+        g = self._group(sheet)
+        if "properties" not in g:
+            return {}
+        return {
+            _attr_str(ds.attrs.get("name", k)): _attr_str(ds.attrs.get("mozaik_key", k))
+            for k, ds in g["properties"].items()
+        }
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """Projections stored in the file (v2), in stored order; empty when none."""
+        if "connections" not in self._h5:
+            return []
+        out = []
+        for key, g in self._h5["connections"].items():
+            for ds in ("pre", "post", "weight", "delay"):
+                if ds not in g:
+                    raise self._fail(f"missing dataset /connections/{key}/{ds}")
+            n = g["pre"].shape[0]
+            if any(g[ds].shape[0] != n for ds in ("post", "weight", "delay")):
+                raise self._fail(f"/connections/{key}: pre, post, weight and delay differ in length")
+            out.append(
+                ConnectionInfo(
+                    name=_attr_str(g.attrs.get("name", key)),
+                    source=_attr_str(g.attrs["source"]),
+                    target=_attr_str(g.attrs["target"]),
+                    n_synapses=int(n),
+                    n_dropped=int(g.attrs.get("n_dropped", 0)),
+                )
+            )
+        order = {name: i for i, name in enumerate(self._h5["connections"].attrs.get("order", []))}
+        return sorted(out, key=lambda c: order.get(c.name, len(order)))
+
+    def read_connections(
+        self, name: str, start: int = 0, stop: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Synapses ``start:stop`` of one projection: pre, post (int64), weight, delay (float32)."""
+        key = f"connections/{quote(name, safe='')}"
+        if key not in self._h5:
+            raise DataMismatchError(f"{self.path}: no projection {name!r} in this file")
+        g = self._h5[key]
+        return {ds: g[ds][start:stop] for ds in ("pre", "post", "weight", "delay")}
 
     def presentation(self, p: int) -> Presentation:
         if not 0 <= p < self.n_presentations:

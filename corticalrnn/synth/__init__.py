@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from corticalrnn.errors import CorticalRNNError
-from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, V1_SHEETS, normalize_sheet_name, sort_sheets
+from corticalrnn.sheets import (
+    ALL_SHEETS,
+    INPUT_SHEETS,
+    SHEET_INFO,
+    V1_SHEETS,
+    normalize_sheet_name,
+    sort_sheets,
+)
 from corticalrnn.synth.cortex import (
     CortexConfig,
     ElementResult,
@@ -27,6 +34,7 @@ from corticalrnn.synth.cortex import (
 )
 from corticalrnn.synth.mozaik_writer import (
     MozaikDatastoreWriter,
+    ProjectionSpec,
     SheetLayout,
     check_output_folder,
     mozaik_positions,
@@ -71,6 +79,55 @@ def sheet_layouts(net: Network) -> dict[str, SheetLayout]:
     return out
 
 
+#: synapses up to which generate() stores the connectome by default
+CONNECTIONS_DEFAULT_MAX = 10_000_000
+#: synaptic delay written for every synthetic synapse (ms)
+SYNTH_DELAY_MS = 1.0
+_SHORT = {"V1_Exc_L4": "L4Exc", "V1_Inh_L4": "L4Inh", "V1_Exc_L2/3": "L23Exc", "V1_Inh_L2/3": "L23Inh"}
+
+
+def projection_name(source: str, target: str) -> str:
+    """Mozaik-style connector name (LSV1M: ``V1L4ExcL4InhConnection``, ``V1AffConnectionOn`` ...)."""
+    if source in INPUT_SHEETS:
+        polarity = "On" if source == "X_ON" else "Off"
+        middle = {"V1_Exc_L4": "", "V1_Inh_L4": "Inh"}.get(target, _SHORT[target])
+        return f"V1Aff{middle}Connection{polarity}"
+    return f"V1{_SHORT[source]}{_SHORT[target]}Connection"
+
+
+def network_projections(net: Network, delay_ms: float = SYNTH_DELAY_MS) -> list[ProjectionSpec]:
+    """The network's synapses as one projection per (source sheet, target sheet) with any synapse.
+
+    From ``W`` (V1 x V1, post x pre, signed) and ``U`` (V1 x LGN): indices into each sheet,
+    weights as magnitudes (Mozaik keeps the sign in the source sheet's synapse type), ``delay_ms``.
+    """
+    out: list[ProjectionSpec] = []
+    blocks = [(net.W, net.v1_slices), (net.U, net.lgn_slices)]
+    for matrix, pre_slices in blocks:
+        for source, pre_sl in pre_slices.items():
+            for target, post_sl in net.v1_slices.items():
+                sub = matrix[post_sl, pre_sl].tocoo()
+                if sub.nnz == 0:
+                    continue
+                values = np.asarray(sub.data, np.float64)
+                sign = SHEET_INFO[source].sign if source in V1_SHEETS else 1
+                if np.any(values * sign < 0):
+                    raise CorticalRNNError(f"synapses from {source} have the wrong sign for the sheet")
+                order = np.lexsort((sub.col, sub.row))  # post-major, then pre
+                out.append(
+                    ProjectionSpec(
+                        name=projection_name(source, target),
+                        source=source,
+                        target=target,
+                        pre=np.asarray(sub.col[order], np.int64),
+                        post=np.asarray(sub.row[order], np.int64),
+                        weight=np.abs(values[order]),
+                        delay=np.full(sub.nnz, float(delay_ms)),
+                    )
+                )
+    return out
+
+
 def _recorded_sheets(sheets: Sequence[str] | None) -> list[str]:
     if sheets is None:
         return list(ALL_SHEETS)
@@ -112,12 +169,16 @@ def generate(
     config: CortexConfig | None = None,
     sheets: Sequence[str] | None = None,
     progress: bool = False,
+    connections: bool | None = None,
 ) -> SynthSummary:
     """Simulate ``trials`` presentations of each image and write the datastore plus its ground truth.
 
     The datastore goes to ``outdir`` (must not exist or be empty), the ground truth to
     :func:`truth_path` (``<outdir>.truth.h5``). Both are written under temporary names first.
     ``sheets`` limits the recorded sheets (default: all six); the ground truth always has all.
+    The network's annotations (``Network.annotations``, Mozaik keys) go into the block annotations;
+    with ``connections`` (default: when the network has at most ``CONNECTIONS_DEFAULT_MAX``
+    synapses) its synapses go into ``datastore.analysis.pickle`` as Mozaik ``Connections``.
     """
     t0 = time.perf_counter()
     config = config or CortexConfig()
@@ -145,7 +206,12 @@ def generate(
         from tqdm import tqdm
 
         bar = tqdm(total=len(stims), desc="synth", unit="stimulus", leave=False)
-    with MozaikDatastoreWriter(outdir, layouts, null_stimulus_period=config.blank_ms) as writer:
+    annotations = getattr(net, "annotations", None) or {}
+    if connections is None:
+        connections = net.W.nnz + net.U.nnz <= CONNECTIONS_DEFAULT_MAX
+    with MozaikDatastoreWriter(
+        outdir, layouts, null_stimulus_period=config.blank_ms, annotations=annotations
+    ) as writer:
         prev: ElementResult | None = None
         p = 0
         for res in simulate(net, stims):
@@ -202,7 +268,7 @@ def generate(
         )
         write_truth(tpath, truth)
         try:
-            writer.finish()
+            writer.finish(network_projections(net) if connections else ())
         except BaseException:
             tpath.unlink(missing_ok=True)
             raise

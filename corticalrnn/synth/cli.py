@@ -69,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=32, help="presentations simulated together (memory/speed)"
     )
+    parser.add_argument(
+        "--connections",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store the synapses as Mozaik Connections in datastore.analysis.pickle "
+        "(default: on up to 10^7 synapses)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         sheets=[s.strip() for s in sheets] if sheets is not None else None,
         progress=not args.quiet,
+        connections=args.connections,
     )
     rows = [
         {

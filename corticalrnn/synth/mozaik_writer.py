@@ -14,8 +14,17 @@ Uses neo and quantities, never Mozaik. Layout written, as Mozaik (with PyNN 0.13
 - per stimulus: 6 stimulus segments (one per sheet), then 6 blank segments (``null=True``,
   the blank recorded *before* that stimulus, carrying its stimulus string); blank ``rec_datetime``
   earlier than the stimulus'.
-- ``datastore.analysis.pickle`` (empty list), ``datastore.sensory.stimulus.pickle`` (empty
-  ``OrderedDict``), ``info``, ``parameters.json``.
+- ``neuron_annotations``: per sheet one ``OrderedDict`` per neuron (population order), holding the
+  annotations given to the writer under Mozaik's keys (``LGNAfferentOrientation`` ...) as numpy
+  float64 scalars, as ``Sheet.get_neuron_annotations`` returns them; empty dicts otherwise.
+- ``datastore.analysis.pickle``: the list of analysis data structures: empty, or one
+  ``mozaik.analysis.data_structures.Connections`` per projection given to :meth:`finish`
+  (``Connector.store_connections``: ``weights`` / ``delays`` float64 ``[n, 3]`` arrays of
+  (pre index, post index, value), ``source_size``, ``target_size`` and the parameters
+  ``proj_name``, ``source_name``, ``target_name``, ``identifier='Connections'``,
+  ``analysis_algorithm='connection storage'``, kept as param 1.x keeps them
+  (``_<name>_param_value``)); ``datastore.sensory.stimulus.pickle`` (empty ``OrderedDict``),
+  ``info``, ``parameters.json``.
 
 Everything is written into a temporary sibling folder that is renamed to the final name at the end.
 """
@@ -29,7 +38,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +47,14 @@ import numpy as np
 
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS
-from extract.mozaik_types import PickledDataStoreNeoWrapper, dump_with_mozaik_names
+from extract.mozaik_types import (
+    AnalysisDataStructure,
+    Connections,
+    PickledDataStoreNeoWrapper,
+    SInteger,
+    SString,
+    dump_with_mozaik_names,
+)
 
 PICKLE_PROTOCOL = 4
 _IMAGE_DIR = "/projects/imagenet/val_grayscale110x110"
@@ -101,6 +117,91 @@ class SheetLayout:
 Spikes = tuple[np.ndarray, np.ndarray]  # (neuron index within the sheet, time ms in (0, duration])
 
 
+@dataclass(frozen=True)
+class ProjectionSpec:
+    """One projection to store as a Mozaik ``Connections`` structure (indices: population order)."""
+
+    name: str
+    source: str
+    target: str
+    pre: np.ndarray  # int [M], index into the source sheet
+    post: np.ndarray  # int [M], index into the target sheet
+    weight: np.ndarray  # float [M], magnitude (Mozaik: nS, sign by the source sheet)
+    delay: np.ndarray  # float [M], ms
+
+
+def _parameter(cls: type, name: str, owner: type, doc: str) -> object:
+    """A param 1.x parameter object's slot state, as pickled inside ``expanded_paramset_params_dict``."""
+    return cls(
+        name=name,
+        _internal_name=f"_{name}_param_value",
+        default=None,
+        doc=doc,
+        precedence=None,
+        instantiate=True,
+        constant=False,
+        readonly=False,
+        pickle_default_value=True,
+        allow_None=True,
+        per_instance=True,
+        owner=owner,
+        units=None,
+        period=None,
+    )
+
+
+def connections_structure(
+    spec: ProjectionSpec, sizes: Mapping[str, tuple[int, int]], root: str
+) -> Connections:
+    """The ``Connections`` object Mozaik's ``Connector.store_connections`` adds to the datastore."""
+    pre = np.asarray(spec.pre, np.float64)
+    post = np.asarray(spec.post, np.float64)
+    weights = np.column_stack([pre, post, np.asarray(spec.weight, np.float64)])
+    delays = np.column_stack([pre, post, np.asarray(spec.delay, np.float64)])
+    params = {
+        "name": "Connections",
+        "identifier": "Connections",
+        "analysis_algorithm": "connection storage",
+        "neuron": None,
+        "sheet_name": None,
+        "stimulus_id": None,
+        "proj_name": spec.name,
+        "source_name": spec.source,
+        "target_name": spec.target,
+    }
+    declared = {
+        "name": (SString, AnalysisDataStructure),
+        "identifier": (SString, AnalysisDataStructure),
+        "analysis_algorithm": (SString, AnalysisDataStructure),
+        "neuron": (SInteger, AnalysisDataStructure),
+        "sheet_name": (SString, AnalysisDataStructure),
+        "stimulus_id": (SString, AnalysisDataStructure),
+        "proj_name": (SString, Connections),
+        "source_name": (SString, Connections),
+        "target_name": (SString, Connections),
+    }
+    state: dict[str, object] = {f"_{k}_param_value": v for k, v in params.items()}
+    state.update(
+        initialized=True,
+        _instance__params={},
+        cached_get_param_values=None,
+        module_path="mozaik.analysis.data_structures",
+        paramset_params_names=[],
+        expanded_paramset_params=[],
+        expanded_params_names=[],
+        expanded_paramset_params_dict={
+            k: _parameter(cls, k, owner, f"the {k} parameter") for k, (cls, owner) in declared.items()
+        },
+        datastore_path=root,
+        tags=[],
+        weights=weights,
+        delays=delays,
+        source_size=sizes[spec.source],
+        target_size=sizes[spec.target],
+    )
+    return Connections(**state)
+
+
 class MozaikDatastoreWriter:
     """Streams stimuli into a new datastore folder; use as a context manager, then :meth:`finish`.
 
@@ -119,6 +220,7 @@ class MozaikDatastoreWriter:
         run_name: str = "corticalrnn-synth",
         null_stimulus_period: float = 150.0,
         experiments: list[tuple[str, str]] | None = None,
+        annotations: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         self.outdir = Path(outdir).absolute()
         unknown = [s for s in sheets if s not in ALL_SHEETS]
@@ -131,6 +233,19 @@ class MozaikDatastoreWriter:
             if np.asarray(lay.positions).shape != (3, len(ids)):
                 raise CorticalRNNError(f"sheet {s}: positions must have shape (3, {len(ids)})")
         check_output_folder(self.outdir)
+        self.annotations: dict[str, dict[str, np.ndarray]] = {}
+        for s, keys in (annotations or {}).items():
+            if s not in sheets:
+                continue
+            n = len(sheets[s].ids)
+            self.annotations[s] = {}
+            for key, values in keys.items():
+                v = np.asarray(values, np.float64)
+                if v.shape != (n,):
+                    raise CorticalRNNError(
+                        f"sheet {s}: annotation {key} must have shape ({n},), got {v.shape}"
+                    )
+                self.annotations[s][str(key)] = v
         self.sheets = dict(sheets)
         self._clock_ms = 0.0
         self._start = start
@@ -303,8 +418,17 @@ class MozaikDatastoreWriter:
             )
         )
 
-    def finish(self) -> Path:
-        """Write the metadata files and move the folder to its final name; returns that path."""
+    def _neuron_annotations(self, sheet: str) -> list[collections.OrderedDict]:
+        keys = self.annotations.get(sheet, {})
+        n = len(self.sheets[sheet].ids)
+        return [collections.OrderedDict((k, np.float64(v[i])) for k, v in keys.items()) for i in range(n)]
+
+    def finish(self, connections: Sequence[ProjectionSpec] = ()) -> Path:
+        """Write the metadata files and move the folder to its final name; returns that path.
+
+        ``connections`` become ``Connections`` structures in ``datastore.analysis.pickle`` (only
+        projections between recorded sheets).
+        """
         import neo
         from neo.core.objectlist import ObjectList
         from neo.core.spiketrainlist import SpikeTrainList
@@ -317,9 +441,7 @@ class MozaikDatastoreWriter:
         block.annotations.update(
             neuron_ids=ids,
             neuron_positions=pos,
-            neuron_annotations=collections.OrderedDict(
-                (s, [collections.OrderedDict() for _ in lay.ids]) for s, lay in self.sheets.items()
-            ),
+            neuron_annotations=collections.OrderedDict((s, self._neuron_annotations(s)) for s in self.sheets),
             model_parameters=repr({"null_stimulus_period": self._null_period, "name": self._model_name}),
             sheet_parameters=repr({s: {"name": s} for s in self.sheets}),
             experiment_parameters=list(self._experiments),
@@ -338,8 +460,15 @@ class MozaikDatastoreWriter:
         block._segments._items = list(self._wrappers)
         with open(self._tmp / "datastore.recordings.pickle", "wb") as f:
             dump_with_mozaik_names(block, f, protocol=PICKLE_PROTOCOL)
+        sizes = {s: _sheet_size(lay) for s, lay in self.sheets.items()}
+        analysis = [
+            connections_structure(c, sizes, str(self.outdir))
+            for c in connections
+            if c.source in self.sheets and c.target in self.sheets
+        ]
         with open(self._tmp / "datastore.analysis.pickle", "wb") as f:
-            pickle.dump([], f, protocol=PICKLE_PROTOCOL)
+            dump_with_mozaik_names(analysis, f, protocol=PICKLE_PROTOCOL)
+        del analysis
         with open(self._tmp / "datastore.sensory.stimulus.pickle", "wb") as f:
             pickle.dump(collections.OrderedDict(), f, protocol=PICKLE_PROTOCOL)
         (self._tmp / "info").write_text(
@@ -375,6 +504,16 @@ def _segment_contents() -> dict[str, tuple[type, ...]]:
         "_channelviews": (neo.ChannelView,),
         "_imagesequences": (neo.ImageSequence,),
     }
+
+
+def _sheet_size(lay: SheetLayout) -> tuple[int, int]:
+    """(size_x, size_y) recorded in Connections (Mozaik: the sheet's extent; here: grid side or N x 1)."""
+    n = len(lay.ids)
+    if lay.structure == "Grid2D":
+        side = int(round(np.sqrt(n)))
+        if side * side == n:
+            return side, side
+    return n, 1
 
 
 def check_output_folder(outdir: Path) -> None:
