@@ -10,7 +10,8 @@
 #   apptainer exec --nv corticalrnn.sif corticalrnn train ...
 # See docs/cluster.md for the whole walk-through (Apptainer, Slurm).
 
-# Pinned by version: PyTorch 2.9.0, CUDA 12.8, cuDNN 9 (Ubuntu 22.04, conda Python 3.11).
+# Pinned by version: PyTorch 2.9.0, CUDA 12.8, cuDNN 9 (Ubuntu 22.04, conda Python 3.11); needs an
+# NVIDIA driver >= 570 (CUDA 12.8). 2.9.0 is the lower end of pyproject's torch range, CI tests the upper.
 ARG BASE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 FROM ${BASE}
 
@@ -47,21 +48,26 @@ assert os.path.isfile(h), f'{h} missing: torch.compile needs the Python headers;
 
 WORKDIR /opt/corticalrnn
 
-# Dependencies first (a layer that survives source edits), from pyproject.toml's [project] table.
+# Dependencies first (a layer that survives source edits), from pyproject.toml's [project] table:
+# the base (torch-free) dependencies and the `train` and `neo` extras (torch stays the base image's,
+# which lies inside the `train` extra's torch range: tests/test_packaging.py).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; print('\n'.join(p['dependencies'] + extras['train'] + extras['neo']))" \
         > /tmp/requirements.txt \
     && python -m pip install --constraint /etc/torch-constraint.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The package itself, installed (not mounted) so the image is self-contained.
-COPY README.md ./
+# The package itself, installed (not mounted) so the image is self-contained; corticalrnn/configs/
+# (the example config, package data) comes with it: `corticalrnn train --print-config`.
+COPY README.md LICENSE ./
 COPY corticalrnn/ corticalrnn/
 COPY extract/ extract/
 RUN python -m pip install --no-deps --constraint /etc/torch-constraint.txt . \
     && rm -rf build ./*.egg-info \
     && python -c "import corticalrnn, extract, torch; print('corticalrnn', corticalrnn.__version__, 'torch', torch.__version__)" \
-    && corticalrnn --version
+    && corticalrnn --version \
+    && corticalrnn train --print-config > /dev/null
 
 # Unprivileged user (Apptainer runs as the calling user anyway).
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash crnn

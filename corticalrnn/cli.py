@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -21,9 +22,43 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "subset": ("corticalrnn.subsets", "make and save a neuron subset (modelled / observed neurons)"),
     "train": ("corticalrnn.train.cli", "train the E/I network on a Zarr store"),
     "evaluate": ("corticalrnn.evaluate", "evaluate a checkpoint on test windows: metrics, report, figures"),
-    "bench": ("corticalrnn.bench.cli", "benchmarks: extract, bin, load, model"),
+    "bench": ("corticalrnn.bench.cli", "benchmarks: extract, bin, load, model; gpu (one-call CUDA check)"),
     "demo": ("corticalrnn.demo", "end-to-end demo on built-in synthetic data"),
 }
+
+
+# optional dependency -> the extra that installs it (pyproject.toml [project.optional-dependencies])
+EXTRAS: dict[str, str] = {"torch": "train", "matplotlib": "train", "threadpoolctl": "train",
+                          "neo": "neo", "quantities": "neo", "pynwb": "nwb", "hdmf": "nwb",
+                          "nwbinspector": "nwb"}
+
+
+class MissingDependency(SystemExit):
+    """A subcommand needs an optional dependency that is not installed (exit status 1)."""
+
+
+def missing_dependency_message(command: str, exc: ModuleNotFoundError) -> str | None:
+    """What to install when ``command`` failed to import ``exc.name`` (None: not an optional one)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (f"corticalrnn {command}: error: needs {top}, which this installation lacks (the base install "
+            f"is the torch-free data-server one). Install the {extra!r} extra: "
+            f"pip install 'corticalrnn[{extra}]' (from a checkout: pip install -e '.[{extra}]'; "
+            f"everything: '.[all]'). README \"Install\" says which torch build fits your machine.")
+
+
+def import_subcommand(name: str) -> Any:
+    """The module of subcommand ``name``; a missing optional dependency exits 1 naming the extra."""
+    try:
+        return importlib.import_module(SUBCOMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        msg = missing_dependency_message(name, exc)
+        if msg is None:
+            raise
+        print(msg, file=sys.stderr)
+        raise MissingDependency(1) from None
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -36,10 +71,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"corticalrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, help_) in SUBCOMMANDS.items():
+    for name, (_module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == chosen:
-            mod = importlib.import_module(module)
+            mod = import_subcommand(name)
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser
@@ -47,7 +82,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)
+    except MissingDependency:
+        return 1
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
@@ -58,6 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except CorticalRNNError as exc:
         print(f"corticalrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # an optional dependency imported lazily by the command
+        msg = missing_dependency_message(args.command, exc)
+        if msg is None:
+            raise
+        print(msg, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -324,8 +324,13 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     from corticalrnn.train.trainer import read_log, resolve_device
 
     checkpoint = Path(checkpoint)
-    dev = resolve_device(device)
+    dev = resolve_device(device, cpu_hint="--device cpu (API: device=\"cpu\")")
     model, ck = model_from_checkpoint(checkpoint, dev, weights=weights)
+    if progress:
+        from corticalrnn.device import describe
+
+        print(f"evaluate: {describe(dev, ck.get('precision', 'fp32') if dev.type == 'cuda' else 'fp32')}",
+              file=sys.stderr, flush=True)
     st = store if hasattr(store, "windows") else open_store(store)
     if float(st.bin_ms) != float(ck["spec"]["bin_ms"]):
         raise DataMismatchError(f"{st.path}: {st.bin_ms} ms bins, but {checkpoint} was trained on "

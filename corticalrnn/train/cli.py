@@ -2,7 +2,8 @@
 
 Examples::
 
-    corticalrnn train --config configs/demo.toml --run-dir runs/a
+    corticalrnn train --print-config > my.toml      # the example config: every key, its default
+    corticalrnn train --config my.toml --run-dir runs/a
     corticalrnn train --config configs/v1_sample.toml --run-dir runs/b --set optim.lr=1e-3
     torchrun --nproc_per_node 4 -m corticalrnn train --config c.toml --run-dir runs/c --resume
 
@@ -22,10 +23,21 @@ from pathlib import Path
 from corticalrnn.errors import CorticalRNNError
 
 
+def example_config_text() -> str:
+    """The packaged example config (every key with its default and a comment)."""
+    from importlib.resources import files
+
+    return files("corticalrnn").joinpath("configs", "example.toml").read_text(encoding="utf-8")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="TOML config file (see configs/)")
-    parser.add_argument("--run-dir", type=Path, required=True,
-                        help="directory for checkpoints (last.pt, best.pt), metrics.csv/jsonl, config")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (start from `corticalrnn train --print-config > my.toml`)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the example config (every key, its default and what it does) and exit")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="directory for checkpoints (last.pt, best.pt), metrics.csv/jsonl, config "
+                             "(required)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--store", default=None, help="shortcut for --set data.store=PATH")
@@ -37,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.print_config:
+        sys.stdout.write(example_config_text())
+        return 0
+    if args.run_dir is None:
+        raise CorticalRNNError("--run-dir is required (where checkpoints and metrics go)")
     from corticalrnn.train.checkpoint import load_checkpoint
     from corticalrnn.train.config import apply_overrides, load_config
     from corticalrnn.train.setup import train

@@ -215,7 +215,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise CorticalRNNError(f"{path}: not valid TOML: {exc}") from None
     if overrides:
         data = apply_overrides(data, overrides)
-        source += " (with --set overrides)"
+        source += f" (with {', '.join(overrides)})"  # the overrides given (--set, --store, --subset)
     cfg = from_dict(TrainConfig, data, source)
     cfg.validate()
     return cfg

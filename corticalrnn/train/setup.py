@@ -38,6 +38,7 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
     spec_cfg = mcfg.to_dict()
     spec_cfg.pop("precision", None)  # a runtime choice (bf16 on GPU, fp32 on CPU), not architecture
     positions = subset.positions(store)
+    props = subset_properties(subset, store)
     return {
         "model_config": spec_cfg,
         "sizes": {s: int(n) for s, n in subset.sizes().items()},
@@ -45,8 +46,26 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
         "observed": {s: torch.as_tensor(sub.observed) for s, sub in subset.sheets.items()},
         "positions": {s: torch.as_tensor(np.asarray(p, dtype=np.float64))
                       for s, p in positions.items() if p is not None} or None,
+        "properties": {s: {k: torch.as_tensor(v) for k, v in p.items()} for s, p in props.items()} or None,
         "bin_ms": float(store.bin_ms),
     }
+
+
+def subset_properties(subset: Any, store: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Per sheet, the per-neuron identity properties (``corticalrnn.sheets.NEURON_PROPERTIES``) the store
+    holds, for the subset's modelled neurons in subset order (sheets without any are left out)."""
+    from corticalrnn.sheets import NEURON_PROPERTIES
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for sheet, idx in subset.indices(store, "modelled", name=str(store.path)).items():
+        props = {}
+        for name in NEURON_PROPERTIES:
+            v = store.neuron_property(sheet, name)
+            if v is not None:
+                props[name] = np.asarray(v, np.float64)[idx]
+        if props:
+            out[sheet] = props
+    return out
 
 
 def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
@@ -54,10 +73,12 @@ def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
     from corticalrnn.model import CorticalRNN, ModelConfig
 
     mcfg = ModelConfig.from_dict({**spec["model_config"], "precision": precision})
-    positions = None
+    positions = properties = None
     if spec.get("positions") is not None:
         positions = {s: p.cpu().numpy() for s, p in spec["positions"].items()}
-    return CorticalRNN(mcfg, dict(spec["sizes"]), positions)
+    if spec.get("properties") is not None:
+        properties = {s: {k: v.cpu().numpy() for k, v in p.items()} for s, p in spec["properties"].items()}
+    return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties)
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -143,13 +164,13 @@ def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
 
+    device = resolve_device(cfg.train.device)  # first: a GPU job without a usable GPU fails at once
     if not cfg.data.store:
         raise CorticalRNNError("config: data.store is not set (path to the Zarr store)")
     if not cfg.data.subset:
         raise CorticalRNNError("config: data.subset is not set (neuron-subset JSON from corticalrnn subset)")
     store = open_store(cfg.data.store)
     subset = NeuronSubset.load(cfg.data.subset)
-    device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     mcfg = model_config(cfg, store.bin_ms, precision)
     spec = make_spec(mcfg, subset, store)

@@ -101,15 +101,22 @@ def lr_factor(step: int, sched: ScheduleConfig, max_steps: int) -> float:
     return sched.min_lr_ratio + (1 - sched.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            import os
+PLAIN_LOG_EVERY_S = 30.0  # plain progress lines (no terminal) at most this often (and at the end)
 
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def resolve_device(name: str, cpu_hint: str = "--set train.device=cpu") -> torch.device:
+    """``auto`` -> this rank's GPU when CUDA is available, else CPU; a GPU that was requested or
+    allocated but is unusable is a clear error (:func:`corticalrnn.device.resolve_device`)."""
+    from corticalrnn.device import resolve_device as _resolve
+
+    return _resolve(name, cpu_hint=cpu_hint)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -475,8 +482,18 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
             torch.manual_seed(loop.seed)
         old_handlers = self._install_signals()
+        if self.dist.is_main:
+            from corticalrnn.device import describe
+
+            ranks = f", {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""
+            print(f"train: {describe(self.device, self.precision, loop.precision, self.cfg.data.num_workers)}"
+                  f"{ranks}", file=sys.stderr, flush=True)
+        report = loop.progress and self.dist.is_main
+        # Not a terminal (Slurm log, pipe): plain lines instead of tqdm's carriage-return updates.
+        plain = report and not _is_terminal(sys.stderr)
+        last_plain = -math.inf
         bar = tqdm(total=loop.max_steps, initial=p["step"], file=sys.stderr, dynamic_ncols=True,
-                   disable=not (loop.progress and self.dist.is_main), desc="train")
+                   disable=not report or plain, desc="train")
         t_start = t_last = time.perf_counter()
         windows_since = 0
         status = "finished"
@@ -504,14 +521,27 @@ class Trainer:
                                       "lr": lr, "grad_norm": grad_norm, "windows_per_s": wps,
                                       "elapsed_s": now - t_start})
                         bar.set_postfix(loss=f"{loss:.4g}", win_s=f"{wps:.1f}")
+                        if plain and (now - last_plain >= PLAIN_LOG_EVERY_S or step == loop.max_steps):
+                            last_plain = now
+                            print(f"train: step {step}/{loop.max_steps} loss {loss:.5g} lr {lr:.3g} "
+                                  f"{wps:.1f} windows/s elapsed {now - t_start:.0f} s", file=sys.stderr,
+                                  flush=True)
                     if step % loop.eval_every == 0 or step == loop.max_steps:
                         val = self.validate()
                         if val:
                             self.log.log({"step": step, "epoch": p["epoch"], "split": "val", **val,
                                           "elapsed_s": time.perf_counter() - t_start})
-                            if val["loss"] < p["best_val"]:
+                            improved = val["loss"] < p["best_val"]
+                            if improved:
                                 p["best_val"], p["best_step"] = val["loss"], step
                                 self.save("best.pt")
+                            if plain:
+                                hidden = (f", hidden {val['loss_hidden']:.5g}"
+                                          if "loss_hidden" in val else "")
+                                print(f"train: step {step} validation loss: observed "
+                                      f"{val['loss']:.5g}{hidden}"
+                                      f"{'; new best, saved best.pt' if improved else ''}",
+                                      file=sys.stderr, flush=True)
                     if step % loop.checkpoint_every == 0 or step == loop.max_steps:
                         self.save("last.pt")
                         saved_at = self._saved_step = step
