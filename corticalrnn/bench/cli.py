@@ -1,4 +1,4 @@
-"""`corticalrnn bench {extract,bin,load,model,all}`: print a table; `--json PATH` writes the figures.
+"""`corticalrnn bench {extract,bin,load,model,gpu,all}`: print a table; `--json PATH` writes the figures.
 
 Only the benchmark that runs is imported: `bench extract` works without torch installed.
 """
@@ -18,13 +18,16 @@ BENCHES: dict[str, tuple[str, str]] = {
     "bin": ("corticalrnn.bench.binning", "rebinning spikes/s vs np.histogram and elephant"),
     "load": ("corticalrnn.bench.load", "windows/s delivered as dense tensors"),
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),
+    "gpu": ("corticalrnn.bench.gpu", "one-call CUDA check: graphs, fp32/bf16/fp16 + signs, NCCL DDP, sizes"),
 }
+# checks that need hardware (CUDA) `all` may lack: run on their own
+NOT_IN_ALL = {"gpu"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = "\n".join(f"  {n:8s} {h}" for n, (_, h) in BENCHES.items())
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = f"benchmarks:\n{names}\n  all      every benchmark with its defaults\n\n" + (
+    parser.epilog = f"benchmarks:\n{names}\n  all      every benchmark with its defaults (except gpu)\n\n" + (
         "`corticalrnn bench NAME --help` lists a benchmark's options."
     )
     parser.add_argument("bench", choices=[*BENCHES, "all"], metavar="BENCH", help="which benchmark")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         top.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
         json_path = top.parse_args(args.options).json
         results = {}
-        for name in BENCHES:
+        for name in (n for n in BENCHES if n not in NOT_IN_ALL):
             print(f"\n== bench {name} ==")
             bench_args = _bench_parser(name).parse_args([])
             results[name] = importlib.import_module(BENCHES[name][0]).run_bench(bench_args)

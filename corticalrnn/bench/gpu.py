@@ -1,0 +1,624 @@
+"""`corticalrnn bench gpu`: one call that checks and measures the model on a CUDA GPU.
+
+Parts, each guarded (an exception is recorded in the JSON and the next part runs), run in a worker
+thread with a time limit (a hung part is recorded as ``timeout`` and left behind), and skipped when
+the ``--budget-s`` left is below what the part needs:
+
+``env``        device, torch/CUDA/NCCL versions, GEMM rates (bf16, fp32) and device-copy bandwidth;
+``graphs``     ``ModelConfig.cuda_graphs``: outputs and gradients of captured-and-replayed chunks
+               against the plain loop (teacher forcing on), fp32 and bf16;
+``precisions`` fp32 / bf16 / fp16 training steps through the trainer's own ``Trainer.train_step``
+               (GradScaler for fp16), Dale's-law sign checks during and after many steps;
+``ddp``        a one-GPU NCCL process group (world size 1, env:// on 127.0.0.1 and a free port):
+               DDP training steps that must equal the same steps without DDP; destroyed afterwards;
+``ten_percent``  the 10 % model at 1 ms bins (712 steps), batch 64: median step time (target
+               <= 0.5 s) and peak GPU memory, with and without CUDA graphs;
+``local``      the largest full-size local model (distance masks, sparse weight storage) that fits,
+               at 20 ms bins, batch 8 (tries 100 %, 50 %, 25 %): step time and peak memory; then, if
+               the budget allows, the same model over 712 steps (a 1 ms window's length).
+
+Without CUDA it stops with "needs CUDA". ``--device cpu --tiny`` (hidden options) runs every part
+at tiny sizes on the CPU, the CUDA-only pieces replaced (graph capture -> the emulated chunked path,
+NCCL -> gloo), so that the code is tested on machines without a GPU. The JSON is rewritten after
+every part, so a run stopped from outside keeps what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corticalrnn.atomic import write_text_atomic
+from corticalrnn.bench.common import format_table, human_bytes, time_call
+from corticalrnn.bench.model import (
+    _data,
+    _fast_model,
+    _synced,
+    gemm_rate,
+    measure_fast,
+    measure_sheet_local,
+    scaled_sizes,
+    train_flops,
+)
+from corticalrnn.errors import CorticalRNNError
+
+TARGET_STEP_S = 0.5  # issue 14: 10 % size, 1 ms, batch 64
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each part runs; :data:`GPU` on a GPU, :data:`TINY` for the CPU test."""
+
+    gemm_n: int = 8192
+    copy_mib: int = 1024
+    graph_scale: float = 0.025
+    graph_batch: int = 16
+    graph_steps: int = 40
+    graph_chunk: int = 8
+    train_scale: float = 0.05
+    train_batch: int = 32
+    train_T: int = 36
+    train_iters: int = 300
+    check_every: int = 100
+    ddp_scale: float = 0.01
+    ddp_batch: int = 8
+    ddp_T: int = 20
+    ddp_iters: int = 3
+    main_scale: float = 0.1
+    main_batch: int = 64
+    main_T: int = 712
+    main_repeats: int = 3
+    main_chunk: int = 16
+    local_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)
+    local_batch: int = 8
+    local_T: int = 36
+    local_long_T: int = 712
+    local_repeats: int = 2
+    # seconds a part needs at least (skipped below) and may take at most (then abandoned)
+    need_s: tuple[tuple[str, float, float], ...] = (
+        ("env", 5, 60), ("graphs", 15, 120), ("precisions", 20, 150), ("ddp", 10, 120),
+        ("ten_percent", 30, 240), ("local", 45, 300))
+    local_long_need_s: float = 60
+    row_need_s: float = 10  # a case inside a part (one precision, one fraction) needs at least this
+
+
+GPU = Sizes()
+TINY = Sizes(gemm_n=128, copy_mib=4, graph_scale=0.002, graph_batch=2, graph_steps=6, graph_chunk=4,
+             train_scale=0.002, train_batch=2, train_T=5, train_iters=4, check_every=2,
+             ddp_scale=0.002, ddp_batch=2, ddp_T=4, ddp_iters=2,
+             main_scale=0.002, main_batch=2, main_T=6, main_repeats=1, main_chunk=4,
+             local_fractions=(0.004, 0.002), local_batch=2, local_T=4, local_long_T=8, local_repeats=1,
+             need_s=tuple((n, 0.1, 120.0) for n in ("env", "graphs", "precisions", "ddp", "ten_percent",
+                                                   "local")), local_long_need_s=0.0, row_need_s=0.0)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="wall-clock budget; parts that no longer fit are skipped (default 420 s)")
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"],
+                   help="matmul precision of the full-size local model (falls back to fp32 on an error)")
+    p.add_argument("--main-precisions", default="bf16,fp32",
+                   help="precisions of the 10 %% / 1 ms / batch-64 figure (each with and without graphs)")
+    p.add_argument("--train-steps", type=int, default=0, help="steps per precision (0: the default, 300)")
+    p.add_argument("--local-fractions", default="",
+                   help="fractions of the full size to try for the local model, largest first "
+                        "(default 1.0,0.5,0.25)")
+    p.add_argument("--parts", default="", help="comma-separated subset of: env,graphs,precisions,ddp,"
+                                               "ten_percent,local (default all)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: test the code path
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny sizes (CPU test)
+
+
+# ------------------------------------------------------------------------------------------------ parts
+def _cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def part_env(s: Sizes, device: torch.device) -> dict[str, Any]:
+    """Versions, the device, and the rates that bound the step times."""
+    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+                           "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        prop = torch.cuda.get_device_properties(device)
+        out.update({"name": prop.name, "capability": f"{prop.major}.{prop.minor}",
+                    "multiprocessors": prop.multi_processor_count, "memory_bytes": prop.total_memory,
+                    "bf16_supported": torch.cuda.is_bf16_supported(),
+                    "cudnn": torch.backends.cudnn.version(),
+                    "tf32_matmul": torch.backends.cuda.matmul.allow_tf32})
+        try:
+            out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception as exc:  # noqa: BLE001 - informational
+            out["nccl"] = _error(exc)
+    dev = str(device)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        out[f"gemm_{name}_tflops"] = gemm_rate(s.gemm_n, repeats=5, dtype=dtype, device=dev) / 1e12
+    n = s.copy_mib * 2**20 // 4
+    bufs = torch.rand(n, device=device), torch.empty(n, device=device)
+    t = time_call(_synced(lambda: bufs[1].copy_(bufs[0]), dev), repeats=5)
+    out["copy_gbs"] = 2 * 4 * n / t.best / 1e9  # bytes read + written
+    return out
+
+
+def _model_graph_run(model: Any, x: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor,
+                     iterations: int = 2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward (teacher-forced) + loss + backward ``iterations`` times (the second replays graphs);
+    the last rates and gradients."""
+    for _ in range(iterations):
+        model.zero_grad(set_to_none=True)
+        out = model(x, counts, mask, 0.5, torch.Generator(x.device).manual_seed(1))
+        model.loss(out, counts, mask).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def part_graphs(s: Sizes, device: torch.device) -> dict[str, Any]:
+    """CUDA-graph replay (``cuda_graphs``) against the plain loop: rates and every gradient."""
+    sizes = scaled_sizes(s.graph_scale)
+    x, counts, observed = _data(sizes, s.graph_batch, s.graph_steps, seed=3, device=str(device))
+    mask = observed.bool()
+    out: dict[str, Any] = {"sizes": sizes, "batch": s.graph_batch, "steps": s.graph_steps,
+                           "chunk": s.graph_chunk, "captured_on_gpu": device.type == "cuda", "cases": []}
+    ok = True
+    for precision, rtol, atol in (("fp32", 1e-4, 1e-6), ("bf16", 2e-2, 1e-4)):
+        runs = {}
+        for chunk in (0, s.graph_chunk):
+            model = _fast_model(sizes, 1.0, precision, graph_chunk=chunk).to(device)
+            if chunk and device.type != "cuda":
+                model._graphs.emulate = True  # no capture without CUDA: the same chunked path, eagerly
+            t0 = time.perf_counter()
+            runs[chunk] = _model_graph_run(model, x, counts, mask)
+            _synced(lambda: None, str(device))()
+            seconds = time.perf_counter() - t0
+            if chunk:
+                graphs = model._graphs
+                case = {"precision": precision, "captured": graphs.captured, "replays": graphs.replays,
+                        "graphs_s": seconds}
+            else:
+                plain_s = seconds
+            del model
+        (r0, g0), (r1, g1) = runs[0], runs[s.graph_chunk]
+        same_keys = sorted(g0) == sorted(g1)
+        grad_rel = {n: _rel_diff(g1[n], g0[n]) for n in g0 if n in g1}
+        close = same_keys and torch.allclose(r1, r0, rtol=rtol, atol=atol) and all(
+            torch.allclose(g1[n], g0[n], rtol=rtol, atol=atol * max(1.0, float(g0[n].abs().max())))
+            for n in g0)
+        worst = max(grad_rel, key=grad_rel.get) if grad_rel else None
+        case.update({"plain_s": plain_s, "rates_rel_diff": _rel_diff(r1, r0),
+                     "grads_worst_rel_diff": grad_rel.get(worst, 0.0), "grads_worst": worst,
+                     "n_grads": len(grad_rel), "same_grad_params": same_keys, "rtol": rtol, "atol": atol,
+                     "match": bool(close)})
+        if device.type == "cuda" and case["captured"] == 0:
+            case["match"] = False
+            case["note"] = "no graph was captured"
+        ok &= case["match"]
+        out["cases"].append(case)
+    out["ok"] = bool(ok)
+    return out
+
+
+def _trainer(model: Any, device: torch.device, precision: str, steps: int, x: torch.Tensor,
+             counts: torch.Tensor, observed: torch.Tensor, run_dir: str) -> Any:
+    """The project's Trainer around ``model`` (its ``train_step``: scaler, clipping, projection)."""
+    from corticalrnn.train.config import TrainConfig
+    from corticalrnn.train.setup import TensorWindows
+    from corticalrnn.train.trainer import Trainer
+
+    cfg = TrainConfig()
+    cfg.train.device, cfg.train.precision = str(device), precision
+    cfg.train.max_steps, cfg.train.progress = steps, False
+    cfg.validate()
+    return Trainer(cfg, model, TensorWindows(x, counts), None, observed.bool(), run_dir, {}, model.loss,
+                   project=model.project_, autocast=False, tensorboard=False)
+
+
+def _all_finite(model: Any) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def part_precisions(s: Sizes, device: torch.device, remaining: Callable[[], float]) -> dict[str, Any]:
+    """fp32 / bf16 / fp16 training steps with sign checks every ``check_every`` steps and at the end."""
+    sizes = scaled_sizes(s.train_scale)
+    x, counts, observed = _data(sizes, s.train_batch, s.train_T, seed=5, device=str(device))
+    out: dict[str, Any] = {"sizes": sizes, "batch": s.train_batch, "steps_T": s.train_T,
+                           "iterations": s.train_iters, "rows": []}
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as run_dir:
+        for precision in ("fp32", "bf16", "fp16"):
+            row: dict[str, Any] = {"precision": precision}
+            out["rows"].append(row)
+            if remaining() < s.row_need_s:
+                row["status"] = "skipped (budget)"
+                continue
+            try:
+                model = _fast_model(sizes, 20.0, precision)
+                tr = _trainer(model, device, precision, s.train_iters, x, counts, observed, run_dir)
+                row.update({"trainer_precision": tr.precision, "grad_scaler": tr.scaler.is_enabled()})
+                batch = {"lgn": x, "v1": counts}
+                losses, checks, skipped = [], [], 0
+                t0 = time.perf_counter()
+                for i in range(s.train_iters):
+                    scale = tr.scaler.get_scale() if tr.scaler.is_enabled() else 1.0
+                    losses.append(tr.train_step(batch)[0])
+                    if tr.scaler.is_enabled() and tr.scaler.get_scale() < scale:
+                        skipped += 1  # fp16 overflow: the scaler skipped this step and backed off
+                    if (i + 1) % s.check_every == 0 or i + 1 == s.train_iters:
+                        checks.append(sum(model.sign_violations().values()))
+                seconds = time.perf_counter() - t0
+                model.assert_constraints()
+                finite = _all_finite(model)
+                row.update({"status": "ok" if finite and not any(checks) else "FAIL",
+                            "step_s": seconds / s.train_iters, "loss_first": losses[0],
+                            "loss_last": losses[-1], "violations_at_checks": checks,
+                            "skipped_steps": skipped, "params_finite": finite,
+                            "final_scale": tr.scaler.get_scale() if tr.scaler.is_enabled() else None})
+                del tr, model
+            except Exception as exc:  # noqa: BLE001 - recorded, the next precision runs
+                row.update({"status": "error", "error": _error(exc)})
+            ok &= row["status"] in ("ok", "skipped (budget)")
+            _cleanup(device)
+    out["ok"] = bool(ok)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+def part_ddp(s: Sizes, device: torch.device) -> dict[str, Any]:
+    """A one-process DDP job (NCCL on a GPU, gloo on CPU): its steps equal the same steps without it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from corticalrnn.train import distributed as ddp
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if dist.is_initialized():
+        raise CorticalRNNError("a process group is already initialised in this process")
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    sizes = scaled_sizes(s.ddp_scale)
+    x, counts, observed = _data(sizes, s.ddp_batch, s.ddp_T, seed=7, device=str(device))
+    out: dict[str, Any] = {"backend": backend, "sizes": sizes, "iterations": s.ddp_iters}
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        t0 = time.perf_counter()
+        dist.init_process_group(backend, init_method="env://", rank=0, world_size=1,
+                                timeout=timedelta(seconds=60))
+        out["init_s"] = time.perf_counter() - t0
+        t = torch.arange(4.0, device=device)
+        dist.all_reduce(t)
+        out["all_reduce_ok"] = bool(torch.equal(t.cpu(), torch.arange(4.0)))
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-ddp-") as run_dir:
+            trainers = [_trainer(_fast_model(sizes, 20.0, "fp32"), device, "fp32", s.ddp_iters, x, counts,
+                                 observed, run_dir) for _ in range(2)]
+            wrapped = trainers[1]
+            # as Trainer does for world_size > 1 (buffers are fixed at construction: no broadcast)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # newer torch renames broadcast_buffers
+                wrapped.model = DistributedDataParallel(
+                    wrapped.raw_model, device_ids=[device.index] if device.type == "cuda" else None,
+                    broadcast_buffers=False)
+            batch = {"lgn": x, "v1": counts}
+            losses = [[tr.train_step(batch)[0] for _ in range(s.ddp_iters)] for tr in trainers]
+            t1 = time.perf_counter()
+            wrapped.train_step(batch)
+            _synced(lambda: None, str(device))()
+            out["ddp_step_s"] = time.perf_counter() - t1
+            trainers[0].train_step(batch)
+            ddp.barrier()
+        pa = dict(trainers[0].raw_model.named_parameters())
+        diff = max(float((p.detach() - pa[n].detach()).abs().max())
+                   for n, p in wrapped.raw_model.named_parameters())
+        out.update({"losses_single": losses[0], "losses_ddp": losses[1], "max_param_diff": diff,
+                    "sign_violations": sum(wrapped.raw_model.sign_violations().values())})
+        out["ok"] = bool(out["all_reduce_ok"] and diff <= 1e-5 and out["sign_violations"] == 0
+                         and losses[0] == losses[1])
+    finally:
+        ddp.shutdown()
+        out["destroyed"] = not dist.is_initialized()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out
+
+
+def part_ten_percent(s: Sizes, device: torch.device, precisions: list[str],
+                     remaining: Callable[[], float]) -> dict[str, Any]:
+    """The 10 % model, 1 ms bins, batch 64: median training step and peak memory, graphs off / on."""
+    sizes = scaled_sizes(s.main_scale)
+    dev = str(device)
+    rows = []
+    ok = True
+    for precision in precisions:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        try:
+            rate = gemm_rate(min(s.gemm_n, 4096), repeats=3, dtype=dtype, device=dev)
+        except Exception:  # noqa: BLE001 - the bound is informational
+            rate = float("nan")
+        for chunk in (0, s.main_chunk):
+            row: dict[str, Any] = {"precision": precision, "cuda_graphs": bool(chunk)}
+            rows.append(row)
+            if remaining() < s.row_need_s:
+                row["status"] = "skipped (budget)"
+                continue
+            try:
+                r = measure_fast(sizes, s.main_batch, s.main_T, 1.0, precision, s.main_repeats, None, dev,
+                                 chunk)
+                bound = train_flops(sizes, s.main_batch, s.main_T) / rate
+                row.update({"status": "ok", "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
+                            "peak_bytes": r["peak_bytes"], "build_s": r["build_s"], "weights": r["weights"],
+                            "flop_bound_s": bound, "meets_target": r["step_s"] <= TARGET_STEP_S})
+            except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
+                row.update({"status": "error", "error": _error(exc)})
+                ok = False
+            _cleanup(device)
+    done = [r for r in rows if r["status"] == "ok"]
+    best = min(done, key=lambda r: r["step_s"]) if done else None
+    return {"sizes": sizes, "batch": s.main_batch, "steps": s.main_T, "bin_ms": 1.0,
+            "target_step_s": TARGET_STEP_S, "rows": rows, "best": best,
+            "meets_target": bool(best and best["meets_target"]), "ok": bool(ok)}
+
+
+def part_local(s: Sizes, device: torch.device, precision: str, fractions: list[float],
+               remaining: Callable[[], float]) -> dict[str, Any]:
+    """The largest local model (sparse weight storage) that fits: try ``fractions`` largest first; an
+    error other than out-of-memory is retried in fp32."""
+    dev = str(device)
+    attempts: list[dict[str, Any]] = []
+    fit = None
+    for frac in fractions:
+        for prec in dict.fromkeys([precision, "fp32"]):
+            if remaining() < s.row_need_s:
+                attempts.append({"fraction": frac, "precision": prec, "status": "skipped (budget)"})
+                break
+            row: dict[str, Any] = {"fraction": frac, "precision": prec, "steps": s.local_T}
+            attempts.append(row)
+            try:
+                r = measure_sheet_local(frac, s.local_batch, s.local_T, 20.0, prec, s.local_repeats, dev)
+                row.update({"status": "ok", **r, "peak_mem": human_bytes(r["peak_bytes"])})
+                fit = row
+            except Exception as exc:  # noqa: BLE001 - recorded; OOM -> next fraction, else fp32
+                oom = _is_oom(exc)
+                row.update({"status": "out of memory" if oom else "error", "error": _error(exc)})
+                if oom:
+                    break
+            finally:
+                _cleanup(device)
+            if fit is not None:
+                break
+        if fit is not None or remaining() < s.row_need_s:
+            break
+    out: dict[str, Any] = {"batch": s.local_batch, "steps": s.local_T, "bin_ms": 20.0, "attempts": attempts,
+                           "largest": fit, "ok": fit is not None}
+    if 1.0 in fractions:
+        out["full_size_fits"] = fit is not None and fit["fraction"] >= 1.0
+    if fit is not None:
+        if remaining() >= s.local_long_need_s:
+            long = {"fraction": fit["fraction"], "precision": fit["precision"], "steps": s.local_long_T,
+                    "note": "a 1 ms window's length; the model's bin_ms only sets constants"}
+            try:
+                r = measure_sheet_local(fit["fraction"], s.local_batch, s.local_long_T, 20.0,
+                                        fit["precision"], 1, dev)
+                long.update({"status": "ok", "step_s": r["step_s"], "peak_bytes": r["peak_bytes"],
+                             "peak_mem": human_bytes(r["peak_bytes"])})
+            except Exception as exc:  # noqa: BLE001
+                long.update({"status": "out of memory" if _is_oom(exc) else "error", "error": _error(exc)})
+            finally:
+                _cleanup(device)
+            out["long_window"] = long
+        else:
+            out["long_window"] = {"status": "skipped (budget)"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runner
+class _Runner:
+    """Runs parts in worker threads under the budget; rewrites the JSON after each one."""
+
+    def __init__(self, budget_s: float, json_path: Path | None, results: dict[str, Any]) -> None:
+        self.t0 = time.perf_counter()
+        self.budget_s, self.json_path, self.results = budget_s, json_path, results
+        self.abandoned: list[str] = []
+
+    def remaining(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.t0)
+
+    def save(self) -> None:
+        self.results["wall_s"] = time.perf_counter() - self.t0
+        if self.json_path is not None:
+            write_text_atomic(self.json_path, json.dumps(self.results, indent=2, default=str))
+
+    def part(self, name: str, need_s: float, max_s: float, fn: Callable[[], dict[str, Any]]) -> None:
+        left = self.remaining()
+        if left < need_s:
+            self.results["parts"][name] = {"status": "skipped", "reason": f"budget: {left:.0f} s left, "
+                                                                          f"needs about {need_s:.0f} s"}
+            self.save()
+            return
+        print(f"[bench gpu] {name} ({left:.0f} s of budget left)", file=sys.stderr, flush=True)
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - every failure is a result
+                box["error"] = _error(exc)
+                box["traceback"] = traceback.format_exc(limit=-6)
+
+        th = threading.Thread(target=target, name=f"bench-gpu-{name}", daemon=True)
+        t0 = time.perf_counter()
+        th.start()
+        th.join(timeout=max(1.0, min(max_s, left)))
+        seconds = time.perf_counter() - t0
+        if th.is_alive():
+            self.abandoned.append(name)
+            res = {"status": "timeout", "reason": f"still running after {seconds:.0f} s; left behind"}
+        elif "error" in box:
+            res = {"status": "error", "error": box["error"], "traceback": box["traceback"]}
+        else:
+            value = box["value"]
+            res = {"status": "ok" if value.pop("ok", True) else "FAIL", **value}
+        res["seconds"] = seconds
+        self.results["parts"][name] = res
+        print(f"[bench gpu] {name}: {res['status']} in {seconds:.1f} s"
+              + (f" ({res['error']})" if "error" in res else ""), file=sys.stderr, flush=True)
+        self.save()
+
+
+def _summary(name: str, r: dict[str, Any]) -> str:
+    """One line of what a part found."""
+    if r["status"] in ("skipped", "timeout"):
+        return r.get("reason", "")
+    if r["status"] == "error":
+        return r["error"][:100]
+    if name == "env":
+        return (f"{r.get('name', r['device'])}, torch {r['torch']}, bf16 GEMM {r['gemm_bf16_tflops']:.3g} "
+                f"TFLOP/s, fp32 {r['gemm_fp32_tflops']:.3g}, copy {r['copy_gbs']:.4g} GB/s")
+    if name == "graphs":
+        return "; ".join(f"{c['precision']}: {'match' if c['match'] else 'DIFFER'} "
+                         f"(rates {c['rates_rel_diff']:.1e}, grads {c['grads_worst_rel_diff']:.1e}), "
+                         + (f"{c['captured']} graphs captured" if r["captured_on_gpu"]
+                            else f"{c['replays']} chunks emulated on CPU") for c in r["cases"])
+    if name == "precisions":
+        return "; ".join(f"{w['precision']}: {w['status']}" + (
+            f" {r['iterations']} steps, violations "
+            f"{max(w['violations_at_checks'])}, loss {w['loss_first']:.4g}->{w['loss_last']:.4g}"
+            + (f", {w['skipped_steps']} skipped" if w.get("grad_scaler") else "")
+            if "loss_first" in w else "") for w in r["rows"])
+    if name == "ddp":
+        return (f"{r['backend']}: {r['iterations']} steps, max param diff vs single "
+                f"{r['max_param_diff']:.1e}, destroyed {r['destroyed']}")
+    if name == "ten_percent":
+        b = r["best"]
+        return (f"best {b['precision']}{' + graphs' if b['cuda_graphs'] else ''}: {b['step_s']:.3g} s/step "
+                f"(target {TARGET_STEP_S} s: {'met' if b['meets_target'] else 'NOT met'}), {b['peak_mem']}"
+                if b else "no case ran")
+    if name == "local":
+        f = r["largest"]
+        return (f"{f['fraction'] * 100:g} % ({f['V1 neurons']} V1 neurons, {f['precision']}): "
+                f"{f['step_s']:.3g} s/step, {f['peak_mem']}" if f else "nothing fitted")
+    return ""
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise CorticalRNNError(f"bench gpu needs CUDA: torch {torch.__version__} ({build}) sees no "
+                                   "CUDA device here; run it on a GPU machine")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    s = TINY if args.tiny else GPU
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, s, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, Any]:
+    if args.train_steps > 0:
+        s = dataclasses.replace(s, train_iters=args.train_steps, check_every=max(1, args.train_steps // 3))
+    if args.local_fractions:
+        s = dataclasses.replace(s, local_fractions=tuple(float(f) for f in args.local_fractions.split(",")))
+    main_precisions = [p for p in args.main_precisions.split(",") if p]
+    names = [n for n, _, _ in s.need_s]
+    wanted = [p for p in args.parts.split(",") if p] or names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise CorticalRNNError(f"bench gpu: unknown parts {unknown}; choose from {names}")
+    results: dict[str, Any] = {"device": str(device), "tiny": bool(args.tiny), "budget_s": args.budget_s,
+                               "loadavg_start": os.getloadavg(), "sizes": dataclasses.asdict(s), "parts": {}}
+    runner = _Runner(args.budget_s, args.json, results)
+    rem = runner.remaining
+    fns: dict[str, Callable[[], dict[str, Any]]] = {
+        "env": lambda: part_env(s, device),
+        "graphs": lambda: part_graphs(s, device),
+        "precisions": lambda: part_precisions(s, device, rem),
+        "ddp": lambda: part_ddp(s, device),
+        "ten_percent": lambda: part_ten_percent(s, device, main_precisions, rem),
+        "local": lambda: part_local(s, device, args.precision, list(s.local_fractions), rem),
+    }
+    for name, need, limit in s.need_s:
+        if name in wanted:
+            runner.part(name, need, limit, fns[name])
+    results["loadavg_end"] = os.getloadavg()
+    runner.save()
+    _print(results)
+    if runner.abandoned:  # a thread is stuck (in a collective, say): do not wait for it at exit
+        print(f"parts left running: {runner.abandoned}; exiting without waiting for them", flush=True)
+        sys.stderr.flush()
+        os._exit(3)
+    bad = [n for n, r in results["parts"].items() if r["status"] not in ("ok", "skipped")]
+    if bad:
+        where = f"; figures in {args.json}" if args.json else ""
+        raise CorticalRNNError(f"GPU check: {', '.join(bad)} did not pass{where}")
+    return results
+
+
+def _print(results: dict[str, Any]) -> None:
+    parts = results["parts"]
+    print(f"bench gpu on {results['device']}{' (tiny sizes)' if results['tiny'] else ''}: "
+          f"{results['wall_s']:.0f} s of a {results['budget_s']:.0f} s budget; load average "
+          f"{results['loadavg_start'][0]:.2f} at start, {results['loadavg_end'][0]:.2f} at end")
+    print(format_table([{"part": n, "status": r["status"], "s": r.get("seconds", 0.0),
+                         "result": _summary(n, r)} for n, r in parts.items()]))
+    ten = parts.get("ten_percent", {})
+    if ten.get("rows"):
+        print(f"\n10 % model, 1 ms bins x {ten['steps']} steps, batch {ten['batch']}: training step "
+              f"(target <= {TARGET_STEP_S} s)")
+        print(format_table([{k: r.get(k, "") for k in ("precision", "cuda_graphs", "status", "step_s",
+                                                       "flop_bound_s", "peak_mem", "build_s")}
+                            for r in ten["rows"]]))
+    loc = parts.get("local", {})
+    if loc.get("attempts"):
+        print(f"\nlocal model, sparse weight storage, 20 ms bins, batch {loc['batch']}")
+        rows = [*loc["attempts"]]
+        if loc.get("long_window", {}).get("status") == "ok":
+            rows.append({**loc["long_window"], "V1 neurons": loc["largest"]["V1 neurons"]})
+        print(format_table([{k: r.get(k, "") for k in ("fraction", "precision", "status", "V1 neurons",
+                                                       "steps", "build_s", "step_s", "peak_mem")}
+                            for r in rows]))

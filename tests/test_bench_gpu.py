@@ -1,0 +1,88 @@
+"""`corticalrnn bench gpu`: says it needs CUDA on a CPU machine, and its code path runs on CPU at tiny
+sizes (`--device cpu --tiny`: emulated graph chunks instead of capture, gloo instead of NCCL)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from corticalrnn.bench import gpu
+from corticalrnn.cli import main
+
+
+def test_without_cuda_says_it_needs_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "needs CUDA" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--device", "cpu", "--tiny", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    fig = json.loads(out.read_text())
+    parts = fig["parts"]
+    assert list(parts) == ["env", "graphs", "precisions", "ddp", "ten_percent", "local"]
+    assert all(p["status"] == "ok" for p in parts.values()), {n: p.get("error") for n, p in parts.items()}
+    for name in parts:
+        assert name in text
+    assert "load average" in text and fig["loadavg_end"]
+    assert parts["env"]["gemm_fp32_tflops"] > 0 and parts["env"]["copy_gbs"] > 0
+    for case in parts["graphs"]["cases"]:  # the chunked path ran (emulated) and matched the plain loop
+        assert case["match"] and case["replays"] > 0 and case["n_grads"] > 0
+    rows = parts["precisions"]["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16", "fp16"]
+    for r in rows:
+        assert r["status"] == "ok" and not any(r["violations_at_checks"]) and r["params_finite"]
+        assert len(r["violations_at_checks"]) == 2  # every check_every=2 of 4 steps
+    ddp = parts["ddp"]
+    assert ddp["backend"] == "gloo" and ddp["destroyed"] and ddp["max_param_diff"] == 0.0
+    assert ddp["losses_single"] == ddp["losses_ddp"] and not torch.distributed.is_initialized()
+    ten = parts["ten_percent"]
+    assert [(r["precision"], r["cuda_graphs"]) for r in ten["rows"]] == [
+        ("bf16", False), ("bf16", True), ("fp32", False), ("fp32", True)]
+    assert all(r["step_s"] > 0 and r["flop_bound_s"] > 0 for r in ten["rows"]) and ten["best"]
+    local = parts["local"]
+    assert local["largest"]["fraction"] == 0.004 and local["largest"]["recurrent_synapses"] > 0
+    assert local["long_window"]["status"] == "ok" and local["long_window"]["steps"] == 8
+    assert torch.get_num_threads() > 0
+
+
+def test_a_failing_part_is_recorded_and_the_rest_still_run(tmp_path, capsys, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(gpu, "part_env", broken)
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--device", "cpu", "--tiny", "--threads", "1", "--parts", "env,ddp",
+                 "--json", str(out)]) == 1
+    assert "env did not pass" in capsys.readouterr().err
+    parts = json.loads(out.read_text())["parts"]
+    assert parts["env"]["status"] == "error" and "simulated failure" in parts["env"]["error"]
+    assert parts["ddp"]["status"] == "ok"
+
+
+def test_budget_skips_parts_and_a_hung_part_is_left_behind(tmp_path):
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--device", "cpu", "--tiny", "--budget-s", "0", "--json", str(out)]) == 0
+    parts = json.loads(out.read_text())["parts"]
+    assert {p["status"] for p in parts.values()} == {"skipped"}
+    results: dict = {"parts": {}}
+    runner = gpu._Runner(60.0, tmp_path / "hang.json", results)
+    runner.part("slow", 0.0, 0.2, lambda: time.sleep(1.0) or {})
+    assert results["parts"]["slow"]["status"] == "timeout" and runner.abandoned == ["slow"]
+    assert json.loads((tmp_path / "hang.json").read_text())["parts"]["slow"]["status"] == "timeout"
+    with pytest.raises(Exception, match="unknown parts"):
+        gpu.run_bench(gpu_args(["--device", "cpu", "--parts", "nope"]))
+
+
+def gpu_args(argv: list[str]):
+    from corticalrnn.bench.cli import _bench_parser
+
+    return _bench_parser("gpu").parse_args(argv)
