@@ -110,6 +110,15 @@ def test_help_and_syntax(script: str) -> None:
     assert bad.returncode == 2 and "error" in bad.stderr
 
 
+def test_multinode_srun_gets_the_cpus_per_task() -> None:
+    """Slurm 22.05-23.02: srun does not inherit --cpus-per-task; without it each node's torchrun
+    and its trainers share one CPU."""
+    text = (SLURM / "train-multinode.sbatch").read_text()
+    srun = next(line for line in text.splitlines() if "hook srun " in line)
+    assert '${SRUN_CPUS[@]+"${SRUN_CPUS[@]}"}' in srun
+    assert 'SRUN_CPUS=(--cpus-per-task="$SLURM_CPUS_PER_TASK")' in text
+
+
 # ---------------------------------------------------------------------------------- extraction
 def test_extract_array_job_and_resubmission(slurm: SlurmCluster, tmp_path: Path) -> None:
     from extract.spikefile import open_spikefile
