@@ -36,6 +36,15 @@ load``: at 1 ms a window is ~0.5 % occupied, so dense chunks decompress ~100x mo
                                   (by neuron, then bin). Chunks of 2**17 events in shards of
                                   2**23, Blosc-zstd(3) byte-shuffled, CRC32C per chunk.
 
+    connections/                 optional: the simulator's connectome (from spike files v2);
+                                  attributes complete (bool, set once every projection is
+                                  written) and order (projection names, in stored order)
+      <quoted name>/             one per projection; attributes name, source, target (sheet
+                                  names), n_dropped, units
+        pre, post int64 [M]      rows in the source's / target's neuron_ids
+        weight float32 [M]       magnitude as the simulator stored it (sign: the source sheet's)
+        delay float32 [M]        ms
+
 Limits: N < 2**32, n_bins < 2**16, count < 2**16.
 
 Writes go through :class:`StoreWriter`: events are appended shard-aligned, and
@@ -88,6 +97,35 @@ WINDOW_COLUMNS: dict[str, Any] = {
     "split": np.int8,
 }
 SHEET_PROPERTIES: tuple[str, ...] = NEURON_PROPERTIES
+CONNECTION_CHUNK = 1 << 20
+_CONNECTION_ARRAYS: dict[str, Any] = {
+    "pre": np.int64,
+    "post": np.int64,
+    "weight": np.float32,
+    "delay": np.float32,
+}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One projection of the simulator's connectome, indexed in the store's neuron order.
+
+    ``pre`` / ``post``: int64 rows of ``source`` / ``target`` (canonical sheet names) in the
+    store's ``neuron_ids``; ``weight``: float32 magnitude (sign given by the source sheet);
+    ``delay``: float32 ms.
+    """
+
+    name: str
+    source: str
+    target: str
+    pre: np.ndarray
+    post: np.ndarray
+    weight: np.ndarray
+    delay: np.ndarray
+
+    @property
+    def n_synapses(self) -> int:
+        return int(self.pre.size)
 
 
 def sheet_key(name: str) -> str:
@@ -358,6 +396,48 @@ class WindowStore:
         """Imported per-neuron property (``ori``, ``phase``) or None."""
         key = f"sheets/{sheet_key(self._sheet(sheet))}"
         return self._read_all(f"{key}/{name}") if name in self._root[key] else None
+
+    @property
+    def has_connections(self) -> bool:
+        """True when the store holds a complete connectome (``connections/``)."""
+        return "connections" in self._root and bool(self._root["connections"].attrs.get("complete", False))
+
+    def projection_names(self) -> list[str]:
+        if not self.has_connections:
+            return []
+        return [str(n) for n in self._root["connections"].attrs.get("order", [])]
+
+    def projection_info(self) -> list[tuple[str, str, str, int]]:
+        """(name, source, target, number of synapses) per stored projection, without reading them."""
+        out = []
+        for name in self.projection_names():
+            g = self._root[f"connections/{sheet_key(name)}"]
+            out.append((name, str(g.attrs["source"]), str(g.attrs["target"]), int(g["pre"].shape[0])))
+        return out
+
+    def projection(self, name: str) -> Projection:
+        """One projection of the stored connectome (see :class:`Projection`)."""
+        if name not in self.projection_names():
+            raise DataMismatchError(
+                f"{self.path}: no projection {name!r} in this store "
+                f"(projections: {', '.join(self.projection_names()) or 'none'})"
+            )
+        key = f"connections/{sheet_key(name)}"
+        g = self._root[key]
+        cols = {c: self._read_all(f"{key}/{c}").astype(t, copy=False) for c, t in _CONNECTION_ARRAYS.items()}
+        n = cols["pre"].size
+        if any(v.size != n for v in cols.values()):
+            raise self._fail(f"{key}: pre, post, weight and delay differ in length")
+        source, target = self._sheet(str(g.attrs["source"])), self._sheet(str(g.attrs["target"]))
+        if n and (cols["pre"].min() < 0 or cols["pre"].max() >= self.n_neurons(source)):
+            raise self._fail(f"{key}: presynaptic index out of range for {source}")
+        if n and (cols["post"].min() < 0 or cols["post"].max() >= self.n_neurons(target)):
+            raise self._fail(f"{key}: postsynaptic index out of range for {target}")
+        return Projection(name, source, target, cols["pre"], cols["post"], cols["weight"], cols["delay"])
+
+    def projections(self) -> list[Projection]:
+        """The simulator's connectome, one :class:`Projection` per stored projection (empty if none)."""
+        return [self.projection(n) for n in self.projection_names()]
 
     @property
     def window_ms(self) -> int:
@@ -694,6 +774,63 @@ class StoreWriter:
         self._hashers = {k: v for k, v in self._hashers.items() if k < index}
         self._touched = {k for k in self._touched if k < index}
         self.commit()
+
+    # -- connectome ------------------------------------------------------------------------
+    @property
+    def has_connections(self) -> bool:
+        return "connections" in self._root and bool(self._root["connections"].attrs.get("complete", False))
+
+    def write_connections(self, projections: Iterable[tuple[str, str, str, Iterable[Any], int]]) -> int:
+        """Write the connectome: ``(name, source, target, chunks, n_dropped)`` per projection.
+
+        Each chunk has ``pre``, ``post``, ``weight``, ``delay`` (rows of the store's neuron order);
+        chunks are written as they come (bounded memory). Any earlier partial connectome is
+        replaced; ``complete`` is set only at the end. Returns the number of synapses.
+        """
+        from zarr.codecs import BloscCodec
+
+        comp = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+        if "connections" in self._root:
+            del self._root["connections"]
+        top = self._root.create_group("connections")
+        top.attrs.update({"complete": False, "order": []})
+        names: list[str] = []
+        total = 0
+        for name, source, target, chunks, n_dropped in projections:
+            source, target = normalize_sheet_name(source), normalize_sheet_name(target)
+            for sheet in (source, target):
+                if sheet not in self._n_neurons:
+                    raise DataMismatchError(f"{self.path}: projection {name}: no sheet {sheet} in the store")
+            if name in names:
+                raise DataMismatchError(f"{self.path}: projection {name!r} given twice")
+            g = top.create_group(sheet_key(name))
+            g.attrs.update(
+                {"name": name, "source": source, "target": target, "units": "as stored by the simulator"}
+            )
+            arrays = {
+                c: g.create_array(c, shape=(0,), chunks=(CONNECTION_CHUNK,), dtype=t, compressors=comp)
+                for c, t in _CONNECTION_ARRAYS.items()
+            }
+            n = 0
+            for ch in chunks:
+                get = ch.__getitem__ if isinstance(ch, Mapping) else lambda c, ch=ch: getattr(ch, c)
+                cols = {c: np.asarray(get(c), t).ravel() for c, t in _CONNECTION_ARRAYS.items()}
+                m = cols["pre"].size
+                if any(v.size != m for v in cols.values()):
+                    raise DataMismatchError(f"{self.path}: projection {name}: columns differ in length")
+                if m and (cols["pre"].min() < 0 or cols["pre"].max() >= self._n_neurons[source]):
+                    raise DataMismatchError(f"{self.path}: projection {name}: pre index out of range")
+                if m and (cols["post"].min() < 0 or cols["post"].max() >= self._n_neurons[target]):
+                    raise DataMismatchError(f"{self.path}: projection {name}: post index out of range")
+                for c, v in cols.items():
+                    arrays[c].resize((n + m,))
+                    arrays[c][n:] = v
+                n += m
+            g.attrs["n_dropped"] = int(n_dropped)
+            names.append(name)
+            total += n
+        top.attrs.update({"complete": True, "order": names})
+        return total
 
     # -- appending -------------------------------------------------------------------------
     @property

@@ -25,6 +25,11 @@ rerunning a killed trim resumes where it stopped (finished inputs are recognised
 ``--append`` adds new files to an existing store in place (same bin size, window and neuron ids
 required; files already in it are skipped); an interrupted append leaves the store at its last
 commit and can be rerun. Inputs must have the same sheets and neuron ids.
+
+Identity: per-neuron properties of the spike files (v2, ``corticalrnn.store.SHEET_PROPERTIES``:
+``ori``, ``phase``, ... from Mozaik's neuron annotations) go into the store's sheets, and the
+connectome (``connections/``) is copied from the first input that has one, chunk by chunk (all
+inputs holding one must agree on its projections and their sizes).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 from corticalrnn.locking import exclusive_lock
 from corticalrnn.sheets import mozaik_positions_to_mm
 from corticalrnn.store import (
+    SHEET_PROPERTIES,
     PackedEvents,
     SheetMeta,
     StoreMeta,
@@ -284,7 +290,13 @@ def _read_headers(paths: Sequence[Path]) -> list[tuple[str, dict[str, np.ndarray
         with open_spikefile(p) as sf:
             # spike files keep the datastore's units (V1 in µm); the store holds mm
             metas = [
-                SheetMeta(s, sf.neuron_ids(s), mozaik_positions_to_mm(s, sf.positions(s))) for s in sf.sheets
+                SheetMeta(
+                    s,
+                    sf.neuron_ids(s),
+                    mozaik_positions_to_mm(s, sf.positions(s)),
+                    {k: v for k, v in sf.properties(s).items() if k in SHEET_PROPERTIES},
+                )
+                for s in sf.sheets
             ]
             out.append((str(p), dict(sf.presentations), metas))
     ref_path, _, ref = out[0] if out else ("", {}, [])
@@ -361,6 +373,7 @@ def _trim(inputs: Sequence[str | Path], out: Path, config: TrimConfig) -> Path:
         else:
             writer = StoreWriter.create(target, meta)
     _run(writer, paths, tables, win, config)
+    carry_connections(writer, paths)
     if target != out:
         if out.exists():
             shutil.rmtree(out)
@@ -471,6 +484,43 @@ def _verify_done(writer: StoreWriter, hashes: Sequence[str]) -> None:
         f"{writer.path}: input {writer.sources[first].get('path')} is recorded but {bad[first]}; "
         "the store is damaged (rebuild it)"
     )
+
+
+def carry_connections(writer: StoreWriter, paths: Sequence[Path], chunk: int = 1 << 20) -> int:
+    """Copy the connectome of the inputs into the store (streamed); returns synapses written (0: none).
+
+    Spike files and the store share neuron order (trim keeps each sheet's neuron ids), so indices
+    carry over unchanged. Skipped when the store already holds a complete connectome that matches.
+    """
+    from extract.spikefile import open_spikefile
+
+    found: list[tuple[Path, list[Any]]] = []
+    for p in paths:
+        with open_spikefile(p) as sf:
+            if sf.connections:
+                found.append((p, sf.connections))
+    if not found:
+        return 0
+    ref_path, ref = found[0]
+    key = [(c.name, c.source, c.target, c.n_synapses) for c in ref]
+    for p, conns in found[1:]:
+        if [(c.name, c.source, c.target, c.n_synapses) for c in conns] != key:
+            raise DataMismatchError(f"{p}: its connectome differs from that of {ref_path}")
+    if writer.has_connections:
+        if open_store(writer.path).projection_info() != key:
+            raise DataMismatchError(f"{writer.path}: the store's connectome differs from that of {ref_path}")
+        return 0
+
+    def projections() -> Iterator[tuple[str, str, str, Iterator[dict[str, np.ndarray]], int]]:
+        with open_spikefile(ref_path) as sf:
+            for c in ref:
+                chunks = (
+                    sf.read_connections(c.name, a, min(a + chunk, c.n_synapses))
+                    for a in range(0, c.n_synapses, chunk)
+                )
+                yield c.name, c.source, c.target, chunks, c.n_dropped
+
+    return writer.write_connections(projections())
 
 
 def _ordered(
