@@ -144,7 +144,7 @@ def test_missing_part_with_duration_rejected(tmp_path):
     "damage, message",
     [
         (lambda h5: h5.attrs.__setitem__("schema", "other.schema"), "schema is 'other.schema'"),
-        (lambda h5: h5.attrs.__setitem__("schema_version", 2), "schema version 2"),
+        (lambda h5: h5.attrs.__setitem__("schema_version", 3), "schema version 3"),
         (lambda h5: h5.__delitem__("presentations/trial"), "missing dataset /presentations/trial"),
         (lambda h5: h5.__delitem__("sheets/X_ON/stimulus/times"), "missing dataset /sheets/X_ON/stimulus/"),
         (lambda h5: h5.__delitem__("sheets/X_ON/neuron_ids"), "missing dataset /sheets/X_ON/neuron_ids"),
