@@ -31,7 +31,19 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("co_bps", "bits/spike"), ("thesis_cc_abs", "thesis_CC_abs"), ("thesis_cc_norm", "thesis_CC_norm"),
 )
 TRUTH_COLUMNS: tuple[str, ...] = ("population", "neurons", "n", "r_model_truth_median",
-                                  "r_data_truth_median", "r_baseline_truth_median")
+                                  "r_population_truth_median", "r_psth_truth_median", "r_data_truth_median",
+                                  "r_model_truth_imgspec_median", "r_data_truth_imgspec_median")
+# the model beside the baselines and ceilings, per population x observed / hidden (medians over neurons;
+# bits/spike pooled over the group's neurons)
+COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("model", "trial_avg_r_median", "r_avg model"), ("population", "trial_avg_r_median", "r_avg pop"),
+    ("psth", "trial_avg_r_median", "r_avg psth"), ("model", "single_trial_r_median", "r_1 model"),
+    ("population", "single_trial_r_median", "r_1 pop"), ("model", "cc_norm_median", "CC_norm model"),
+    ("population", "cc_norm_median", "CC_norm pop"), ("model", "co_bps", "bits/spike model (pooled)"),
+    ("population", "co_bps", "bits/spike pop (pooled)"),
+    ("model", "bps_vs_population", "model-pop bits/spike"),
+    ("model", "oracle_r_median", "r_oracle (ceiling)"), ("model", "split_half_r_median", "split-half r"),
+)
 
 
 @dataclass
@@ -161,11 +173,14 @@ def predict(model: Any, lgn: np.ndarray, batch_size: int = 16, device: str = "cp
 
 # ----------------------------------------------------------------------------- comparison
 def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labels: np.ndarray,
-                     observed: np.ndarray) -> list[dict[str, Any]]:
+                     observed: np.ndarray, baselines: dict[str, np.ndarray] | None = None
+                     ) -> list[dict[str, Any]]:
     """Per population × observed/hidden: median over neurons of Pearson r (over images × time)
     between the generator's true rate and (a) the trial-averaged prediction, (b) the
-    trial-averaged data (how well the data itself pins the rate down), (c) the constant
-    per-neuron mean-rate baseline (undefined: a constant has no correlation; reported as NaN)."""
+    trial-averaged data (how well the data itself pins the rate down), (c) each time-course baseline
+    (``population``, ``psth``: the same time course for every image); and the *image-specific* r of
+    (a) and (b): both after removing each neuron's mean time course across the test images, on which
+    any image-blind predictor (every baseline) scores 0."""
     from corticalrnn.metrics import POPULATIONS, population_label
 
     def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -177,8 +192,17 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
 
-    r_model = corr(pred.mean(1) if pred.ndim == 4 else pred, truth)
+    pm = pred.mean(1) if pred.ndim == 4 else pred
+    r_model = corr(pm, truth)
     r_data = corr(data.mean(1), truth)
+    r_base = {k: corr(np.asarray(v, np.float64), truth) for k, v in (baselines or {}).items()}
+
+    def specific(x: np.ndarray) -> np.ndarray:
+        return x - x.mean(0, keepdims=True)
+
+    spec_model = corr(specific(pm), specific(truth)) if len(truth) > 1 else np.full(pm.shape[-1], np.nan)
+    spec_data = (corr(specific(data.mean(1)), specific(truth)) if len(truth) > 1
+                 else np.full(pm.shape[-1], np.nan))
     lab = np.array([population_label(str(x)) for x in labels], dtype=object)
     rows = []
     for pop in [p for p in POPULATIONS if p in set(lab)] + ["all"]:
@@ -186,10 +210,15 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
         for group, sel in (("observed", in_pop & observed), ("hidden", in_pop & ~observed)):
             if not sel.any():
                 continue
-            rows.append({"population": pop, "neurons": group, "n": int(sel.sum()),
-                         "r_model_truth_median": _nanmedian(r_model[sel]),
-                         "r_data_truth_median": _nanmedian(r_data[sel]),
-                         "r_baseline_truth_median": math.nan})
+            row = {"population": pop, "neurons": group, "n": int(sel.sum()),
+                   "r_model_truth_median": _nanmedian(r_model[sel]),
+                   "r_data_truth_median": _nanmedian(r_data[sel]),
+                   "r_model_truth_imgspec_median": _nanmedian(spec_model[sel]),
+                   "r_data_truth_imgspec_median": _nanmedian(spec_data[sel])}
+            for k, v in r_base.items():
+                if k != "mean_rate":
+                    row[f"r_{k}_truth_median"] = _nanmedian(v[sel])
+            rows.append(row)
     return rows
 
 
@@ -227,6 +256,74 @@ def true_rates_for(path: str | Path, image_ids: np.ndarray, subset: Any, store: 
     cols = np.array([col[int(i)] for i in wanted], dtype=np.int64)
     r = gt.avg_rates_v1[[rows[int(i)] for i in image_ids]][:, k0:k0 + T * per][..., cols]
     return r.reshape(len(image_ids), T, per, len(cols)).mean(2).astype(np.float64) * (b / 1000.0)
+
+
+def _training_baselines(ck: dict[str, Any], subset: Any, train_store: Any, notes: list[str]) -> Any:
+    """Baselines over the run's training windows, or None (with a note) when its store is unavailable."""
+    from corticalrnn.baselines import training_baselines
+    from corticalrnn.store import open_store
+
+    if train_store is None:
+        train_store = ((ck.get("config") or {}).get("data") or {}).get("store")
+        if not train_store or not Path(train_store).exists():
+            notes.append("time-course baselines left out: the run's training store is not available "
+                         "(pass --train-store)")
+            return None
+    st = train_store if hasattr(train_store, "windows") else open_store(train_store)
+    split = ck.get("split") or {}
+    ids = np.asarray(st.windows.image_id, np.int64)
+    ok = ~np.asarray(st.windows.padded, bool) & (np.asarray(st.windows.split) != "test")
+    train_ids = np.asarray(split.get("train", []), np.int64)
+    windows = np.flatnonzero(ok & np.isin(ids, train_ids)) if train_ids.size else np.flatnonzero(ok)
+    if windows.size == 0:
+        notes.append(f"time-course baselines left out: {st.path} has none of the run's training windows")
+        return None
+    return training_baselines(st, subset, windows)
+
+
+def split_half_r(data: np.ndarray) -> np.ndarray:
+    """Per neuron: r over images × time between the mean of the even and of the odd trials (NaN with
+    fewer than 2 trials or a constant half): the reliability of the recorded response itself."""
+    if data.shape[1] < 2:
+        return np.full(data.shape[-1], np.nan)
+    a = data[:, 0::2].mean(1).reshape(-1, data.shape[-1]).astype(np.float64)
+    b = data[:, 1::2].mean(1).reshape(-1, data.shape[-1]).astype(np.float64)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
+
+
+def _add_group_medians(rows: list[dict[str, Any]], values: np.ndarray, key: str, labels: np.ndarray,
+                       observed: np.ndarray) -> None:
+    """Set ``key`` in every row to the median of ``values`` over the row's neurons."""
+    from corticalrnn.metrics import population_label
+
+    lab = np.array([population_label(str(x)) for x in labels], dtype=object)
+    for r in rows:
+        sel = np.ones(len(lab), bool) if r["population"] == "all" else lab == r["population"]
+        if r["neurons"] == "observed":
+            sel &= observed
+        elif r["neurons"] == "hidden":
+            sel &= ~observed
+        r[key] = _nanmedian(values[sel])
+
+
+def comparison_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per population × observed/hidden: the model beside the baselines and the ceilings."""
+    by = {(r["population"], r["neurons"], r["predictor"]): r for r in rows}
+    out = []
+    for r in rows:
+        if r["predictor"] != "model" or r["neurons"] == "all":
+            continue
+        row: dict[str, Any] = {"population": r["population"], "neurons": r["neurons"], "n": r["n"]}
+        for predictor, key, header in COMPARISON_COLUMNS:
+            src = by.get((r["population"], r["neurons"], predictor))
+            if src is not None and key in src:
+                row[header] = src[key]
+        out.append(row)
+    return out
 
 
 def _nanmedian(x: np.ndarray) -> float:
@@ -311,11 +408,13 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
 def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Path | None = None, *,
              truth: str | Path | None = None, device: str = "auto", batch_size: int = 16,
              figures: bool = True, progress: bool = True, max_images: int | None = None,
-             weights: str = "auto") -> EvalResult:
+             weights: str = "auto", train_store: str | Path | Any | None = None) -> EvalResult:
     """Predict the test windows of ``store`` with ``checkpoint`` and compute the metrics table.
 
     Writes ``report.json`` and PNG figures to ``out_dir`` when given. ``truth`` is a ground-truth
-    rates file of ``corticalrnn synth`` for the same images.
+    rates file of ``corticalrnn synth`` for the same images. ``train_store`` (default: the run's
+    ``data.store`` when it exists) gives the training windows of the time-course baselines
+    (:mod:`corticalrnn.baselines`); without it they are left out, with a note.
     """
     from corticalrnn.metrics import summarize
     from corticalrnn.store import open_store
@@ -344,15 +443,21 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     observed = np.asarray(subset.observed_mask(), dtype=bool)
     ids = subset.v1_ids()
 
-    summary = summarize(test.v1, pred, labels, observed, progress=progress)
+    base = _training_baselines(ck, subset, train_store, test.notes)
+    base_pred = None if base is None else base.predictions(len(test.image_ids))
+    summary = summarize(test.v1, pred, labels, observed, progress=progress,
+                        baseline_rates=None if base is None else base.mean_rate,
+                        baselines=None if base_pred is None else
+                        {k: v for k, v in base_pred.items() if k != "mean_rate"})
     rows = [dict(r) for r in summary]
+    _add_group_medians(rows, split_half_r(test.v1), "split_half_r_median", labels, observed)
     skipped = dict(summary.skipped)
     per = summary.results["model"].per_neuron
 
     truth_rows = truth_arr = None
     if truth is not None:
         truth_arr = true_rates_for(truth, test.image_ids, subset, st)  # [images, T, N_v1]
-        truth_rows = truth_comparison(pred, test.v1, truth_arr, labels, observed)
+        truth_rows = truth_comparison(pred, test.v1, truth_arr, labels, observed, base_pred)
 
     figs: list[Path] = []
     report_path = None
@@ -367,8 +472,12 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
         "neurons": subset.summary(), "table": rows, "skipped_metrics": skipped,
         "undefined_counts": summary.undefined, "notes": test.notes,
         "truth": truth_rows, "truth_file": None if truth is None else str(truth),
-        "baseline": "constant per-neuron mean rate of the test data (per-neuron correlations of a "
-                    "constant are undefined; compare bits/spike (> 0 beats it) and thesis_CC_*)",
+        "baseline": ("constant per-neuron mean rate of the test data" if base is None else
+                     f"constant per-neuron mean rate of the {base.n_windows} training windows") +
+                    " (per-neuron correlations of a constant are undefined; compare bits/spike (> 0 "
+                    "beats it) and thesis_CC_*); 'psth' and 'population' predictors: see "
+                    "corticalrnn.baselines",
+        "comparison": comparison_rows(rows),
     }
     if out_dir is not None:
         out = Path(out_dir)
@@ -390,6 +499,9 @@ def print_result(res: EvalResult, file: Any = None) -> None:
           f"{r['n_bins']} bins of {r['bin_ms']} ms; medians over neurons; model vs mean-rate baseline",
           file=file)
     print(res.table(), file=file)
+    if r.get("comparison") and any("r_avg pop" in c for c in r["comparison"]):
+        print("\nmodel beside the time-course baselines (from training windows) and the ceilings:", file=file)
+        print(format_table(r["comparison"]), file=file)
     if res.skipped:
         print("skipped metrics:", file=file)
         for name, why in res.skipped.items():
@@ -419,12 +531,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=("auto", "raw"), default="auto",
                         help="auto: EMA weights when the run kept them; raw: the optimised weights")
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--train-store", type=Path, default=None,
+                        help="store of the run's training windows, for the time-course baselines "
+                             "(default: the run's data.store)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.store.name.removesuffix('.zarr')}"
     res = evaluate(args.checkpoint, args.store, out, truth=args.truth, device=args.device,
                    batch_size=args.batch_size, figures=not args.no_figures, max_images=args.max_images,
-                   weights=args.weights)
+                   weights=args.weights, train_store=args.train_store)
     print_result(res)
     return 0

@@ -187,7 +187,7 @@ class Experiment:
             raise CorticalRNNError("no test store: pass store=... or Experiment(test_store=...)")
         out = ckpt.parent / f"eval-{Path(st).name.removesuffix('.zarr')}"
         return evaluate(ckpt, st, out, truth=truth if truth is not None else self.truth, figures=figures,
-                        progress=progress, device="auto")
+                        progress=progress, device="auto", train_store=self.store)
 
     # ---------------------------------------------------------------------- sweeps
     def sweep_observed(self, observed: list[float], fraction: float = 0.1, method: str = "spatial",

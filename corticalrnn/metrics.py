@@ -543,6 +543,7 @@ def summarize(
     observed_mask: np.ndarray,
     *,
     baseline_rates: np.ndarray | None = None,
+    baselines: dict[str, np.ndarray] | None = None,
     progress: bool = True,
 ) -> SummaryRows:
     """Metrics table per population (L4 E, L4 I, L2/3 E, L2/3 I) × {observed, hidden, all}.
@@ -553,7 +554,10 @@ def summarize(
     per-neuron metric, ``<metric>_median``, ``<metric>_mean`` and ``<metric>_n`` (neurons where it
     is defined), plus the group's pooled ``co_bps`` and the thesis pooled ``thesis_cc_*`` (means
     over images, computed on the group's neurons). Groups without neurons are left out; an
-    ``all``/``all`` row covers every neuron.
+    ``all``/``all`` row covers every neuron. ``baselines``: further named predictions (e.g. the
+    training-window baselines of :mod:`corticalrnn.baselines`), each a predictor of its own; with a
+    ``population`` baseline the model's rows also hold ``bps_vs_population``, the pooled bits per
+    spike of the model against it (> 0: the model beats it).
     """
     data, prediction, _ = _check(data, prediction)
     n_n = data.shape[-1]
@@ -569,6 +573,8 @@ def summarize(
         "model": compute_metrics(data, prediction, baseline_rates=baseline_rates, progress=progress),
         "baseline": compute_metrics(data, baseline, baseline_rates=baseline_rates, progress=progress),
     }
+    for name, pred in (baselines or {}).items():
+        results[name] = compute_metrics(data, pred, baseline_rates=baseline_rates, progress=progress)
     order = [p for p in POPULATIONS if p in set(labels)] + sorted(set(labels) - set(POPULATIONS))
     groups: list[tuple[str, str, np.ndarray]] = []
     for pop in order:
@@ -592,7 +598,12 @@ def summarize(
                 med, mean, n_ok = _stats(res.per_neuron[name][idx])
                 row[f"{name}_median"], row[f"{name}_mean"], row[f"{name}_n"] = med, mean, n_ok
             row["co_bps"] = res.co_bps(idx)
-            row.update(results["model"].thesis_cc(idx, baseline=predictor == "baseline"))
+            if predictor in ("model", "baseline"):
+                row.update(results["model"].thesis_cc(idx, baseline=predictor == "baseline"))
+            else:
+                row.update(res.thesis_cc(idx))
+            if predictor == "model" and "population" in results:
+                row["bps_vs_population"] = row["co_bps"] - results["population"].co_bps(idx)
             rows.append(row)
     model = results["model"]
     return SummaryRows(rows, dict(model.skipped), dict(model.undefined), results)

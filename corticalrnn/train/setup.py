@@ -26,11 +26,51 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
 
     data = dict(cfg.model)
     if "bin_ms" in data and float(data["bin_ms"]) != float(bin_ms):
-        raise DataMismatchError(f"config model.bin_ms={data['bin_ms']} but the store has {bin_ms} ms bins")
+        raise DataMismatchError(f"config model.bin_ms={data['bin_ms']} but the store has {bin_ms} ms bins; "
+                                f"{rebin_hint(data['bin_ms'])}, or drop model.bin_ms (the store sets it)")
     data["bin_ms"] = float(bin_ms)
     if "precision" not in data:
         data["precision"] = precision
     return ModelConfig.from_dict(data)
+
+
+def rebin_hint(bin_ms: float) -> str:
+    """The command that makes a store with ``bin_ms`` bins from the extracted spike files."""
+    b = int(bin_ms) if float(bin_ms).is_integer() else bin_ms
+    return (f"rebin the same extracted spike files: `corticalrnn trim SPIKES/*.h5 -o STORE_{b}ms.zarr "
+            f"--bin-ms {b}`")
+
+
+def check_store_fits(spec: dict[str, Any], subset: Any, store: Any, checkpoint: str | Path,
+                     atol_mm: float = 1e-6) -> None:
+    """Raise DataMismatchError unless ``store`` can be fed to the model of ``spec`` (a checkpoint's):
+    the same bin size (else: the ``trim --bin-ms`` command) and, where both have them, the same
+    neuron positions (same ids but other positions: a store of another network, e.g. another synth
+    seed or Mozaik run). Missing neuron ids are reported by ``subset.indices``."""
+    trained = float(spec["bin_ms"])
+    if float(store.bin_ms) != trained:
+        raise DataMismatchError(f"{store.path}: {store.bin_ms} ms bins, but {checkpoint} was trained on "
+                                f"{trained:g} ms bins; {rebin_hint(trained)}")
+    saved = spec.get("positions") or {}
+    if not saved:
+        return
+    here = subset.positions(store)
+    for sheet, want in saved.items():
+        got = here.get(sheet)
+        if got is None:
+            continue
+        want = np.asarray(want.cpu().numpy() if hasattr(want, "cpu") else want, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if got.shape != want.shape:
+            raise DataMismatchError(f"{store.path}: sheet {sheet} positions have shape {got.shape}, "
+                                    f"{checkpoint} has {want.shape}")
+        bad = ~np.isclose(got, want, rtol=0, atol=atol_mm).all(axis=1)
+        if bad.any():
+            raise DataMismatchError(
+                f"{store.path}: the neuron ids match {checkpoint} but the positions of {int(bad.sum())} of "
+                f"{bad.size} {sheet} neurons differ (by up to {np.abs(got - want).max():.3g}): a store of "
+                f"another network (another synth seed or Mozaik model)? Evaluate on a store extracted "
+                f"from the same network the model was trained on")
 
 
 def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
