@@ -154,6 +154,21 @@ class ResolvedWindow:
         )
 
 
+def _not_an_input_file(p: Path) -> str:
+    """Why ``p`` cannot be a trim input, with the command that makes one."""
+    mozaik = p / "datastore.recordings.pickle"
+    if mozaik.is_file() or (p.is_file() and p.suffix == ".pickle"):
+        folder = p if p.is_dir() else p.parent
+        return (f"{p}: a Mozaik datastore, not an extracted spike file; run extract first: "
+                f"`corticalrnn extract {folder} -o spikes/` then `corticalrnn trim spikes/*.h5 -o STORE "
+                f"--bin-ms B`")
+    if p.is_dir():
+        h5 = sorted(p.glob("*.h5"))
+        hint = f" (it holds {len(h5)} .h5 file(s): `corticalrnn trim {p}/*.h5 ...`)" if h5 else ""
+        return f"{p}: a folder; trim takes the HDF5 spike files that `corticalrnn extract` writes{hint}"
+    return f"{p}: no such file"
+
+
 def resolve_window(
     spec: WindowSpec, bin_ms: int, tables: Sequence[tuple[str, dict[str, np.ndarray]]]
 ) -> ResolvedWindow:
@@ -328,7 +343,7 @@ def _trim(inputs: Sequence[str | Path], out: Path, config: TrimConfig) -> Path:
         raise CorticalRNNError("no input files given")
     for p in paths:
         if not p.is_file():
-            raise CorticalRNNError(f"{p}: no such file")
+            raise CorticalRNNError(_not_an_input_file(p))
     if len(set(paths)) != len(paths):
         raise CorticalRNNError("an input file is given twice")
     headers = _read_headers(paths)

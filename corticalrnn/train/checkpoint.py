@@ -52,11 +52,27 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def not_a_checkpoint_file(path: Path) -> str:
+    """Why ``path`` (not a file) is no checkpoint: a run folder, a Zarr store (arguments swapped), or
+    missing; the message names what to give instead."""
+    if path.is_dir():
+        found = [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        if found:
+            return f"{path}: a run folder, not a checkpoint; give {found[0]} (or {path / 'last.pt'})"
+        if (path / "zarr.json").is_file() or path.suffix == ".zarr":
+            return (f"{path}: a Zarr store, not a checkpoint; the checkpoint comes first "
+                    f"(`corticalrnn evaluate RUN_DIR/best.pt {path}`)")
+        return f"{path}: a folder, not a checkpoint file (RUN_DIR/best.pt or RUN_DIR/last.pt)"
+    if path.suffix == ".pt" and (path.parent / "best.pt").is_file():
+        return f"{path}: checkpoint file not found; {path.parent / 'best.pt'} exists"
+    return f"{path}: checkpoint file not found"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
     if not path.is_file():
-        raise SchemaError(f"{path}: checkpoint file not found")
+        raise SchemaError(not_a_checkpoint_file(path))
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
