@@ -38,8 +38,8 @@ from extract.mozaik_types import Connections
 ANALYSIS = "datastore.analysis.pickle"
 #: bytes payloads at least this large are left in the file (FileSlice) instead of being read
 LAZY_BYTES = 1 << 20
-#: synapses per chunk when streaming (24 MiB per float64 [n, 3] array)
-CHUNK_ROWS = 1 << 20
+#: synapses per chunk when streaming (6 MiB per float64 [n, 3] array)
+CHUNK_ROWS = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------------
