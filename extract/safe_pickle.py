@@ -16,12 +16,27 @@ Two modes:
 * ``use_neo=True``: the real neo and quantities classes are returned (still allow-listed).
 
 Either way :func:`spiketrain_data` reads a spike train as plain numbers (ms).
+
+Bounds and types (:class:`Limits`, every violation a :class:`PickleLimitError` naming the file):
+
+* numpy arrays, scalars and dtypes only of plain kinds (bool, int, uint, float, complex, and
+  fixed-width bytes/str): no structured, sub-array or object dtypes. A dtype is always built as a
+  fresh copy from its type string; an array's state is checked (dtype plain, its item size the
+  canonical one, raw data a bytes object of exactly ``prod(shape) * itemsize`` bytes) *before*
+  numpy's own ``ndarray.__setstate__`` copies it, so nothing is ever read outside a buffer;
+  ``_reconstruct`` only with the ``(0,)`` shape numpy itself pickles (no allocation from a shape).
+* no ``slice``, ``bytearray``, ``range``; ``bytes`` never from an int; ``_codecs.encode`` only
+  ``str -> latin1``; container constructors called from a pickle count the elements they copy.
+* file size ``max_file_bytes``, one array ``max_array_bytes``, and, after loading, a walk of the
+  object graph: nesting depth ``max_depth`` and objects as a tree (shared references counted
+  every time they are reached, so a repeated-reference "bomb" is caught) ``max_objects``.
 """
 
 from __future__ import annotations
 
 import codecs
 import collections
+import contextvars
 import copyreg
 import datetime
 import functools
@@ -102,10 +117,14 @@ class LightQuantity:
 
     def __setstate__(self, state: Any) -> None:
         # quantities writes (version, shape, dtype, fortran, data, dimensionality); older: (nd_state, dim)
+        if not isinstance(state, tuple) or len(state) not in (2, 5, 6):
+            raise _Refused("quantity state is not a tuple of 2, 5 or 6 items")
         if len(state) == 2:
             self._nd_state, dim = state
         else:
             self._nd_state, dim = state[:-1], state[-1]
+        if self._nd_state is not None:
+            _check_array_state(self._nd_state)
         self._magnitude = None
         self.dimensionality = dim if isinstance(dim, dict) else {}
 
@@ -113,8 +132,10 @@ class LightQuantity:
     def magnitude(self) -> np.ndarray:
         if self._magnitude is None:
             arr = np.empty(0)
-            if self._nd_state is not None:
+            if self._nd_state is not None:  # checked when unpickled
+                arr = np.ndarray.__new__(_SafeArray, (0,), "b")
                 arr.__setstate__(self._nd_state)
+                arr = arr.view(np.ndarray)
             self._magnitude = arr
         return self._magnitude
 
@@ -249,6 +270,8 @@ def _new_spiketrain(cls: Any, signal: Any, t_stop: Any, units: Any = None, *args
         array_annotations, annotations = None, kw.get("annotations")
     if isinstance(signal, LightQuantity):  # times as a quantity: convert now, units become ms
         signal, units = signal.to_ms(), None
+    elif not isinstance(signal, np.ndarray):
+        raise _Refused(f"spike times must be an array or a quantity, not {type(signal).__name__}")
     return LightSpikeTrain(
         times=np.asarray(signal),
         units=units,
@@ -373,6 +396,185 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
 
 
+class PickleLimitError(SchemaError):
+    """A pickle exceeds a resource bound or holds a type that is not plain data; nothing unsafe ran."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied to every pickle (see the module docstring)."""
+
+    max_file_bytes: int = 8 << 30
+    max_array_bytes: int = 4 << 30
+    max_depth: int = 200
+    max_objects: int = 50_000_000
+
+
+DEFAULT_LIMITS = Limits()
+_PLAIN_KINDS = "biufcSU"
+
+
+class _Refused(Exception):
+    """Raised inside unpickling callables; turned into PickleLimitError naming the file."""
+
+
+def _plain_dtype(dt: Any) -> np.dtype:
+    """``dt`` if it is a plain dtype (no fields, sub-array, objects; canonical item size)."""
+    if not isinstance(dt, np.dtype):
+        raise _Refused(f"expected a numpy dtype, got {type(dt).__name__}")
+    if dt.fields is not None or dt.names is not None or dt.subdtype is not None or dt.hasobject:
+        raise _Refused(f"dtype {dt!r} is structured, a sub-array or holds objects (only plain dtypes)")
+    if dt.kind not in _PLAIN_KINDS or dt.itemsize < 1:
+        raise _Refused(f"dtype {dt!r} is not a plain numeric or string dtype")
+    canon = np.dtype(dt.str)
+    if canon.itemsize != dt.itemsize or canon.kind != dt.kind or canon.fields is not None:
+        raise _Refused(f"dtype {dt!r} has an item size that does not match its type")
+    return dt
+
+
+def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype`` for pickles: a plain type string only, always a fresh copy (BUILD may then
+    set its byte order; it is checked again when an array or scalar uses it)."""
+    if not isinstance(obj, str) or len(obj) > 16:
+        raise _Refused(f"dtype from {type(obj).__name__} {str(obj)[:40]!r} (only plain type strings)")
+    try:
+        base = np.dtype(obj)
+    except TypeError as exc:
+        raise _Refused(f"dtype {obj!r}: {exc}") from None
+    _plain_dtype(base)
+    return np.dtype(obj, align=False, copy=True)
+
+
+class _SafeArray(np.ndarray):
+    """What ``_reconstruct`` returns: its ``__setstate__`` checks the state before numpy's copies it."""
+
+    def __setstate__(self, state: Any) -> None:
+        _check_array_state(state)
+        super().__setstate__(state)
+
+
+def _check_array_state(state: Any) -> None:
+    """An ndarray state ``([version,] shape, dtype, fortran, raw)`` of a plain dtype and exact size."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise _Refused("array state is not a 4- or 5-tuple")
+    shape, dtype, fortran, raw = state[-4:]
+    dt = _plain_dtype(dtype)
+    if not isinstance(raw, bytes):
+        raise _Refused(f"array data must be bytes, got {type(raw).__name__}")
+    n = _checked_size(shape, dt)
+    if len(raw) != n:
+        raise _Refused(f"array data has {len(raw)} bytes, shape {shape} x {dt.itemsize} needs {n}")
+
+
+def _checked_size(shape: Any, dt: np.dtype) -> int:
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or len(shape) > 32 or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape
+    ):
+        raise _Refused(f"bad array shape {str(shape)[:80]}")
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+    limit = _LIMITS.get().max_array_bytes
+    if n > limit:
+        raise _Refused(f"an array of {n} bytes exceeds the limit of {limit} bytes")
+    return n
+
+
+def _safe_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` as numpy pickles use it: an empty plain ndarray."""
+    if cls is not np.ndarray or shape not in ((0,), 0, [0]) or typecode not in (b"b", "b"):
+        raise _Refused(f"_reconstruct({getattr(cls, '__name__', cls)}, {str(shape)[:40]}, {typecode!r})")
+    return np.ndarray.__new__(_SafeArray, (0,), "b")
+
+
+def _safe_scalar(dtype: Any, data: Any = None) -> Any:
+    dt = _plain_dtype(dtype)
+    if not isinstance(data, bytes) or len(data) != dt.itemsize:
+        raise _Refused(f"numpy scalar of {dt} needs {dt.itemsize} bytes")
+    return np.frombuffer(data, dtype=dt, count=1)[0]
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    dt = _plain_dtype(dtype)
+    if not isinstance(buf, bytes | bytearray | memoryview | pickle.PickleBuffer) or order not in ("C", "F"):
+        raise _Refused("_frombuffer with an unexpected buffer or order")
+    n = _checked_size(shape, dt)
+    raw = bytes(buf)
+    if len(raw) != n:
+        raise _Refused(f"buffer has {len(raw)} bytes, shape {shape} needs {n}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape, order=order).copy()
+
+
+def _safe_bytes(*args: Any) -> bytes:
+    if args and not isinstance(args[0], bytes | str):
+        raise _Refused(f"bytes({type(args[0]).__name__}) (only from bytes or str)")
+    return bytes(*args)
+
+
+def _safe_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    if not isinstance(obj, str) or str(encoding).lower().replace("-", "") not in ("latin1", "iso88591"):
+        raise _Refused(f"_codecs.encode of {type(obj).__name__} with {encoding!r} (only str -> latin1)")
+    return codecs.encode(obj, "latin1", errors if errors in ("strict",) else "strict")
+
+
+_LIMITS: contextvars.ContextVar[Limits] = contextvars.ContextVar("safe_pickle_limits", default=DEFAULT_LIMITS)
+
+
+def check_graph(obj: Any, source: str | os.PathLike[str], limits: Limits | None = None) -> None:
+    """Walk a loaded object graph: nesting depth and objects counted as a tree (a shared object
+    once per reference) within ``limits``; raises :class:`PickleLimitError` naming ``source``."""
+    limits = limits or _LIMITS.get()
+    max_objects, max_depth = limits.max_objects, limits.max_depth
+    size: dict[int, int] = {}  # id -> objects in its subtree (as a tree), once finished
+    kids_of: dict[int, list[Any]] = {}
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    leaf = _LEAF_TYPES
+    while stack:
+        o, depth = stack.pop()
+        i = id(o)
+        if depth < 0:  # post-order: children are finished
+            total = 1
+            for c in kids_of.pop(i):
+                total += size.get(id(c), 1)
+            if total > max_objects:
+                raise PickleLimitError(
+                    f"{source}: refused to load: more than {max_objects} objects (counted as a tree; "
+                    "repeated references?)"
+                )
+            size[i] = total
+            continue
+        if i in size or i in kids_of:  # done, or on the current path (a cycle)
+            continue
+        if depth > max_depth:
+            raise PickleLimitError(f"{source}: refused to load: nesting deeper than {max_depth}")
+        kids = [c for c in _children(o) if type(c) not in leaf]
+        kids_of[i] = kids
+        stack.append((o, -1))
+        for c in kids:
+            stack.append((c, depth + 1))
+
+
+_LEAF = (str, bytes, int, float, complex, bool, type(None), np.ndarray, np.generic, np.dtype)
+_LEAF_TYPES = frozenset({str, bytes, int, float, complex, bool, type(None), np.ndarray, _SafeArray})
+
+
+def _children(o: Any) -> list[Any]:
+    if isinstance(o, _LEAF) or isinstance(o, type):
+        return []
+    if isinstance(o, dict):
+        out = [*o, *o.values()]
+        extra = getattr(o, "__dict__", None)
+        return [*out, extra] if extra else out
+    if isinstance(o, list | tuple | set | frozenset):
+        return list(o)
+    if isinstance(o, LightQuantity):
+        return [o._nd_state, o.dimensionality]
+    d = getattr(o, "__dict__", None)
+    return [d] if isinstance(d, dict) else []
+
+
 #: numpy arrays/scalars and builtin containers: all a plain data pickle (e.g. an index file) needs
 _PLAIN: dict[tuple[str, str], Any] = {
     ("builtins", "dict"): dict,
@@ -384,19 +586,16 @@ _PLAIN: dict[tuple[str, str], Any] = {
     ("builtins", "float"): float,
     ("builtins", "bool"): bool,
     ("builtins", "str"): str,
-    ("builtins", "bytes"): bytes,
+    ("builtins", "bytes"): _safe_bytes,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "range"): range,
-    ("builtins", "slice"): slice,
     ("__builtin__", "dict"): dict,
     ("__builtin__", "list"): list,
     ("__builtin__", "set"): set,
     ("__builtin__", "frozenset"): frozenset,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles: encode(str, "latin1")
+    ("_codecs", "encode"): _safe_encode,  # bytes in protocol-2 pickles: encode(str, "latin1")
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _safe_dtype,
 }
 try:  # numpy >= 2 (and 1.26 pickles written by numpy 2 name numpy._core)
     _np_multiarray = importlib.import_module("numpy._core.multiarray")
@@ -405,10 +604,9 @@ except ImportError:  # pragma: no cover - numpy < 2
     _np_multiarray = importlib.import_module("numpy.core.multiarray")
     _np_numeric = importlib.import_module("numpy.core.numeric")
 for _mod in ("numpy.core", "numpy._core"):
-    _PLAIN[(f"{_mod}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
-    _PLAIN[(f"{_mod}.multiarray", "scalar")] = _np_multiarray.scalar
-    if hasattr(_np_numeric, "_frombuffer"):
-        _PLAIN[(f"{_mod}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+    _PLAIN[(f"{_mod}.multiarray", "_reconstruct")] = _safe_reconstruct
+    _PLAIN[(f"{_mod}.multiarray", "scalar")] = _safe_scalar
+    _PLAIN[(f"{_mod}.numeric", "_frombuffer")] = _safe_frombuffer
 
 #: what a datastore pickle may contain besides neo/quantities/Mozaik classes
 _BASE: dict[tuple[str, str], Any] = {
@@ -465,7 +663,14 @@ class SafeUnpickler(pickle.Unpickler):
         )
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limits: Limits | None = None) -> bytes:
+    limit = (limits or DEFAULT_LIMITS).max_file_bytes
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if size > limit:
+        raise PickleLimitError(f"{path}: refused to load: {size} bytes exceeds the limit of {limit} bytes")
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -474,28 +679,43 @@ def _read_bytes(path: Path) -> bytes:
         raise CorticalRNNError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _unpickle(unpickler: pickle.Unpickler, source: str | os.PathLike[str], what: str) -> Any:
-    """Run ``unpickler``; every failure becomes an error that names ``source``."""
+def _unpickle(
+    unpickler: pickle.Unpickler, source: str | os.PathLike[str], what: str, limits: Limits | None = None
+) -> Any:
+    """Run ``unpickler`` within ``limits``; every failure becomes an error that names ``source``."""
+    token = _LIMITS.set(limits or DEFAULT_LIMITS)
     try:
-        return unpickler.load()
+        obj = unpickler.load()
+        check_graph(obj, source)
+        return obj
     except CorticalRNNError:
         raise
+    except _Refused as exc:
+        raise PickleLimitError(f"{source}: refused to load: {exc}; nothing was executed") from None
+    except RecursionError:
+        raise PickleLimitError(f"{source}: refused to load: nesting too deep") from None
+    except MemoryError:
+        raise PickleLimitError(f"{source}: refused to load: out of memory while unpickling") from None
     except EOFError:
         raise SchemaError(f"{source}: pickle is truncated (ran out of data)") from None
     except Exception as exc:  # corrupt data raises many types (UnpicklingError, ValueError, ...)
         raise SchemaError(f"{source}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+    finally:
+        _LIMITS.reset(token)
 
 
-def load(path: str | os.PathLike[str], use_neo: bool = False) -> Any:
+def load(path: str | os.PathLike[str], use_neo: bool = False, limits: Limits | None = None) -> Any:
     """Load one datastore pickle safely; errors name the file and the problem."""
     path = Path(path)
     if use_neo and not neo_available():
         raise CorticalRNNError(f"{path}: use_neo=True but neo/quantities are not installed")
-    return loads(_read_bytes(path), path, use_neo)
+    return loads(_read_bytes(path, limits), path, use_neo, limits)
 
 
-def loads(data: bytes, source: str | os.PathLike[str], use_neo: bool = False) -> Any:
-    return _unpickle(SafeUnpickler(io.BytesIO(data), source, use_neo), source, "datastore pickle")
+def loads(
+    data: bytes, source: str | os.PathLike[str], use_neo: bool = False, limits: Limits | None = None
+) -> Any:
+    return _unpickle(SafeUnpickler(io.BytesIO(data), source, use_neo), source, "datastore pickle", limits)
 
 
 class PlainUnpickler(pickle.Unpickler):
@@ -514,10 +734,11 @@ class PlainUnpickler(pickle.Unpickler):
         )
 
 
-def load_plain(path: str | os.PathLike[str]) -> Any:
-    """Load a pickle of numpy arrays and builtin containers safely; errors name the file."""
+def load_plain(path: str | os.PathLike[str], limits: Limits | None = None) -> Any:
+    """Load a pickle of numpy arrays and builtin containers safely (same bounds as datastore
+    pickles: :class:`Limits`); errors name the file."""
     path = Path(path)
-    return _unpickle(PlainUnpickler(io.BytesIO(_read_bytes(path)), path), path, "pickle")
+    return _unpickle(PlainUnpickler(io.BytesIO(_read_bytes(path, limits)), path), path, "pickle", limits)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corticalrnn.errors import SchemaError
+from corticalrnn.errors import CorticalRNNError, SchemaError
 from extract import safe_pickle
 from extract.safe_pickle import ForbiddenGlobalError, LightSegment, loads, spiketrain_data
 
@@ -269,3 +269,126 @@ def test_quantities_of_other_units(tmp_path, use_neo):
     got = loads(pickle.dumps(values, protocol=4), tmp_path / "b.pickle", use_neo=use_neo)
     for g, v in zip(got, values):
         np.testing.assert_array_equal(np.asarray(g.magnitude), np.asarray(v.magnitude))
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded, type-checked unpickling (issue 15): dtype abuse, resource bombs, forbidden builtins
+
+from extract.safe_pickle import Limits, PickleLimitError, load_plain  # noqa: E402
+
+_MA = "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
+
+
+def _raw_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _array_pickle_ops(dt_state, dtype_name, raw, shape) -> bytes:
+    def ops(x):
+        return pickle.dumps(x, protocol=3)[2:-1]
+
+    return (
+        b"\x80\x03"
+        + _raw_global(_MA, "_reconstruct")
+        + _raw_global("numpy", "ndarray")
+        + ops((0,))
+        + ops(b"b")
+        + b"\x87R"
+        + b"("
+        + ops(1)
+        + ops(shape)
+        + _raw_global("numpy", "dtype")
+        + ops((dtype_name, False, True))
+        + b"R"
+        + ops(dt_state)
+        + b"b"
+        + b"\x89"
+        + ops(raw)
+        + b"tb."
+    )
+
+
+def test_plain_array_through_the_checked_path() -> None:
+    raw = np.arange(8, dtype="<f8").tobytes()
+    arr = loads(_array_pickle_ops((3, "<", None, None, None, 64, 8, 0), "f8", raw, (8,)), "a.pickle")
+    assert np.array_equal(np.asarray(arr), np.arange(8.0)) and arr.dtype.itemsize == 8  # 64 ignored
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        # fields added by BUILD with an offset far outside the 8-byte item: out-of-bounds reads
+        (3, "|", None, ("a",), {"a": (np.dtype("f8"), 1 << 30)}, 8, 1, 16),
+        (3, "|", None, ("a",), {"a": (np.dtype("f8"), 56)}, 8, 1, 16),
+    ],
+)
+def test_crafted_dtype_state_refused_before_any_cast(state) -> None:
+    raw = b"\x11" * 64
+    with pytest.raises((PickleLimitError, SchemaError), match="x.pickle"):
+        loads(_array_pickle_ops(state, "f8", raw, (8,)), "x.pickle")
+    assert np.dtype("f8").fields is None and np.dtype("f8").itemsize == 8  # global dtype untouched
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [
+        (np.array([1, "a", None], dtype=object), "plain"),
+        (np.zeros(3, dtype=[("a", "f8"), ("b", "i4")]), "plain"),
+        (np.zeros(2, dtype=[("a", "f8", (2,))]), "plain"),
+    ],
+)
+def test_object_and_structured_arrays_refused(obj, match) -> None:
+    for protocol in (2, 4):
+        with pytest.raises(SchemaError, match="o.pickle"):
+            loads(pickle.dumps(obj, protocol=protocol), "o.pickle")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _raw_global("builtins", "bytearray") + b"J\x00\x00\x00\x80\x85R.",  # bytearray(2 GiB)
+        _raw_global("builtins", "range") + b"J\x80\xf0\xfa\x02\x85R.",  # range(5e7)
+        _raw_global("builtins", "slice") + b"NNN\x87R.",
+        _raw_global("builtins", "bytes") + b"J\x00\x00\x00\x80\x85R.",  # bytes(2 GiB)
+        _raw_global("_codecs", "encode") + b"X\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.",
+        _raw_global(_MA, "_reconstruct") + _raw_global("numpy", "ndarray")
+        + b"J\x00\x00\x00@\x85C\x01b\x87R.",  # _reconstruct(ndarray, (2**30,), b'b'): allocation
+        _raw_global(_MA, "scalar") + _raw_global("numpy", "dtype")
+        + b"X\x02\x00\x00\x00f8\x89\x88\x87RC\x01x\x86R.",  # scalar with 1 byte for 8
+    ],
+)
+def test_resource_and_builtin_abuse_refused(payload) -> None:
+    with pytest.raises(CorticalRNNError, match="p.pickle.*(refused|not a readable)"):
+        loads(b"\x80\x02" + payload, "p.pickle")
+
+
+def test_repeated_reference_bomb_and_deep_nesting_refused(tmp_path) -> None:
+    # x = (); 40 times: x = (x, x) -- 2 opcodes per level, 2**40 objects as a tree
+    ops = b"\x80\x02)q\x00"
+    for _ in range(40):
+        ops += b"h\x00h\x00\x86q\x00"
+    with pytest.raises(PickleLimitError, match="b.pickle.*more than"):
+        loads(ops + b".", "b.pickle")
+    deep = b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b"."  # [[[...]]] 5000 deep, 2 bytes a level
+    with pytest.raises(PickleLimitError, match="d.pickle.*deeper"):
+        loads(deep, "d.pickle")
+    assert len(loads(deep, "d.pickle", limits=Limits(max_depth=6000))) == 1
+    path = tmp_path / "big.pkl"
+    path.write_bytes(pickle.dumps(np.arange(1000)))
+    with pytest.raises(PickleLimitError, match="big.pkl.*exceeds"):
+        load_plain(path, limits=Limits(max_file_bytes=100))
+    with pytest.raises(PickleLimitError, match="big.pkl.*exceeds"):
+        load_plain(path, limits=Limits(max_array_bytes=100))
+    assert np.array_equal(load_plain(path), np.arange(1000))
+
+
+def test_thesis_loader_refuses_the_same(tmp_path) -> None:
+    from corticalrnn.subsets import load_index_pickle
+
+    p = tmp_path / "idx.pkl"
+    p.write_bytes(pickle.dumps({"V1_Exc_L4": np.array([1, "a"], dtype=object)}))
+    with pytest.raises(SchemaError, match="idx.pkl"):
+        load_index_pickle(p)
+    p.write_bytes(b"\x80\x02" + _raw_global("builtins", "bytearray") + b"J\x00\x00\x00\x80\x85R.")
+    with pytest.raises(CorticalRNNError, match="idx.pkl"):
+        load_index_pickle(p)
