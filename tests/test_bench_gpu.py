@@ -28,7 +28,7 @@ def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
     text = capsys.readouterr().out
     fig = json.loads(out.read_text())
     parts = fig["parts"]
-    assert list(parts) == ["env", "graphs", "precisions", "ddp", "ten_percent", "local"]
+    assert list(parts) == ["env", "graphs", "precisions", "ddp", "ten_percent", "local", "local_long"]
     assert all(p["status"] == "ok" for p in parts.values()), {n: p.get("error") for n, p in parts.items()}
     for name in parts:
         assert name in text
@@ -50,7 +50,8 @@ def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
     assert all(r["step_s"] > 0 and r["flop_bound_s"] > 0 for r in ten["rows"]) and ten["best"]
     local = parts["local"]
     assert local["largest"]["fraction"] == 0.004 and local["largest"]["recurrent_synapses"] > 0
-    assert local["long_window"]["status"] == "ok" and local["long_window"]["steps"] == 8
+    assert [a["status"] for a in local["attempts"]] == ["ok"]  # the largest that fits: no smaller try
+    assert parts["local_long"]["steps"] == 8 and parts["local_long"]["step_s"] > 0
     assert torch.get_num_threads() > 0
 
 
@@ -75,8 +76,13 @@ def test_budget_skips_parts_and_a_hung_part_is_left_behind(tmp_path):
     assert {p["status"] for p in parts.values()} == {"skipped"}
     results: dict = {"parts": {}}
     runner = gpu._Runner(60.0, tmp_path / "hang.json", results)
-    runner.part("slow", 0.0, 0.2, lambda: time.sleep(1.0) or {})
+    def slow(out):
+        out["first"] = 1
+        time.sleep(1.0)
+
+    runner.part("slow", 0.0, 0.2, slow)
     assert results["parts"]["slow"]["status"] == "timeout" and runner.abandoned == ["slow"]
+    assert results["parts"]["slow"]["first"] == 1  # what it had found is kept
     assert json.loads((tmp_path / "hang.json").read_text())["parts"]["slow"]["status"] == "timeout"
     with pytest.raises(Exception, match="unknown parts"):
         gpu.run_bench(gpu_args(["--device", "cpu", "--parts", "nope"]))
