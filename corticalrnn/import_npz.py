@@ -26,8 +26,10 @@ import io
 import re
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,6 +52,7 @@ class ImportConfig:
 
     bin_ms: int | None = None
     positions: Path | None = None  # default: DIR/pos_ori_phase_dictionary.npz when present
+    connections: Path | None = None  # a spike file (extract, v2) of the same network: its connectome
     overwrite: bool = False
     block_windows: int = 64
     progress: bool = True
@@ -313,6 +316,8 @@ def _import_npz(root: Path, out: Path, config: ImportConfig) -> Path:
             writer.sources[src]["sha256"] = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
             writer.sources[src]["n_files"] = len(lines)
             writer.commit()
+        if config.connections is not None:
+            writer.write_connections(connections_by_id(config.connections, plan.neuron_ids))
     except BaseException:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -322,6 +327,48 @@ def _import_npz(root: Path, out: Path, config: ImportConfig) -> Path:
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def connections_by_id(
+    path: Path, neuron_ids: dict[str, np.ndarray], chunk: int = 1 << 20
+) -> Iterator[tuple[str, str, str, Iterator[dict[str, np.ndarray]], Callable[[], int]]]:
+    """The connectome of a spike file, re-indexed onto ``neuron_ids`` (matched by neuron id).
+
+    Synapses of neurons absent from ``neuron_ids`` are dropped (added to ``n_dropped``); projections
+    of sheets absent from it are left out. For :meth:`StoreWriter.write_connections`.
+    """
+    from extract.spikefile import open_spikefile
+
+    with open_spikefile(path) as sf:
+        if not sf.connections:
+            raise DataMismatchError(
+                f"{path}: holds no connectome (extract it from a datastore with Connections)"
+            )
+        lookup: dict[str, np.ndarray] = {}
+        for sheet in sf.sheets:
+            if sheet not in neuron_ids:
+                continue
+            file_ids = sf.neuron_ids(sheet)
+            pos = {int(n): i for i, n in enumerate(neuron_ids[sheet])}
+            lookup[sheet] = np.array([pos.get(int(n), -1) for n in file_ids], dtype=np.int64)
+        for c in sf.connections:
+            if c.source not in lookup or c.target not in lookup:
+                continue
+            dropped = [c.n_dropped]
+            src, tgt = lookup[c.source], lookup[c.target]
+            chunks = _remap_chunks(sf, c.name, c.n_synapses, src, tgt, chunk, dropped)
+            yield c.name, c.source, c.target, chunks, lambda d=dropped: d[0]
+
+
+def _remap_chunks(
+    sf: Any, name: str, n: int, src: np.ndarray, tgt: np.ndarray, chunk: int, dropped: list[int]
+) -> Iterator[dict[str, np.ndarray]]:
+    for a in range(0, n, chunk):
+        d = sf.read_connections(name, a, min(n, a + chunk))
+        pre, post = src[d["pre"]], tgt[d["post"]]
+        keep = (pre >= 0) & (post >= 0)
+        dropped[0] += int(keep.size - keep.sum())
+        yield {"pre": pre[keep], "post": post[keep], "weight": d["weight"][keep], "delay": d["delay"][keep]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,13 +389,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pos_ori_phase_dictionary.npz (default: FOLDER/ if present)",
     )
+    parser.add_argument(
+        "--connections",
+        type=Path,
+        default=None,
+        help="spike file (corticalrnn extract, v2) of the same network whose connectome to import",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = ImportConfig(
-        bin_ms=args.bin_ms, positions=args.positions, overwrite=args.overwrite, progress=not args.no_progress
+        bin_ms=args.bin_ms,
+        positions=args.positions,
+        connections=args.connections,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     out = import_npz(args.folder, args.output, cfg)
     from corticalrnn.store import open_store

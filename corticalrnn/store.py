@@ -780,8 +780,10 @@ class StoreWriter:
     def has_connections(self) -> bool:
         return "connections" in self._root and bool(self._root["connections"].attrs.get("complete", False))
 
-    def write_connections(self, projections: Iterable[tuple[str, str, str, Iterable[Any], int]]) -> int:
+    def write_connections(self, projections: Iterable[tuple[str, str, str, Iterable[Any], Any]]) -> int:
         """Write the connectome: ``(name, source, target, chunks, n_dropped)`` per projection.
+
+        ``n_dropped`` is an int or a function called once the chunks are consumed.
 
         Each chunk has ``pre``, ``post``, ``weight``, ``delay`` (rows of the store's neuron order);
         chunks are written as they come (bounded memory). Any earlier partial connectome is
@@ -826,7 +828,7 @@ class StoreWriter:
                     arrays[c].resize((n + m,))
                     arrays[c][n:] = v
                 n += m
-            g.attrs["n_dropped"] = int(n_dropped)
+            g.attrs["n_dropped"] = int(n_dropped() if callable(n_dropped) else n_dropped)
             names.append(name)
             total += n
         top.attrs.update({"complete": True, "order": names})

@@ -220,3 +220,31 @@ def test_network_projections_cover_the_network():
     projs = network_projections(net)
     assert sum(p.pre.size for p in projs) == net.W.nnz + net.U.nnz
     assert all(np.all(p.weight > 0) for p in projs)
+
+
+def test_import_npz_connections_by_id(pipeline):
+    from corticalrnn.import_npz import connections_by_id
+
+    _, h5, _, _ = pipeline
+    with open_spikefile(h5) as sf:
+        ids = {s: sf.neuron_ids(s) for s in sf.sheets}
+        ref = {c.name: (c, sf.read_connections(c.name)) for c in sf.connections}
+    # another neuron order (reversed) without the first neuron of V1_Exc_L4 and without X_OFF
+    target = {s: v[::-1] for s, v in ids.items() if s != "X_OFF"}
+    target["V1_Exc_L4"] = target["V1_Exc_L4"][:-1]
+    got = {}
+    for name, source, tgt, chunks, n_dropped in connections_by_id(h5, target, chunk=97):
+        parts = list(chunks)
+        got[name] = (source, tgt, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, n_dropped())
+    assert set(got) == {n for n, (c, _) in ref.items() if "X_OFF" not in (c.source, c.target)}
+    for name, (source, tgt, d, dropped) in got.items():
+        c, r = ref[name]
+        pos_s = {int(n): i for i, n in enumerate(target[source])}
+        pos_t = {int(n): i for i, n in enumerate(target[tgt])}
+        pre = np.array([pos_s.get(int(ids[source][i]), -1) for i in r["pre"]])
+        post = np.array([pos_t.get(int(ids[tgt][i]), -1) for i in r["post"]])
+        keep = (pre >= 0) & (post >= 0)
+        np.testing.assert_array_equal(d["pre"], pre[keep])
+        np.testing.assert_array_equal(d["post"], post[keep])
+        np.testing.assert_array_equal(d["weight"], r["weight"][keep])
+        assert dropped == int((~keep).sum())
