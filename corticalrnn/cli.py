@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "subset": ("corticalrnn.subsets", "make and save a neuron subset (modelled / observed neurons)"),
     "train": ("corticalrnn.train.cli", "train the E/I network on a Zarr store"),
     "evaluate": ("corticalrnn.evaluate", "evaluate a checkpoint on test windows: metrics, report, figures"),
+    "export-nwb": ("corticalrnn.nwb", "extracted spike file -> NWB (units with exact spike times, trials)"),
     "bench": ("corticalrnn.bench.cli", "benchmarks: extract, bin, load, model; gpu (one-call CUDA check)"),
     "demo": ("corticalrnn.demo", "end-to-end demo on built-in synthetic data"),
 }
