@@ -18,10 +18,11 @@ BENCHES: dict[str, tuple[str, str]] = {
     "bin": ("corticalrnn.bench.binning", "rebinning spikes/s vs np.histogram and elephant"),
     "load": ("corticalrnn.bench.load", "windows/s delivered as dense tensors"),
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),
+    "science": ("corticalrnn.bench.science", "hidden neurons vs the population baseline on LSV1M-like data"),
     "gpu": ("corticalrnn.bench.gpu", "one-call CUDA check: graphs, fp32/bf16/fp16 + signs, NCCL DDP, sizes"),
 }
 # checks that need hardware (CUDA) `all` may lack: run on their own
-NOT_IN_ALL = {"gpu"}
+NOT_IN_ALL = {"gpu", "science"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

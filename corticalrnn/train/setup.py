@@ -77,8 +77,12 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
     """What the model *is*, for checkpoints (see corticalrnn.train.checkpoint)."""
     spec_cfg = mcfg.to_dict()
     spec_cfg.pop("precision", None)  # a runtime choice (bf16 on GPU, fp32 on CPU), not architecture
+    from corticalrnn.subsets import subset_identity
+
     positions = subset.positions(store)
-    props = subset_properties(subset, store)
+    ident = subset_identity(subset, store)
+    props = {s: p for s, p in ident.properties.items() if p}
+    uses_connectome = mcfg.connectivity == "simulator" or any(p.mask == "simulator" for p in mcfg.pathways)
     return {
         "model_config": spec_cfg,
         "sizes": {s: int(n) for s, n in subset.sizes().items()},
@@ -87,25 +91,29 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
         "positions": {s: torch.as_tensor(np.asarray(p, dtype=np.float64))
                       for s, p in positions.items() if p is not None} or None,
         "properties": {s: {k: torch.as_tensor(v) for k, v in p.items()} for s, p in props.items()} or None,
+        # the simulator's connectome among modelled neurons, only where the model uses it (can be large)
+        "connectome": _connectome_spec(ident.projections) if uses_connectome else None,
         "bin_ms": float(store.bin_ms),
     }
 
 
-def subset_properties(subset: Any, store: Any) -> dict[str, dict[str, np.ndarray]]:
-    """Per sheet, the per-neuron identity properties (``corticalrnn.sheets.NEURON_PROPERTIES``) the store
-    holds, for the subset's modelled neurons in subset order (sheets without any are left out)."""
-    from corticalrnn.sheets import NEURON_PROPERTIES
+def _connectome_spec(projections: list[Any]) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The subset's connectome for the spec: per ``"pre->post"`` sheet pair the synapses of every
+    stored projection between them (``post``, ``pre`` indices in subset order, ``weight``)."""
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for p in projections:
+        d = out.setdefault(f"{p.source}->{p.target}", {"post": [], "pre": [], "weight": []})
+        d["post"].append(np.asarray(p.post, np.int64))
+        d["pre"].append(np.asarray(p.pre, np.int64))
+        d["weight"].append(np.asarray(p.weight, np.float32))
+    return {k: {n: torch.as_tensor(np.concatenate(v)) for n, v in d.items()} for k, d in out.items()} or None
 
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for sheet, idx in subset.indices(store, "modelled", name=str(store.path)).items():
-        props = {}
-        for name in NEURON_PROPERTIES:
-            v = store.neuron_property(sheet, name)
-            if v is not None:
-                props[name] = np.asarray(v, np.float64)[idx]
-        if props:
-            out[sheet] = props
-    return out
+
+def _connectome_arg(spec: dict[str, Any]) -> dict[tuple[str, str], tuple[np.ndarray, ...]] | None:
+    if not spec.get("connectome"):
+        return None
+    return {tuple(k.split("->")): (d["post"].cpu().numpy(), d["pre"].cpu().numpy(), d["weight"].cpu().numpy())
+            for k, d in spec["connectome"].items()}
 
 
 def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
@@ -118,7 +126,7 @@ def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
         positions = {s: p.cpu().numpy() for s, p in spec["positions"].items()}
     if spec.get("properties") is not None:
         properties = {s: {k: v.cpu().numpy() for k, v in p.items()} for s, p in spec["properties"].items()}
-    return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties)
+    return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties, _connectome_arg(spec))
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
