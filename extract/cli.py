@@ -5,21 +5,28 @@ skipped (resume after a crash), a failing folder is reported and does not stop t
 the exit status is 1 when any folder failed. On SIGTERM (Slurm time limit, preemption) the
 workers are stopped, their temporary files removed, and the exit status is 143; running the same
 command again resumes. Never imports torch.
+
+Crash isolation: with ``-j N`` every folder runs in its own spawned process; one that dies
+(segfault, OOM kill) fails only its folder (reported in the summary). Workers die with their
+parent (``PR_SET_PDEATHSIG``, and a parent check). Each output is written under the exclusive lock
+``<name>.h5.lock`` (a second run writing it gets "in use by PID"), through a staging name unique to
+the process (``<name>.h5.<pid>.part.h5``, itself written via ``.tmp``) renamed into place; staging
+files of killed runs are removed by the next run that takes the lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from corticalrnn.atomic import temporary_name
 from corticalrnn.bench.common import format_table
 from corticalrnn.errors import CorticalRNNError
+from corticalrnn.locking import exclusive_lock
 from extract.datastore import ExtractOptions, ExtractResult, extract_folder
 from extract.spikefile import WriterOptions, open_spikefile
 
@@ -87,18 +94,49 @@ def _done(output: Path, folder: Path) -> bool:
         return False
 
 
+def _staging(output: Path, pid: int | None = None) -> Path:
+    """The per-process staging name of ``output`` (renamed into place when complete)."""
+    return output.with_name(f"{output.name}.{os.getpid() if pid is None else pid}.part.h5")
+
+
+def _clean_staging(output: Path) -> None:
+    """Remove staging/temporary files of earlier (killed) runs; call with the output's lock held."""
+    for f in output.parent.glob(glob.escape(output.name) + ".*.part.h5*"):
+        f.unlink(missing_ok=True)
+    (output.parent / (output.name + ".tmp")).unlink(missing_ok=True)  # older fixed temporary name
+
+
+def _test_fault(folder: str) -> None:
+    """Tests and ``bench resilience`` only: ``CORTICALRNN_TEST_WORKER_FAULT=<folder name>:segv|hang``."""
+    fault = os.environ.get("CORTICALRNN_TEST_WORKER_FAULT", "")
+    if fault and fault.partition(":")[0] == Path(folder).name:
+        if fault.endswith(":hang"):
+            time.sleep(3600)
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
 def _work(folder: str, output: str, options: ExtractOptions) -> ExtractResult:
     """Worker entry point (top level so it pickles under spawn); errors become results."""
     t0 = time.perf_counter()
+    out = Path(output)
+    stage = _staging(out)
     try:
-        return extract_folder(folder, output, options)
+        with exclusive_lock(out):
+            _clean_staging(out)
+            _test_fault(folder)
+            result = extract_folder(folder, stage, options)
+            if result.error is None:
+                os.replace(stage, out)
+                result.output = output
+            return result
     except CorticalRNNError as exc:
         return ExtractResult(folder, output, seconds=time.perf_counter() - t0, error=str(exc))
     except Exception as exc:  # an unexpected bug in one folder must not stop the others
         msg = f"{folder}: unexpected {type(exc).__name__}: {exc}"
         return ExtractResult(folder, output, seconds=time.perf_counter() - t0, error=msg)
     finally:
-        temporary_name(output).unlink(missing_ok=True)
+        stage.unlink(missing_ok=True)
+        stage.with_name(stage.name + ".tmp").unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
             _run_pool(todo, outputs, options, args.workers, results, bar)
     except _Terminated:
         bar.close()
-        for f in todo:  # workers were stopped mid-file: remove their temporary files
-            temporary_name(outputs[f]).unlink(missing_ok=True)
+        for f in todo:  # workers were stopped mid-file: remove their staging files
+            _clean_staging(outputs[f])
         done = sum(1 for r in results if not r.error and not r.skipped)
         print(f"corticalrnn extract: terminated (SIGTERM) after {done} folder(s); "
               "run again to resume", file=sys.stderr)
@@ -155,23 +193,97 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when its parent dies; also exit if it already has."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child(folder: str, output: str, options: ExtractOptions, conn, parent: int) -> None:  # type: ignore[no-untyped-def]
+    """One folder in its own process; the result goes back through ``conn``."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    conn.send(_work(folder, output, options))
+    conn.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 def _run_pool(todo, outputs, options, workers, results, bar) -> None:  # type: ignore[no-untyped-def]
-    """Folders in spawned worker processes; on SIGTERM the workers are stopped at once."""
+    """Each folder in its own spawned process, ``workers`` at a time: a worker that dies fails only
+    its folder; on SIGTERM the workers are stopped at once."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+    pending = list(todo)
+    running: dict = {}  # process -> (folder, receiving end)
     try:
-        futures = [pool.submit(_work, str(f), str(outputs[f]), options) for f in todo]
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            bar.update(1)
+        while pending or running:
+            while pending and len(running) < workers:
+                f = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_child, args=(str(f), str(outputs[f]), options, send, os.getpid()), daemon=True
+                )
+                proc.start()
+                send.close()
+                running[proc] = (f, recv)
+            wait([r for _, r in running.values()] + [p.sentinel for p in running])
+            for proc, (f, recv) in list(running.items()):
+                result = None
+                if recv.poll():
+                    try:
+                        result = recv.recv()
+                    except (EOFError, OSError):
+                        result = None
+                if result is None and proc.is_alive():
+                    continue
+                proc.join()
+                recv.close()
+                if result is None:  # died without a result (segfault, OOM kill, ...)
+                    _clean_staging_of(outputs[f], proc.pid)
+                    result = ExtractResult(
+                        str(f), str(outputs[f]),
+                        error=f"{f}: worker process died ({_describe_exit(proc.exitcode)}); no output",
+                    )
+                results.append(result)
+                bar.update(1)
+                del running[proc]
     except _Terminated:
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in running:
             proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for proc in running:
+            proc.join()
         raise
-    pool.shutdown(wait=True)
+
+
+def _clean_staging_of(output: Path, pid: int | None) -> None:
+    """After a worker died: take its (released) lock to remove its staging and lock files."""
+    from corticalrnn.locking import LockedError
+
+    try:
+        with exclusive_lock(output):
+            _clean_staging(output)
+    except LockedError:  # someone else writes it now: remove only the dead worker's files
+        if pid is not None:
+            stage = _staging(output, pid)
+            stage.unlink(missing_ok=True)
+            stage.with_name(stage.name + ".tmp").unlink(missing_ok=True)
 
 
 def _progress(total: int, disable: bool):  # type: ignore[no-untyped-def]

@@ -353,3 +353,73 @@ def test_sigterm_stops_cleanly_and_resumes(generated, tmp_path, monkeypatch, cap
     assert extract_cli.run(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["gen_a.h5", "gen_b.h5"]
     assert "skipped" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# crash isolation, locking, staging names (issue 15)
+
+
+def _extract_args(folders, out, workers=2):
+    return argparse.Namespace(
+        folders=[str(f) for f in folders], output=out, workers=workers, sheets=["X_ON"], from_list=None,
+        compression="none", force=False, no_progress=True,
+    )
+
+
+def test_a_worker_segfault_fails_only_its_folder(generated, tmp_path, monkeypatch, capsys):
+    folder = generated[0]
+    others = [_copy(folder, tmp_path / n) for n in ("gen_b", "gen_c")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gen_c.h5.4242.part.h5.tmp").write_bytes(b"left by a killed run")
+    monkeypatch.setenv("CORTICALRNN_TEST_WORKER_FAULT", "gen_b:segv")
+    assert extract_cli.run(_extract_args([folder, *others], out)) == 1
+    cap = capsys.readouterr()
+    assert "FAILED" in cap.err and "gen_b: worker process died (killed by SIGSEGV)" in cap.err
+    header, _, values = cap.out.splitlines()[:3]
+    row = dict(zip(header.split(), values.split()))
+    assert row["failed"] == "1" and row["extracted"] == "2"
+    assert sorted(p.name for p in out.iterdir()) == ["gen_a.h5", "gen_c.h5"]  # no staging/lock files
+    monkeypatch.delenv("CORTICALRNN_TEST_WORKER_FAULT")
+    assert extract_cli.run(_extract_args([folder, *others], out)) == 0  # rerun completes the failed one
+
+
+def test_output_in_use_is_refused_with_pid(generated, tmp_path, capsys):
+    from corticalrnn.locking import exclusive_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive_lock(out / "gen_a.h5"):
+        assert extract_cli.run(_extract_args([generated[0]], out, workers=1)) == 1
+    assert f"in use by PID {os.getpid()}" in capsys.readouterr().err
+    assert not (out / "gen_a.h5").exists()
+
+
+def test_workers_die_with_their_parent(generated, tmp_path):
+    import signal
+    import time
+
+    folder = generated[0]
+    second = _copy(folder, tmp_path / "gen_b")
+    env = {**os.environ, "CORTICALRNN_TEST_WORKER_FAULT": "gen_b:hang"}
+    cmd = [sys.executable, "-m", "corticalrnn", "extract", str(folder), str(second), "-o",
+           str(tmp_path / "out"), "-j", "2", "--no-progress", "--sheets", "X_ON"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    parent = subprocess.Popen(cmd, env=env, cwd=tmp_path, **quiet)
+    lock = tmp_path / "out" / "gen_b.h5.lock"
+    deadline = time.time() + 60
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    worker = int(lock.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent")
