@@ -4,7 +4,7 @@ sizes (`--device cpu --tiny`: emulated graph chunks instead of capture, gloo ins
 from __future__ import annotations
 
 import json
-import time
+import threading
 
 import pytest
 import torch
@@ -76,14 +76,17 @@ def test_budget_skips_parts_and_a_hung_part_is_left_behind(tmp_path):
     assert {p["status"] for p in parts.values()} == {"skipped"}
     results: dict = {"parts": {}}
     runner = gpu._Runner(60.0, tmp_path / "hang.json", results)
-    def slow(out):
-        out["first"] = 1
-        time.sleep(1.0)
+    release = threading.Event()
 
-    runner.part("slow", 0.0, 0.2, slow)
-    assert results["parts"]["slow"]["status"] == "timeout" and runner.abandoned == ["slow"]
-    assert results["parts"]["slow"]["first"] == 1  # what it had found is kept
-    assert json.loads((tmp_path / "hang.json").read_text())["parts"]["slow"]["status"] == "timeout"
+    def hangs(out):
+        out["first"] = 1
+        release.wait(30)
+
+    runner.part("hangs", 0.0, 0.2, hangs)
+    release.set()
+    assert results["parts"]["hangs"]["status"] == "timeout" and runner.abandoned == ["hangs"]
+    assert results["parts"]["hangs"]["first"] == 1  # what it had found is kept
+    assert json.loads((tmp_path / "hang.json").read_text())["parts"]["hangs"]["status"] == "timeout"
     with pytest.raises(Exception, match="unknown parts"):
         gpu.run_bench(gpu_args(["--device", "cpu", "--parts", "nope"]))
 

@@ -505,7 +505,7 @@ class _Runner:
         th = threading.Thread(target=target, name=f"bench-gpu-{name}", daemon=True)
         t0 = time.perf_counter()
         th.start()
-        th.join(timeout=max(1.0, min(max_s, left)))
+        th.join(timeout=max(0.1, min(max_s, left)))
         seconds = time.perf_counter() - t0
         if th.is_alive():
             self.abandoned.append(name)

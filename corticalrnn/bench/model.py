@@ -172,12 +172,15 @@ def _step_fn(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, observed: 
 
 
 def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "cpu"):
-    g = torch.Generator().manual_seed(seed)
+    """Poisson input and counts, 10 % of the V1 units observed. Drawn on a GPU when ``device`` is one:
+    at 1 ms sizes (~4e8 counts) the CPU takes 10-20 s per batch, the GPU milliseconds."""
+    dev = str(device) if str(device).startswith("cuda") else "cpu"
+    g = torch.Generator(dev).manual_seed(seed)
     n_in = sizes["X_ON"] + sizes["X_OFF"]
     n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
-    x = torch.poisson(torch.full((B, T, n_in), 0.5), generator=g)
-    counts = torch.poisson(torch.full((B, T, n_v1), 0.2), generator=g)
-    observed = (torch.rand(n_v1, generator=g) < 0.1).float()
+    x = torch.poisson(torch.full((B, T, n_in), 0.5, device=dev), generator=g)
+    counts = torch.poisson(torch.full((B, T, n_v1), 0.2, device=dev), generator=g)
+    observed = (torch.rand(n_v1, generator=g, device=dev) < 0.1).float()
     return x.to(device), counts.to(device), observed.to(device)
 
 
