@@ -347,9 +347,37 @@ class WindowStore:
         for name, n in need.items():
             if self._arrays[name].shape[0] < n:
                 raise self._fail(f"array {name} has {self._arrays[name].shape[0]} entries, needs {n}")
+        if attrs.get("complete_chunks"):
+            self._check_chunks(need)
         self._ids: dict[str, np.ndarray] = {}
         for sheet in self._sheets:
             self._ids[sheet] = self._read_all(f"sheets/{sheet_key(sheet)}/neuron_ids").astype(np.int64)
+
+    def _check_chunks(self, need: Mapping[str, int]) -> None:
+        """Stores written with every chunk present (``complete_chunks``): a missing chunk or shard
+        file within the committed extent is an error, never read as fill values (zeros)."""
+        names = dict(need)
+        for sheet in self._sheets:
+            try:
+                g = self._root[f"sheets/{sheet_key(sheet)}"]
+            except KeyError:
+                continue  # reported below as a missing array
+            for name in ("neuron_ids", "positions", *SHEET_PROPERTIES):
+                if name in g:
+                    names[f"sheets/{sheet_key(sheet)}/{name}"] = int(g[name].shape[0])
+        for name, n in names.items():
+            arr = self._arrays.get(name) or self._array(name)
+            if n == 0 or 0 in arr.shape:
+                continue
+            grid = arr.shards or arr.chunks
+            counts = [-(-n // grid[0])] + [-(-d // c) for d, c in zip(arr.shape[1:], grid[1:])]
+            base = self.path / name / "c"
+            for idx in np.ndindex(*counts):
+                if not base.joinpath(*map(str, idx)).is_file():
+                    raise self._fail(
+                        f"array {name} is missing its chunk {'/'.join(map(str, idx))} (deleted or not "
+                        "written); refusing to read it as zeros"
+                    )
 
     def _array(self, name: str) -> Any:
         try:
@@ -447,6 +475,13 @@ class WindowStore:
     def windows(self) -> WindowTable:
         if self._table is None:
             cols = {c: self._read_all(f"windows/{c}", self.n_windows) for c in WINDOW_COLUMNS}
+            for c, n in (("source", len(self.sources)), ("split", len(self.splits))):
+                v = cols[c]
+                if v.size and (int(v.min()) < 0 or int(v.max()) >= max(n, 1)):
+                    raise self._fail(f"array windows/{c} holds indices outside 0..{n - 1} (corrupt?)")
+            vb = cols["valid_bins"]
+            if vb.size and (int(vb.min()) < 0 or int(vb.max()) > self.n_bins):
+                raise self._fail(f"array windows/valid_bins holds values outside 0..{self.n_bins} (corrupt?)")
             split_names = np.array(self.splits + [""], dtype=object)
             source_paths = np.array([s["path"] for s in self.sources] + [""], dtype=object)
             self._table = WindowTable(
@@ -546,8 +581,11 @@ class WindowStore:
         ev = np.concatenate(pieces) if pieces else np.zeros(0, np.uint64)
         win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
         neuron, bins, count = unpack_events(ev)
-        if neuron.size and (neuron.max() >= n_all or bins.max() >= self.n_bins):
-            raise self._fail(f"array events/data holds out-of-range events for sheet {name} (corrupt?)")
+        if neuron.size and (neuron.max() >= n_all or bins.max() >= self.n_bins or count.min() < 1):
+            raise self._fail(
+                f"array events/data holds invalid events for sheet {name} (neuron or bin out of range, "
+                "or a count of 0; corrupt?)"
+            )
         if lookup is not None:
             col = lookup[neuron]
             keep = col >= 0
@@ -658,6 +696,7 @@ class StoreWriter:
         from zarr.codecs import BloscCodec
 
         path = Path(path)
+        _write_every_chunk()
         if path.exists():
             raise CorticalRNNError(f"{path}: already exists")
         names = [normalize_sheet_name(s.name) for s in meta.sheets]
@@ -717,6 +756,7 @@ class StoreWriter:
                 "splits": [""],
                 "sources": [],
                 "layout": LAYOUT,
+                "complete_chunks": True,  # every chunk is written, even all-zero ones
                 "committed": {"n_windows": 0, "n_events": 0},
             }
         )
@@ -729,6 +769,7 @@ class StoreWriter:
 
         store = open_store(path)  # validation
         remove_partial_files(store.path)
+        _write_every_chunk()
         return cls(store.path, zarr.open_group(str(store.path), mode="r+"))
 
     # -- verification and rollback (resume) -----------------------------------------------
@@ -987,6 +1028,13 @@ def _content_digest(events_hash: Any, columns: Mapping[str, np.ndarray]) -> str:
         events_hash.update(c.encode())
         events_hash.update(_le_bytes(np.asarray(columns[c], WINDOW_COLUMNS[c])))
     return str(events_hash.hexdigest())
+
+
+def _write_every_chunk() -> None:
+    """Make zarr write all-fill chunks too, so that a missing chunk file always means damage."""
+    import zarr
+
+    zarr.config.set({"array.write_empty_chunks": True})
 
 
 def is_uncreated(path: str | os.PathLike[str]) -> bool:

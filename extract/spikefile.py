@@ -541,7 +541,12 @@ class SpikeFile:
 
     def positions(self, sheet: str) -> np.ndarray | None:
         g = self._group(sheet)
-        return g["positions"][()] if "positions" in g else None
+        if "positions" not in g:
+            return None
+        pos = g["positions"][()]
+        if pos.size and not np.isfinite(pos).all():
+            raise self._fail(f"/sheets/{sheet_key(sheet)}/positions: NaN or infinite neuron positions")
+        return pos
 
     def properties(self, sheet: str) -> dict[str, np.ndarray]:
         """Per-neuron properties (name -> float64 [N], this file's neuron order); empty for v1 files."""
@@ -636,8 +641,13 @@ class SpikeFile:
         times = g["times"][indptr[0] : indptr[-1]] if indptr[-1] > indptr[0] else np.zeros(0, np.float32)
         if indptr.size and indptr[0]:
             indptr = indptr - indptr[0]
+        where = f"/sheets/{sheet_key(sheet)}/{part}"
+        if indptr.size != (stop - start) * n + 1 or (indptr.size and np.any(np.diff(indptr) < 0)):
+            raise self._fail(f"{where}: indptr is truncated or not monotone (corrupt file)")
         if indptr[-1] != times.size:
-            raise self._fail(f"/sheets/{sheet_key(sheet)}/{part}: indptr points past the end of times")
+            raise self._fail(f"{where}: indptr points past the end of times")
+        if times.size and not np.isfinite(times).all():
+            raise self._fail(f"{where}: spike times include NaN or infinite values (corrupt file)")
         return PartCSR(indptr=indptr, times=times, n_neurons=n)
 
     def n_spikes(self, sheet: str | None = None, part: str | None = None) -> int:

@@ -174,3 +174,30 @@ def test_unknown_sheet_named(tmp_path):
     path = write_spikefile(tmp_path / "g.h5", "src", layouts, pres)
     with open_spikefile(path) as f, pytest.raises(DataMismatchError, match="V1_Inh_L4.*not in this file"):
         f.neuron_ids("V1_Inh_L4")
+
+
+def _set(name, index, value):
+    def damage(h5):
+        h5[name][index] = value
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, read, message",
+    [
+        (_set("sheets/X_ON/stimulus/times", 0, np.nan), "part", "NaN or infinite values"),
+        (_set("sheets/X_ON/stimulus/times", 1, np.inf), "part", "NaN or infinite values"),
+        (_set("sheets/X_ON/stimulus/indptr", 3, 10**6), "part", "not monotone"),
+        (_set("sheets/X_ON/positions", (0, 0), np.nan), "positions", "NaN or infinite neuron positions"),
+    ],
+)
+def test_reader_rejects_non_finite_and_non_monotone(tmp_path, damage, read, message):
+    """Verified reads (issue 15): never silently dropped or a raw traceback."""
+    layouts, pres, _ = _random_data()
+    path = write_spikefile(tmp_path / "f.h5", "src", layouts, pres)
+    with h5py.File(path, "a") as h5:
+        damage(h5)
+    with open_spikefile(path) as f, pytest.raises(SchemaError, match=message) as info:
+        f.read_part("X_ON", "stimulus") if read == "part" else f.positions("X_ON")
+    assert str(path) in str(info.value)

@@ -206,3 +206,47 @@ def test_check_compatible(tmp_path: Path) -> None:
     )
     with pytest.raises(DataMismatchError, match="neuron ids of sheet V1_Exc_L4 differ"):
         check_compatible(a, other, "ids")
+
+
+# ---------------------------------------------------------------------------------------------
+# verified reads (issue 15): damage is an error naming the store and array, never zeros
+
+
+@pytest.mark.parametrize(
+    ("victim", "match"),
+    [
+        ("events/data/c/0", "array events/data is missing its chunk 0"),
+        ("windows/image_id/c/0", "array windows/image_id is missing its chunk 0"),
+        ("windows/trial/c/0", "array windows/trial is missing"),  # an all-zero chunk is written too
+        ("events/ptr/c/0", "array events/ptr is missing"),
+        ("sheets/V1_Exc_L4/positions/c/0/0", "positions is missing"),
+    ],
+)
+def test_missing_chunk_or_shard_is_an_error(tmp_path: Path, victim: str, match: str) -> None:
+    path = tmp_path / "s.zarr"
+    write(path, np.random.default_rng(1))
+    (path / victim).unlink()
+    with pytest.raises(SchemaError, match=f"{path}.*{match}"):
+        open_store(path)
+
+
+def test_zero_counts_and_bad_indices_are_errors(tmp_path: Path) -> None:
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    write(path, np.random.default_rng(2))
+    root = zarr.open_group(str(path), mode="r+")
+    data = root["events/data"]
+    first = int(data[0])
+    data[0] = np.uint64(first & ~0xFFFF)  # count 0
+    st = open_store(path)
+    with pytest.raises(SchemaError, match=f"{path}.*events/data holds invalid events"):
+        st.read("X_ON", [0])
+    data[0] = np.uint64(first)
+    root["windows/source"][0] = 99
+    with pytest.raises(SchemaError, match="windows/source holds indices outside"):
+        open_store(path).windows
+    root["windows/source"][0] = 0
+    root["windows/split"][1] = -3
+    with pytest.raises(SchemaError, match="windows/split holds indices outside"):
+        open_store(path).windows
