@@ -139,6 +139,19 @@ class ModelConfig:
         def bad(msg: str) -> CorticalRNNError:
             return CorticalRNNError(f"model config: {msg}")
 
+        import dataclasses as _dc
+
+        for f in _dc.fields(self):  # every number finite (NaN/inf would pass the range checks below)
+            v = getattr(self, f.name)
+            items = list(v.items()) if isinstance(v, dict) else [(None, v)]
+            if _dc.is_dataclass(v):
+                items = [(g.name, getattr(v, g.name)) for g in _dc.fields(v)]
+            for k, x in items:
+                if isinstance(x, int | float) and not isinstance(x, bool) and not math.isfinite(x):
+                    raise bad(f"{f.name}{'' if k is None else f'[{k!r}]'} must be a finite number, got {x}")
+        if self.input_gain < 0:
+            raise bad(f"input_gain must be >= 0, got {self.input_gain}")
+
         for name, value, allowed in (("connectivity", self.connectivity, MASK_KINDS),
                                      ("sign_mode", self.sign_mode, SIGN_MODES),
                                      ("reparam", self.reparam, REPARAM_FUNCS),

@@ -68,6 +68,18 @@ def not_a_checkpoint_file(path: Path) -> str:
     return f"{path}: checkpoint file not found"
 
 
+def _load_problem(exc: Exception) -> str:
+    """torch's message without its advice to retry unsafely (``weights_only=False`` runs code)."""
+    text = str(exc)
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        return (
+            "it references objects other than tensors and plain data; they are never loaded, "
+            "since unpickling them could run code: the file is not a corticalrnn checkpoint or "
+            "has been altered"
+        )
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
@@ -76,8 +88,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise SchemaError(
-            f"{path}: not a readable corticalrnn checkpoint ({type(exc).__name__}: {exc})") from None
+        raise SchemaError(f"{path}: not a readable corticalrnn checkpoint ({_load_problem(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SchemaError(f"{path}: not a corticalrnn checkpoint (format {data.get('format')!r}, "
                           f"expected {FORMAT!r})" if isinstance(data, dict) else f"{path}: not a checkpoint")

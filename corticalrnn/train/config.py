@@ -119,12 +119,62 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
             if getattr(self.train, name) < 1:
                 problems.append(f"train.{name} must be >= 1")
-        if self.optim.lr <= 0:
-            problems.append("optim.lr must be > 0")
-        if self.optim.hidden_rate_prior < 0:
-            problems.append("optim.hidden_rate_prior must be >= 0")
+        problems += _numeric_problems(self)
         if problems:
             raise CorticalRNNError("invalid training config: " + "; ".join(problems))
+
+
+#: (section, key) -> (lowest, highest, lowest included, highest included); every numeric field is
+#: also checked to be finite. Keys not listed only need to be finite.
+_RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
+    ("data", "val_fraction"): (0.0, 1.0, True, False),
+    ("data", "num_workers"): (0, 1024, True, True),
+    ("data", "cache_mb"): (0.0, float("inf"), True, False),
+    ("data", "split_seed"): (0, 2**63 - 1, True, True),
+    ("optim", "lr"): (0.0, float("inf"), False, False),
+    ("optim", "weight_decay"): (0.0, float("inf"), True, False),
+    ("optim", "beta1"): (0.0, 1.0, True, False),
+    ("optim", "beta2"): (0.0, 1.0, True, False),
+    ("optim", "eps"): (0.0, float("inf"), False, False),
+    ("optim", "grad_clip"): (0.0, float("inf"), True, False),
+    ("optim", "hidden_rate_prior"): (0.0, float("inf"), True, False),
+    ("schedule", "warmup_steps"): (0, 2**62, True, True),
+    ("schedule", "min_lr_ratio"): (0.0, 1.0, True, True),
+    ("schedule", "pct_start"): (0.0, 1.0, False, False),
+    ("train", "max_steps"): (1, 2**62, True, True),
+    ("train", "batch_size"): (1, 2**31, True, True),
+    ("train", "seed"): (0, 2**63 - 1, True, True),
+    ("train", "threads"): (0, 4096, True, True),
+    ("train", "ema_decay"): (0.0, 1.0, True, False),
+    ("train", "eval_every"): (1, 2**62, True, True),
+    ("train", "checkpoint_every"): (1, 2**62, True, True),
+    ("train", "log_every"): (1, 2**62, True, True),
+}
+
+
+def _numeric_problems(cfg: TrainConfig) -> list[str]:
+    """Range and finiteness of every numeric field, each problem naming its key."""
+    import math
+
+    problems = []
+    for section in ("data", "optim", "schedule", "train"):
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            key = f"{section}.{f.name}"
+            if not math.isfinite(v):
+                problems.append(f"{key} must be a finite number, not {v}")
+                continue
+            rng = _RANGES.get((section, f.name))
+            if rng is None:
+                continue
+            lo, hi, lo_in, hi_in = rng
+            if (v < lo or (v == lo and not lo_in)) or (v > hi or (v == hi and not hi_in)):
+                interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+                problems.append(f"{key} must be in {interval}, not {v}")
+    return problems
 
 
 def _hint(tp: Any) -> Any:
