@@ -17,6 +17,13 @@ def test_bench_model_reports_ratios(tmp_path, capsys):
         assert col in text
     fig = json.loads(out.read_text())
     assert fig["cuda_graphs"] and fig["device"] == "cpu" and fig["gemm_gflops"] > 0
+    # the GEMM rate is measured (best of N, with its spread) right before each case: the first, the
+    # coarse and fine fast paths and naive baselines (the scaling row at the main size reuses coarse)
+    gemm = fig["gemm"]
+    assert len(gemm["measurements"]) == 5 and 0 < gemm["gflops_min"] <= gemm["gflops_max"]
+    assert all(g["spread"] >= 0 and g["repeats"] == 5 for g in gemm["measurements"])
+    assert fig["coarse"]["gemm"] in gemm["measurements"] and "spread" in text
+    assert "load average" in text and len(fig["load_average"]["start"]) == 3
     for case, steps in (("coarse", 4), ("fine", 4)):
         res = fig[case]
         assert res["steps"] == steps and res["fast"]["step_s"] > 0 and res["flop_bound_s"] > 0

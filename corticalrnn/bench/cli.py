@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from corticalrnn.atomic import write_text_atomic
+from corticalrnn.bench.common import load_average
 
 # name -> module exposing add_arguments(parser) and run_bench(args) -> dict (JSON-serialisable)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -52,13 +53,26 @@ def run(args: argparse.Namespace) -> int:
         for name in (n for n in BENCHES if n not in NOT_IN_ALL):
             print(f"\n== bench {name} ==")
             bench_args = _bench_parser(name).parse_args([])
-            results[name] = importlib.import_module(BENCHES[name][0]).run_bench(bench_args)
+            results[name] = _run_one(name, bench_args)
         payload: dict = results
     else:
         bench_args = _bench_parser(args.bench).parse_args(args.options)
         json_path = bench_args.json
-        payload = importlib.import_module(BENCHES[args.bench][0]).run_bench(bench_args)
+        payload = _run_one(args.bench, bench_args)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(payload, indent=2, default=float))
         print(f"wrote {json_path}")
     return 0
+
+
+def _run_one(name: str, bench_args: argparse.Namespace) -> dict:
+    """One benchmark, with the load average it ran under (printed and kept in its figures): on a
+    shared machine the figures mean little without it."""
+    start = load_average()
+    payload = importlib.import_module(BENCHES[name][0]).run_bench(bench_args)
+    end = load_average()
+    print(f"load average (1/5/15 min): {'/'.join(map(str, start))} at start, "
+          f"{'/'.join(map(str, end))} at end")
+    if isinstance(payload, dict):
+        payload.setdefault("load_average", {"start": start, "end": end})
+    return payload

@@ -6,6 +6,7 @@ Torch-free so that `extract.bench` can use it on a data server.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import statistics
 import sys
@@ -30,6 +31,11 @@ class Timing:
     def best(self) -> float:
         return min(self.seconds)
 
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest) / fastest: how much the machine disturbed these repeats."""
+        return max(self.seconds) / min(self.seconds) - 1 if self.seconds else 0.0
+
 
 def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed."""
@@ -42,6 +48,14 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timin
         fn()
         t.seconds.append(time.perf_counter() - t0)
     return t
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (zeros where the platform has none)."""
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return (0.0, 0.0, 0.0)
 
 
 def rss_bytes() -> int:

@@ -47,12 +47,12 @@ from typing import Any
 import torch
 
 from corticalrnn.atomic import write_text_atomic
-from corticalrnn.bench.common import format_table, human_bytes, time_call
+from corticalrnn.bench.common import format_table, human_bytes, load_average, time_call
 from corticalrnn.bench.model import (
     _data,
     _fast_model,
     _synced,
-    gemm_rate,
+    gemm_stats,
     measure_fast,
     measure_sheet_local,
     scaled_sizes,
@@ -160,7 +160,8 @@ def part_env(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
             out["nccl"] = _error(exc)
     dev = str(device)
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        out[f"gemm_{name}_tflops"] = gemm_rate(s.gemm_n, repeats=5, dtype=dtype, device=dev) / 1e12
+        g = gemm_stats(s.gemm_n, repeats=5, dtype=dtype, device=dev)
+        out[f"gemm_{name}_tflops"], out[f"gemm_{name}_spread"] = g["gflops"] / 1e3, g["spread"]
     n = s.copy_mib * 2**20 // 4
     bufs = torch.rand(n, device=device), torch.empty(n, device=device)
     t = time_call(_synced(lambda: bufs[1].copy_(bufs[0]), dev), repeats=5)
@@ -384,7 +385,7 @@ def part_ten_percent(out: dict[str, Any], s: Sizes, device: torch.device, precis
     for precision in precisions:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         try:  # the GEMM rate right before the cases it bounds
-            rate = gemm_rate(min(s.gemm_n, 4096), repeats=3, dtype=dtype, device=dev)
+            rate = gemm_stats(min(s.gemm_n, 4096), repeats=5, dtype=dtype, device=dev)["gflops"] * 1e9
         except Exception:  # noqa: BLE001 - the bound is informational
             rate = float("nan")
         for chunk in (0, s.main_chunk):
@@ -610,7 +611,7 @@ def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, 
     if unknown:
         raise CorticalRNNError(f"bench gpu: unknown parts {unknown}; choose from {names}")
     results: dict[str, Any] = {"device": str(device), "tiny": bool(args.tiny), "budget_s": args.budget_s,
-                               "loadavg_start": os.getloadavg(), "sizes": dataclasses.asdict(s), "parts": {}}
+                               "loadavg_start": load_average(), "sizes": dataclasses.asdict(s), "parts": {}}
     runner = _Runner(args.budget_s, args.json, results)
     rem = runner.remaining
     fns: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -625,7 +626,7 @@ def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, 
     for name, need, limit in s.need_s:
         if name in wanted:
             runner.part(name, need, limit, fns[name])
-    results["loadavg_end"] = os.getloadavg()
+    results["loadavg_end"] = load_average()
     runner.save()
     _print(results)
     if runner.abandoned:  # a thread is stuck (in a collective, say): do not wait for it at exit

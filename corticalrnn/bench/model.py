@@ -6,7 +6,8 @@ In one run, on the same sizes and data:
 (b) a naive baseline in the style of the earlier code: per-layer RNNCell-style cells, sign
     constraints re-applied at every time step, ``x[:, t]`` indexing, autograd through everything;
 (c) the FLOP lower bound: 3 x forward FLOPs (forward, input-gradient and weight-gradient GEMMs)
-    divided by the GEMM rate measured on a large square matmul in the same run.
+    divided by the GEMM rate of a large square matmul (best of ``--gemm-repeats``), measured right
+    before each case so that the case and its bound run under the same load.
 Plus dense x mask vs a sparse (CSR) kernel for the per-step product at several densities.
 A training step = forward + Poisson loss on 10% observed neurons + backward + Adam step (+ projection);
 the fast path uses the trainer's optimizer (fused AdamW), the baseline torch's default Adam.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
+from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, load_average, time_call
 from corticalrnn.sheets import FULL_MODEL_SIZES
 
 
@@ -54,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the naive baseline on at most this many time steps and extrapolate "
                         "linearly (it keeps one copy of every weight per step: ~12 GB at 10%% x 36)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--gemm-repeats", type=int, default=5,
+                   help="GEMM rate = best of this many products, measured right before each case")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for every measurement (0 = torch default); on shared, busy cores "
                         "1 thread can beat 2 by several x because OpenMP threads wait on each other")
@@ -112,12 +115,22 @@ class NaiveLayered(nn.Module):
         return torch.stack(out, 1)
 
 
-def gemm_rate(n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> float:
-    """FLOP/s of one large square matmul (median)."""
+def gemm_stats(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
+               device: str = "cpu") -> dict[str, float]:
+    """GFLOP/s of one large square matmul, best of ``repeats`` (the least disturbed run on a shared
+    machine), with the spread of the repeats (slowest / fastest - 1) and the 1-minute load average.
+    :func:`run_bench` measures it right before each case, so that a case and its bound see the same
+    load: measured once per run, the rate moved from 52 to 177 GFLOP/s between runs here."""
     a, b = torch.rand(n, n, device=device).to(dtype), torch.rand(n, n, device=device).to(dtype)
     t = time_call(_synced(lambda: a @ b, device), repeats=repeats)
-    return 2 * n**3 / t.median
+    return {"gflops": 2 * n**3 / t.best / 1e9, "spread": t.spread, "repeats": repeats,
+            "load_1min": load_average()[0]}
+
+
+def gemm_rate(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
+              device: str = "cpu") -> float:
+    """FLOP/s of one large square matmul (best of ``repeats``)."""
+    return gemm_stats(n, repeats, dtype, device)["gflops"] * 1e9
 
 
 def _synced(fn: Any, device: str) -> Any:
@@ -308,39 +321,50 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     th = torch.get_num_threads()
-    log(f"threads={th}; device {dev}; measuring GEMM rate")
     # the bound uses the rate of the precision the fast path computes in (bf16/fp16 on a GPU)
     mm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    rate = gemm_rate(device=dev, dtype=mm_dtype)
-    results: dict[str, Any] = {"gemm_gflops": rate / 1e9, "threads": th, "device": dev,
+    gemms: list[dict[str, float]] = []
+
+    def gemm_now() -> dict[str, float]:
+        """The GEMM rate right before a case (that case's bound uses it)."""
+        g = gemm_stats(device=dev, dtype=mm_dtype, repeats=max(1, args.gemm_repeats))
+        gemms.append(g)
+        return g
+
+    log(f"threads={th}; device {dev}; GEMM rate measured before each case")
+    results: dict[str, Any] = {"gemm_gflops": gemm_now()["gflops"], "threads": th, "device": dev,
                                "batch": B, "precision": args.precision, "cuda_graphs": bool(chunk)}
     main_rows = []
     for label, bin_ms, steps in (("coarse", args.bin_ms, T), ("fine", args.fine_bin_ms, T_fine)):
         sizes = scaled_sizes(args.scale)
         log(f"{label}: scale {args.scale} bins {bin_ms} ms x {steps} steps, fast path")
+        g = gemm_now()
         fast = _isolated(measure_fast, th, sizes, B, steps, bin_ms, args.precision, args.repeats, None, dev,
                          chunk)
-        bound = train_flops(sizes, B, steps) / rate
+        bound = train_flops(sizes, B, steps) / (g["gflops"] * 1e9)
         row = {"case": f"{args.scale:.1%} {bin_ms:g}ms x{steps}", "fast_s": fast["step_s"],
                "fast_mem": human_bytes(fast["peak_bytes"]), "bound_s": bound,
-               "fast/bound": fast["step_s"] / bound}
-        res = {"sizes": sizes, "steps": steps, "bin_ms": bin_ms, "fast": fast, "flop_bound_s": bound}
+               "fast/bound": fast["step_s"] / bound, "GFLOP/s": g["gflops"], "spread": g["spread"]}
+        res = {"sizes": sizes, "steps": steps, "bin_ms": bin_ms, "fast": fast, "flop_bound_s": bound,
+               "gemm": g}
         if not args.skip_naive:
             log(f"{label}: naive baseline ({min(steps, args.naive_max_steps)} steps)")
+            gn = gemm_now()
             naive = _isolated(measure_naive, th, sizes, B, steps, bin_ms, args.naive_repeats,
                               args.naive_max_steps, dev)
-            res["naive"] = naive
+            res["naive"], res["naive_gemm"] = naive, gn
             # naive/bound: the most ANY implementation doing these dense FLOPs at this GEMM rate
-            # could gain over the naive baseline
+            # could gain over the naive baseline (its bound at the rate measured right before it)
             row.update({"naive_s": naive["step_s"], "naive_mem": human_bytes(naive["peak_bytes"]),
                         "naive/fast": naive["step_s"] / fast["step_s"],
-                        "naive/bound": naive["step_s"] / bound,
+                        "naive/bound": naive["step_s"] * gn["gflops"] * 1e9 / train_flops(sizes, B, steps),
                         "naive_note": f"extrap. from {naive['measured_steps']} steps"
                         if naive["extrapolated"] else "measured"})
         results[label] = res
         main_rows.append(row)
-    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s ({args.precision}, {dev}, {th} threads); batch {B}; "
-          f"step = fwd + Poisson loss + bwd + Adam" + (f"; CUDA graphs of {chunk} steps" if chunk else ""))
+    print(f"GEMM rate (best of {args.gemm_repeats}, right before each case; spread = slowest/fastest - 1): "
+          f"{args.precision}, {dev}, {th} threads; batch {B}; step = fwd + Poisson loss + bwd + Adam"
+          + (f"; CUDA graphs of {chunk} steps" if chunk else ""))
     print(format_table(main_rows))
     if not args.skip_naive:
         print("naive/bound = the largest speedup over the naive baseline that any exact dense "
@@ -350,16 +374,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for frac in [float(s) for s in args.sizes.split(",") if s]:
         sizes = scaled_sizes(frac)
         if frac == args.scale:  # the main coarse measurement is this row
-            fast = results["coarse"]["fast"]
+            fast, g = results["coarse"]["fast"], results["coarse"]["gemm"]
         else:
             log(f"scaling: {frac:.1%}")
+            g = gemm_now()
             fast = _isolated(measure_fast, th, sizes, B, T, args.bin_ms, args.precision,
                              max(1, args.repeats), None, dev, chunk)
         n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
-        bound = train_flops(sizes, B, T) / rate
+        bound = train_flops(sizes, B, T) / (g["gflops"] * 1e9)
         table.append({"size": f"{frac:.1%}", "V1 neurons": n_v1, "weights (M)": fast["weights"] / 1e6,
                       "step_s": fast["step_s"], "peak_mem": human_bytes(fast["peak_bytes"]),
-                      "bound_s": bound, "step/bound": fast["step_s"] / bound})
+                      "bound_s": bound, "step/bound": fast["step_s"] / bound, "GFLOP/s": g["gflops"],
+                      "spread": g["spread"]})
     print(f"\nscaling ({args.bin_ms:g} ms bins, {T} steps, batch {B}, fast path)")
     print(format_table(table))
     results["scaling"] = table
@@ -397,4 +423,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                              "input weights (M)": r["input_weights"] / 1e6, "build_s": r["build_s"],
                              "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"])}]))
         results["sheet_local"] = r
+    rates = [g["gflops"] for g in gemms]
+    results["gemm"] = {"measurements": gemms, "gflops_min": min(rates), "gflops_max": max(rates),
+                       "max_spread": max(g["spread"] for g in gemms)}
+    print(f"\nGEMM rate over the run: {min(rates):.4g}-{max(rates):.4g} GFLOP/s in {len(rates)} "
+          f"measurements (each best of {args.gemm_repeats}; largest spread within one "
+          f"{results['gemm']['max_spread']:.0%})")
     return results
