@@ -1,26 +1,32 @@
 """`corticalrnn bench gpu`: one call that checks and measures the model on a CUDA GPU.
 
-Parts, each guarded (an exception is recorded in the JSON and the next part runs), run in a worker
-thread with a time limit (a hung part is recorded as ``timeout`` and left behind), and skipped when
-the ``--budget-s`` left is below what the part needs:
+Parts, in this order, each guarded (an exception is recorded in the JSON and the next part runs),
+run in a worker thread with a time limit (a hung part is recorded as ``timeout`` and left behind),
+and skipped when the ``--budget-s`` left, less the minimum needs of the parts after it, is too short:
 
-``env``        device, torch/CUDA/NCCL versions, GEMM rates (bf16, fp32) and device-copy bandwidth;
-``graphs``     ``ModelConfig.cuda_graphs``: outputs and gradients of captured-and-replayed chunks
-               against the plain loop (teacher forcing on), fp32 and bf16;
+``env``        device, torch/CUDA/NCCL versions, GEMM rates (bf16, fp32; best of 5 with spread) and
+               device-copy bandwidth;
 ``precisions`` fp32 / bf16 / fp16 training steps through the trainer's own ``Trainer.train_step``
                (GradScaler for fp16), Dale's-law sign checks during and after many steps;
 ``ddp``        a one-GPU NCCL process group (world size 1, env:// on 127.0.0.1 and a free port):
                DDP training steps that must equal the same steps without DDP; destroyed afterwards;
 ``ten_percent``  the 10 % model at 1 ms bins (712 steps), batch 64: median step time (target
-               <= 0.5 s) and peak GPU memory, with and without CUDA graphs;
+               <= 0.5 s) and peak GPU memory, bf16 and fp32, without CUDA graphs;
 ``local``      the largest full-size local model (distance masks, sparse weight storage) that fits,
-               at 20 ms bins, batch 8 (tries 100 %, 50 %, 25 %): step time and peak memory; then, if
-               the budget allows, the same model over 712 steps (a 1 ms window's length).
+               at 20 ms bins, batch 8 (tries 100 %, 50 %, 25 %): step time and peak memory;
+``graphs``     ``ModelConfig.cuda_graphs``: outputs and gradients of captured-and-replayed chunks
+               against the plain loop (teacher forcing on), fp32 and bf16;
+``ten_percent_graphs``  the 10 % figure again with CUDA graphs;
+``local_long`` the local model that fitted, over 712 steps (a 1 ms window's length).
 
-Without CUDA it stops with "needs CUDA". ``--device cpu --tiny`` (hidden options) runs every part
-at tiny sizes on the CPU, the CUDA-only pieces replaced (graph capture -> the emulated chunked path,
-NCCL -> gloo), so that the code is tested on machines without a GPU. The JSON is rewritten after
-every part, so a run stopped from outside keeps what was measured.
+The parts that capture CUDA graphs come after the plain figures: a failed capture could leave the
+CUDA context unusable for what follows. The JSON is rewritten after every part (a part's partial
+results are kept when it fails or hangs), so a run stopped from outside keeps what was measured.
+The command exits 1 when a part did not pass, 3 when one was left running.
+
+Without CUDA it stops with "needs CUDA". ``--device cpu --tiny`` (hidden options) runs every part at
+tiny sizes on the CPU, the CUDA-only pieces replaced (graph capture -> the emulated chunked path,
+NCCL -> gloo), so that the code is tested on machines without a GPU (tests/test_bench_gpu.py).
 """
 
 from __future__ import annotations
@@ -93,9 +99,11 @@ class Sizes:
     local_long_T: int = 712
     local_repeats: int = 2
     # seconds a part needs at least (skipped below) and may take at most (then abandoned)
+    # in this order: what captures CUDA graphs (a failed capture could break the CUDA context for what
+    # follows) after the plain figures, the long-window local run (least needed) last
     need_s: tuple[tuple[str, float, float], ...] = (
-        ("env", 5, 60), ("graphs", 15, 120), ("precisions", 20, 150), ("ddp", 10, 120),
-        ("ten_percent", 30, 240), ("local", 45, 300), ("local_long", 60, 240))
+        ("env", 5, 60), ("precisions", 20, 150), ("ddp", 10, 120), ("ten_percent", 20, 150),
+        ("local", 45, 240), ("graphs", 15, 120), ("ten_percent_graphs", 20, 150), ("local_long", 45, 240))
     row_need_s: float = 10  # a case inside a part (one precision, one fraction) needs at least this
 
 
@@ -375,40 +383,40 @@ def part_ddp(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
 
 
 def part_ten_percent(out: dict[str, Any], s: Sizes, device: torch.device, precisions: list[str],
-                     remaining: Callable[[], float]) -> None:
-    """The 10 % model, 1 ms bins, batch 64: median training step and peak memory, graphs off / on."""
+                     remaining: Callable[[], float], graphs: bool) -> None:
+    """The 10 % model, 1 ms bins, batch 64: median training step and peak memory, with CUDA graphs
+    (chunks of ``main_chunk`` steps) or without."""
     sizes = scaled_sizes(s.main_scale)
     dev = str(device)
     out.update({"sizes": sizes, "batch": s.main_batch, "steps": s.main_T, "bin_ms": 1.0,
                 "target_step_s": TARGET_STEP_S, "rows": [], "best": None, "meets_target": False})
     ok = True
+    chunk = s.main_chunk if graphs else 0
     for precision in precisions:
+        row: dict[str, Any] = {"precision": precision, "cuda_graphs": graphs}
+        out["rows"].append(row)
+        if remaining() < s.row_need_s:
+            row["status"] = "skipped (budget)"
+            continue
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        try:  # the GEMM rate right before the cases it bounds
+        try:  # the GEMM rate right before the case it bounds
             rate = gemm_stats(min(s.gemm_n, 4096), repeats=5, dtype=dtype, device=dev)["gflops"] * 1e9
         except Exception:  # noqa: BLE001 - the bound is informational
             rate = float("nan")
-        for chunk in (0, s.main_chunk):
-            row: dict[str, Any] = {"precision": precision, "cuda_graphs": bool(chunk)}
-            out["rows"].append(row)
-            if remaining() < s.row_need_s:
-                row["status"] = "skipped (budget)"
-                continue
-            try:
-                r = measure_fast(sizes, s.main_batch, s.main_T, 1.0, precision, s.main_repeats, None, dev,
-                                 chunk)
-                row.update({"status": "ok", "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
-                            "peak_bytes": r["peak_bytes"], "build_s": r["build_s"], "weights": r["weights"],
-                            "flop_bound_s": train_flops(sizes, s.main_batch, s.main_T) / rate,
-                            "meets_target": r["step_s"] <= TARGET_STEP_S})
-            except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
-                row.update({"status": "error", "error": _error(exc)})
-                ok = False
-            _cleanup(device)
-            done = [r for r in out["rows"] if r["status"] == "ok"]
-            if done:
-                out["best"] = min(done, key=lambda r: r["step_s"])
-                out["meets_target"] = bool(out["best"]["meets_target"])
+        try:
+            r = measure_fast(sizes, s.main_batch, s.main_T, 1.0, precision, s.main_repeats, None, dev, chunk)
+            row.update({"status": "ok", "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
+                        "peak_bytes": r["peak_bytes"], "build_s": r["build_s"], "weights": r["weights"],
+                        "flop_bound_s": train_flops(sizes, s.main_batch, s.main_T) / rate,
+                        "meets_target": r["step_s"] <= TARGET_STEP_S})
+        except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
+            row.update({"status": "error", "error": _error(exc)})
+            ok = False
+        _cleanup(device)
+        done = [r for r in out["rows"] if r["status"] == "ok"]
+        if done:
+            out["best"] = min(done, key=lambda r: r["step_s"])
+            out["meets_target"] = bool(out["best"]["meets_target"])
     out["ok"] = bool(ok)
 
 
@@ -474,9 +482,11 @@ class _Runner:
         self.t0 = time.perf_counter()
         self.budget_s, self.json_path, self.results = budget_s, json_path, results
         self.abandoned: list[str] = []
+        self.reserve = 0.0  # kept for the parts still to come (their minimum needs)
 
     def remaining(self) -> float:
-        return self.budget_s - (time.perf_counter() - self.t0)
+        """Seconds the running part may still use."""
+        return self.budget_s - (time.perf_counter() - self.t0) - self.reserve
 
     def save(self) -> None:
         self.results["wall_s"] = time.perf_counter() - self.t0
@@ -565,7 +575,7 @@ def _found(name: str, r: dict[str, Any]) -> str:
     if name == "ddp":
         return (f"{r['backend']}: {r['iterations']} steps, max rel. param diff vs single "
                 f"{r['max_param_diff']:.1e}, destroyed {r['destroyed']}")
-    if name == "ten_percent":
+    if name in ("ten_percent", "ten_percent_graphs"):
         b = r["best"]
         return (f"best {b['precision']}{' + graphs' if b['cuda_graphs'] else ''}: {b['step_s']:.3g} s/step "
                 f"(target {TARGET_STEP_S} s: {'met' if b['meets_target'] else 'NOT met'}), {b['peak_mem']}"
@@ -619,13 +629,16 @@ def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, 
         "graphs": lambda out: part_graphs(out, s, device),
         "precisions": lambda out: part_precisions(out, s, device, rem),
         "ddp": lambda out: part_ddp(out, s, device),
-        "ten_percent": lambda out: part_ten_percent(out, s, device, main_precisions, rem),
+        "ten_percent": lambda out: part_ten_percent(out, s, device, main_precisions, rem, False),
+        "ten_percent_graphs": lambda out: part_ten_percent(out, s, device, main_precisions, rem, True),
         "local": lambda out: part_local(out, s, device, args.precision, list(s.local_fractions), rem),
         "local_long": lambda out: part_local_long(out, s, device, results["parts"].get("local", {})),
     }
-    for name, need, limit in s.need_s:
-        if name in wanted:
-            runner.part(name, need, limit, fns[name])
+    todo = [(n, need, limit) for n, need, limit in s.need_s if n in wanted]
+    for i, (name, need, limit) in enumerate(todo):
+        runner.reserve = sum(later for _, later, _ in todo[i + 1:])
+        runner.part(name, need, limit, fns[name])
+    runner.reserve = 0.0
     results["loadavg_end"] = load_average()
     runner.save()
     _print(results)
@@ -649,13 +662,13 @@ def _print(results: dict[str, Any]) -> None:
     print(f"{'part':<{width}}  {'status':<7}  {'s':>6}  result")
     for n, r in parts.items():
         print(f"{n:<{width}}  {r['status']:<7}  {r.get('seconds', 0.0):6.1f}  {_summary(n, r)}")
-    ten = parts.get("ten_percent", {})
-    if ten.get("rows"):
-        print(f"\n10 % model, 1 ms bins x {ten['steps']} steps, batch {ten['batch']}: training step "
+    tens = [parts[n] for n in ("ten_percent", "ten_percent_graphs") if parts.get(n, {}).get("rows")]
+    if tens:
+        print(f"\n10 % model, 1 ms bins x {tens[0]['steps']} steps, batch {tens[0]['batch']}: training step "
               f"(target <= {TARGET_STEP_S} s)")
         print(format_table([{k: r.get(k, "") for k in ("precision", "cuda_graphs", "status", "step_s",
                                                        "flop_bound_s", "peak_mem", "build_s")}
-                            for r in ten["rows"]]))
+                            for t in tens for r in t["rows"]]))
     loc, long = parts.get("local", {}), parts.get("local_long", {})
     if loc.get("attempts"):
         print(f"\nlocal model, sparse weight storage, 20 ms bins, batch {loc['batch']}")
