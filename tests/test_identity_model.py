@@ -1,0 +1,248 @@
+"""Identity in the model: Gabor receptive fields (numpy = torch = a naive loop), identity-conditioned
+input weights, connectivity rules (feature similarity, simulator connectome), the LSV1M-like generator,
+and the time-course baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from corticalrnn.baselines import from_psth
+from corticalrnn.errors import DataMismatchError
+from corticalrnn.evaluate import split_half_r
+from corticalrnn.model import CorticalRNN, ModelConfig
+from corticalrnn.model.connectivity import RULES, RuleContext, rule
+from corticalrnn.model.identity import GaborInputWeight
+from corticalrnn.model.reference import reference_forward
+from corticalrnn.receptive_field import gabor
+from corticalrnn.sheets import MOZAIK_ANNOTATIONS, V1_SHEETS
+
+SIZES = {"X_ON": 16, "X_OFF": 16, "V1_Exc_L4": 8, "V1_Inh_L4": 4, "V1_Exc_L2/3": 6, "V1_Inh_L2/3": 3}
+
+
+def identity(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="xy"), -1).reshape(-1, 2)
+    pos = {"X_ON": grid, "X_OFF": grid.copy()}
+    props: dict[str, dict[str, np.ndarray]] = {}
+    for s in V1_SHEETS:
+        n = SIZES[s]
+        pos[s] = rng.uniform(-0.3, 0.3, (n, 2))
+        props[s] = {"ori": rng.uniform(0, np.pi, n), "phase": rng.uniform(0, 2 * np.pi, n)}
+        if "L4" in s:
+            props[s] |= {"frequency": rng.uniform(0.15, 0.3, n), "size": rng.uniform(0.8, 1.5, n),
+                         "aspect_ratio": np.full(n, 0.7)}
+    return pos, props
+
+
+def naive_gabor(x: float, y: float, ori: float, phase: float, f: float, size: float, ar: float) -> float:
+    u = x * math.cos(ori) + y * math.sin(ori)
+    v = -x * math.sin(ori) + y * math.cos(ori)
+    return math.exp(-(u * u + (ar * v) ** 2) / (2 * size * size)) * math.cos(2 * math.pi * f * u + phase)
+
+
+def test_gabor_numpy_torch_and_naive_agree():
+    rng = np.random.default_rng(1)
+    args = [rng.normal(size=20), rng.normal(size=20), rng.uniform(0, np.pi, 20), rng.uniform(0, 6, 20),
+            rng.uniform(0.1, 1, 20), rng.uniform(0.5, 2, 20), rng.uniform(0.5, 1, 20)]
+    ref = np.array([naive_gabor(*a) for a in zip(*args)])
+    np.testing.assert_allclose(gabor(*args, np), ref, rtol=1e-12, atol=1e-14)
+    got = gabor(*[torch.as_tensor(a) for a in args], torch).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
+def gabor_block(props=None, seed=0) -> GaborInputWeight:
+    pos, p = identity(seed)
+    rows = np.concatenate([pos["V1_Exc_L4"], pos["V1_Inh_L4"]])
+    props = props or {k: np.concatenate([p["V1_Exc_L4"][k], p["V1_Inh_L4"][k]]) for k in p["V1_Exc_L4"]}
+    lgn = np.concatenate([pos["X_ON"], pos["X_OFF"]])
+    pol = np.r_[np.ones(16), -np.ones(16)]
+    pops = np.r_[np.zeros(8), np.ones(4)].astype(int)
+    return GaborInputWeight(rows, props, pops, 2, lgn, pol, 1.0, 1.2, 0.2)
+
+
+def test_gabor_weights_follow_identity_and_train():
+    w = gabor_block()
+    u = w.weight().detach().double()
+    assert u.shape == (12, 32) and bool((u >= 0).all()) and w.violations() == 0
+    # ON minus OFF weights are the Gabor itself (plus the envelope's common part, cancelled here)
+    c = w.centres().detach().double()
+    d = w.lgn_xy.double()[None, :16] - c[:, None]
+    g = gabor(d[..., 0], d[..., 1], w.ori.double()[:, None], w.phase.double()[:, None],
+              w.freq0.double()[:, None], w.size0.double()[:, None], w.aspect.double()[:, None], torch)
+    gains = torch.nn.functional.softplus(w.gain.detach().double())[w.row_pop]
+    np.testing.assert_allclose((u[:, :16] - u[:, 16:]).numpy(), (gains[:, :1] * g).numpy(), rtol=1e-5,
+                               atol=1e-7)
+    # the shape parameters get gradients (what observed units teach hidden ones)
+    w.weight().sum().backward()
+    for name in ("log_size", "log_freq", "gain", "retino_scale", "retino_offset"):
+        assert getattr(w, name).grad is not None and bool(getattr(w, name).grad.abs().sum() > 0), name
+
+
+def test_same_identity_same_weights():
+    pos, p = identity()
+    props = {k: np.concatenate([p["V1_Exc_L4"][k], p["V1_Inh_L4"][k]]) for k in p["V1_Exc_L4"]}
+    for k in props:
+        props[k][1] = props[k][0]
+    w = gabor_block(props)
+    w.unit_xy[1] = w.unit_xy[0]
+    u = w.weight().detach()
+    torch.testing.assert_close(u[0], u[1])
+
+
+def test_gabor_needs_orientation():
+    _, p = identity()
+    props = {"phase": np.r_[p["V1_Exc_L4"]["phase"], p["V1_Inh_L4"]["phase"]]}
+    with pytest.raises(DataMismatchError, match="ori"):
+        gabor_block(props)
+
+
+@pytest.mark.parametrize("connectivity", ["feature", "distance"])
+def test_identity_model_matches_float64_reference(connectivity):
+    pos, props = identity()
+    cfg = ModelConfig(bin_ms=5.0, input_connectivity="gabor", connectivity=connectivity,
+                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    model = CorticalRNN(cfg, SIZES, pos, props).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    out, ref = model(x), reference_forward(model, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
+    params = [p for p in model.parameters()]
+    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
+    g2 = torch.autograd.grad((reference_forward(model, x) * gw).sum(), params, allow_unused=True)
+    for a, b in zip(g1, g2):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_identity_model_keeps_dale_after_steps():
+    pos, props = identity()
+    cfg = ModelConfig(bin_ms=5.0, input_connectivity="gabor", connectivity="feature")
+    model = CorticalRNN(cfg, SIZES, pos, props)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.rand(2, 5, 32, generator=g)
+        loss = (model(x) - 0.3).pow(2).mean() - model(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.project_()
+    model.assert_constraints()
+
+
+def test_feature_rule_prefers_similar_orientation():
+    rng = np.random.default_rng(0)
+    n = 400
+    pos = {"V1_Exc_L4": rng.uniform(0, 0.5, (n, 2))}
+    ori = rng.uniform(0, np.pi, n)
+    props = {"V1_Exc_L4": {"ori": ori, "phase": rng.uniform(0, 2 * np.pi, n)}}
+    cfg = ModelConfig(distance_sigma_mm={"exc": 0.3, "inh": 0.3}, feature_affinity={"ori": 2.0, "phase": 0.0})
+    ctx = RuleContext(cfg, pos, props, None, np.random.default_rng(1))
+    m = rule("feature").mask(ctx, "V1_Exc_L4", "V1_Exc_L4", n, n)
+    sim = np.cos(2 * (ori[:, None] - ori[None, :]))
+    assert sim[m].mean() > sim[~m].mean() + 0.3
+    r, c = rule("feature").pairs(ctx, "V1_Exc_L4", "V1_Exc_L4", n, n)
+    assert sim[r, c].mean() > 0.3
+    dist = RuleContext(cfg, pos, None, None, np.random.default_rng(1))
+    with pytest.raises(DataMismatchError, match="ori"):
+        rule("feature").mask(dist, "V1_Exc_L4", "V1_Exc_L4", n, n)
+
+
+def test_simulator_rule_uses_the_connectome_exactly():
+    post, pre = np.array([0, 2, 2, 1]), np.array([3, 0, 3, 3])
+    ctx = RuleContext(ModelConfig(), None, None, {("V1_Exc_L4", "V1_Inh_L4"): (post, pre, np.ones(4))},
+                      np.random.default_rng(0))
+    m = rule("simulator").mask(ctx, "V1_Exc_L4", "V1_Inh_L4", 4, 3)
+    expect = np.zeros((3, 4), bool)
+    expect[post, pre] = True
+    np.testing.assert_array_equal(m, expect)
+    with pytest.raises(DataMismatchError, match="no projection"):
+        rule("simulator").pairs(ctx, "V1_Inh_L4", "V1_Exc_L4", 3, 4)
+    assert {"dense", "distance", "feature", "simulator"} <= set(RULES)
+    with pytest.raises(DataMismatchError, match="unknown connectivity rule"):
+        rule("nope")
+
+
+def test_simulator_connectivity_model_has_exactly_the_stored_synapses():
+    pos, props = identity()
+    rng = np.random.default_rng(3)
+    conn = {}
+    for pre, post in [("V1_Exc_L4", "V1_Exc_L4"), ("V1_Exc_L4", "V1_Inh_L4"), ("V1_Inh_L4", "V1_Exc_L4"),
+                      ("V1_Inh_L4", "V1_Inh_L4"), ("V1_Exc_L2/3", "V1_Exc_L4"), ("V1_Exc_L2/3", "V1_Inh_L4"),
+                      ("V1_Exc_L4", "V1_Exc_L2/3"), ("V1_Exc_L4", "V1_Inh_L2/3"),
+                      ("V1_Exc_L2/3", "V1_Exc_L2/3"), ("V1_Exc_L2/3", "V1_Inh_L2/3"),
+                      ("V1_Inh_L2/3", "V1_Exc_L2/3"), ("V1_Inh_L2/3", "V1_Inh_L2/3")]:
+        k = 10
+        conn[(pre, post)] = (rng.integers(0, SIZES[post], k), rng.integers(0, SIZES[pre], k), np.ones(k))
+    for storage in ("dense", "sparse"):
+        cfg = ModelConfig(connectivity="simulator", weight_storage=storage)
+        model = CorticalRNN(cfg, SIZES, pos, props, conn)
+        for (pre, post), (r, c, _) in conn.items():
+            w = model.pathway_weight(pre, post, 0 if (pre, post) in {("V1_Exc_L4", "V1_Exc_L2/3"),
+                                                                    ("V1_Exc_L4", "V1_Inh_L2/3")} else 1)
+            expect = np.zeros(w.shape, bool)
+            expect[r, c] = True
+            assert not (w.detach().numpy() != 0)[~expect].any(), (storage, pre, post)
+
+
+def test_lsv1m_generator_identity():
+    from corticalrnn.synth.cortex import CortexConfig, build_network
+
+    net = build_network(CortexConfig(scale=0.25, structure="lsv1m", lgn_density=2.0), seed=3)
+    for s in ("V1_Exc_L4", "V1_Inh_L4"):
+        assert set(net.annotations[s]) == set(MOZAIK_ANNOTATIONS)
+    assert set(net.annotations["V1_Exc_L2/3"]) == {"LGNAfferentOrientation"}
+    # the orientation map is smooth: nearest neighbours share orientation far above chance (0)
+    xy, ori = net.positions_mm["V1_Exc_L4"], net.annotations["V1_Exc_L4"]["LGNAfferentOrientation"]
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = d.argmin(1)
+    assert np.cos(2 * (ori - ori[nn])).mean() > 0.5
+    # L4 afferents follow each cell's Gabor: ON - OFF weights correlate with it over the LGN grid
+    n_on = net.sizes["X_ON"]
+    lgn = net.positions_mm["X_ON"]
+    a = net.annotations["V1_Exc_L4"]
+    side = CortexConfig(scale=0.25).side_mm
+    spacing = side / math.sqrt(n_on)
+    rs = []
+    for i in range(net.sizes["V1_Exc_L4"]):
+        row = net.U[i].toarray().ravel()
+        diff = row[:n_on] - row[n_on:]
+        dx = lgn - xy[i]
+        g = gabor(dx[:, 0], dx[:, 1], a["LGNAfferentOrientation"][i], a["LGNAfferentPhase"][i],
+                  a["LGNAfferentFrequency"][i] / spacing, a["LGNAfferentSize"][i] * spacing,
+                  a["LGNAfferentAspectRatio"][i], np)
+        rs.append(np.corrcoef(diff, g)[0, 1])
+    assert np.median(rs) > 0.6
+
+
+def test_population_baseline_uses_observed_only():
+    rng = np.random.default_rng(0)
+    psth = rng.uniform(0.1, 1, (5, 6))
+    labels = np.array(["A", "A", "A", "B", "B", "B"])
+    observed = np.array([True, True, False, True, False, False])
+    b = from_psth(psth, labels, observed, 10)
+    shape_a = psth[:, :2].mean(1)
+    np.testing.assert_allclose(b.population[:, 2], shape_a)
+    np.testing.assert_allclose(b.population[:, 4], psth[:, 3])
+    np.testing.assert_allclose(b.population[:, 0], shape_a * psth[:, 0].mean() / shape_a.mean())
+    np.testing.assert_allclose(b.mean_rate, psth.mean(0))
+    pred = b.predictions(3)
+    assert pred["population"].shape == (3, 5, 6)
+
+
+def test_split_half_r_against_naive():
+    rng = np.random.default_rng(2)
+    data = rng.poisson(1.0, (3, 4, 5, 2)).astype(float)
+    got = split_half_r(data)
+    for n in range(2):
+        x = data[..., n]
+        a = x[:, [0, 2]].mean(1).ravel()
+        b = x[:, [1, 3]].mean(1).ravel()
+        assert got[n] == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-12)
+    assert np.isnan(split_half_r(data[:, :1])).all()
