@@ -21,9 +21,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),
     "science": ("corticalrnn.bench.science", "hidden neurons vs the population baseline on LSV1M-like data"),
     "gpu": ("corticalrnn.bench.gpu", "one-call CUDA check: graphs, fp32/bf16/fp16 + signs, NCCL DDP, sizes"),
+    "resilience": ("corticalrnn.bench.resilience", "random kill -9 of extract/trim/import-npz vs clean runs"),
 }
 # checks that need hardware (CUDA) `all` may lack: run on their own
-NOT_IN_ALL = {"gpu", "science"}
+NOT_IN_ALL = {"gpu", "science", "resilience"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
