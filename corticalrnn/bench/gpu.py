@@ -118,7 +118,8 @@ TINY = Sizes(gemm_n=128, copy_mib=4, graph_scale=0.002, graph_batch=2, graph_ste
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-s", type=float, default=420.0,
-                   help="wall-clock budget; parts that no longer fit are skipped (default 420 s)")
+                   help="wall-clock budget; parts that no longer fit are skipped, a part past its share is "
+                        "left behind (default 420 s)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"],
                    help="matmul precision of the full-size local model (falls back to fp32 on an error)")
     p.add_argument("--main-precisions", default="bf16,fp32",
@@ -127,8 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-fractions", default="",
                    help="fractions of the full size to try for the local model, largest first "
                         "(default 1.0,0.5,0.25)")
-    p.add_argument("--parts", default="", help="comma-separated subset of: env,graphs,precisions,ddp,"
-                                               "ten_percent,local (default all)")
+    p.add_argument("--parts", default="", help="comma-separated subset of: " + ",".join(
+        n for n, _, _ in GPU.need_s) + " (default all, in that order)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: test the code path
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny sizes (CPU test)
