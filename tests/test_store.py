@@ -245,8 +245,8 @@ def test_zero_counts_and_bad_indices_are_errors(tmp_path: Path) -> None:
     data[0] = np.uint64(first)
     root["windows/source"][0] = 99
     with pytest.raises(SchemaError, match="windows/source holds indices outside"):
-        open_store(path).windows
+        _ = open_store(path).windows
     root["windows/source"][0] = 0
     root["windows/split"][1] = -3
     with pytest.raises(SchemaError, match="windows/split holds indices outside"):
-        open_store(path).windows
+        _ = open_store(path).windows
