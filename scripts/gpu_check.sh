@@ -4,7 +4,8 @@
 #
 #     OUT=/some/dir bash scripts/gpu_check.sh
 #
-# Writes $OUT/gpu.json (the figures; rewritten after every part) and $OUT/gpu.log (everything printed).
+# Writes $OUT/gpu.json (the figures; rewritten after every part) and $OUT/gpu.log (everything printed);
+# OUT defaults to ${TMPDIR:-/tmp}/corticalrnn-gpu-check.
 # Offline-safe: no install step; the checkout is put on PYTHONPATH. It needs only what a CUDA PyTorch
 # image already has (torch, numpy, tqdm, threadpoolctl). Worst case about 8 minutes: the benchmark's
 # budget (BUDGET_S, default 360 s) + 45 s grace before it is killed, plus 60 s for the pytest check.
@@ -12,7 +13,7 @@
 # to try the script without a GPU). Exit status: the benchmark's (0 all parts passed, 1 a part failed
 # or no CUDA, 3 a part hung and was left behind, 124 killed at the time limit).
 set -uo pipefail
-OUT=${OUT:-$PWD/gpu-out}
+OUT=${OUT:-${TMPDIR:-/tmp}/corticalrnn-gpu-check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu.log
 PY=${PYTHON:-python3}
@@ -36,5 +37,5 @@ echo "== bench gpu exit status $rc" | tee -a "$LOG"
 
 timeout -k 5 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda_graph_capture 2>&1 \
   | tail -n 15 | tee -a "$LOG"
-echo "== done $(date -u +%FT%TZ)" | tee -a "$LOG"
+echo "== done $(date -u +%FT%TZ); figures in $OUT/gpu.json, log in $LOG" | tee -a "$LOG"
 exit "$rc"
