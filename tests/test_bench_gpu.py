@@ -28,13 +28,15 @@ def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
     text = capsys.readouterr().out
     fig = json.loads(out.read_text())
     parts = fig["parts"]
-    assert list(parts) == ["env", "precisions", "ddp", "ten_percent", "local", "graphs", "ten_percent_graphs",
-                           "local_long"]
+    assert list(parts) == ["env", "cpu_vs_gpu", "precisions", "ddp", "ten_percent", "local", "graphs",
+                           "ten_percent_graphs", "local_long"]
     assert all(p["status"] == "ok" for p in parts.values()), {n: p.get("error") for n, p in parts.items()}
     for name in parts:
         assert name in text
     assert "load average" in text and fig["loadavg_end"]
     assert parts["env"]["gemm_fp32_tflops"] > 0 and parts["env"]["copy_gbs"] > 0
+    for case in parts["cpu_vs_gpu"]["cases"]:  # here both sides run on the CPU: the code path only
+        assert case["match"] and case["rates_rel_diff"] == 0 and case["cpu_nonfinite"] == 0
     for case in parts["graphs"]["cases"]:  # the chunked path ran (emulated) and matched the plain loop
         assert case["match"] and case["replays"] > 0 and case["n_grads"] > 0
     rows = parts["precisions"]["rows"]
@@ -42,6 +44,7 @@ def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
     for r in rows:
         assert r["status"] == "ok" and not any(r["violations_at_checks"]) and r["params_finite"]
         assert len(r["violations_at_checks"]) == 2  # every check_every=2 of 4 steps
+        assert r["initial_rates_nonfinite"] == 0 and r["initial_rates_max"] > 0
     ddp = parts["ddp"]
     assert ddp["backend"] == "gloo" and ddp["destroyed"] and ddp["max_param_diff"] == 0.0
     assert ddp["losses_single"] == ddp["losses_ddp"] and not torch.distributed.is_initialized()
@@ -50,8 +53,10 @@ def test_tiny_cpu_run_exercises_every_part(tmp_path, capsys):
         assert [(r["precision"], r["cuda_graphs"]) for r in ten["rows"]] == [("bf16", graphs),
                                                                              ("fp32", graphs)]
         assert all(r["step_s"] > 0 and r["flop_bound_s"] > 0 for r in ten["rows"]) and ten["best"]
+        assert all(r["loss"] > 0 for r in ten["rows"])
     local = parts["local"]
     assert local["largest"]["fraction"] == 0.004 and local["largest"]["recurrent_synapses"] > 0
+    assert local["largest"]["finite"] and parts["local_long"]["finite"]
     assert [a["status"] for a in local["attempts"]] == ["ok"]  # the largest that fits: no smaller try
     assert parts["local_long"]["steps"] == 8 and parts["local_long"]["step_s"] > 0
     assert torch.get_num_threads() > 0

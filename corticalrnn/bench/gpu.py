@@ -102,8 +102,9 @@ class Sizes:
     # in this order: what captures CUDA graphs (a failed capture could break the CUDA context for what
     # follows) after the plain figures, the long-window local run (least needed) last
     need_s: tuple[tuple[str, float, float], ...] = (
-        ("env", 5, 60), ("precisions", 20, 150), ("ddp", 10, 120), ("ten_percent", 20, 150),
-        ("local", 45, 240), ("graphs", 15, 120), ("ten_percent_graphs", 20, 150), ("local_long", 45, 240))
+        ("env", 5, 60), ("cpu_vs_gpu", 10, 120), ("precisions", 20, 150), ("ddp", 10, 120),
+        ("ten_percent", 20, 150), ("local", 45, 240), ("graphs", 15, 120), ("ten_percent_graphs", 20, 150),
+        ("local_long", 45, 240))
     row_need_s: float = 10  # a case inside a part (one precision, one fraction) needs at least this
 
 
@@ -243,6 +244,52 @@ def part_graphs(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
     out["ok"] = bool(ok)
 
 
+def part_cpu_vs_gpu(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
+    """The same model (same seed) and the same data, drawn on the CPU, on the CPU and on ``device``:
+    rates, loss and every gradient must agree in fp32 (the precisions part's size at 20 ms, the graphs
+    part's at 1 ms)."""
+    out["cases"] = []
+    ok = True
+    for scale, batch, steps, bin_ms in ((s.train_scale, s.train_batch, s.train_T, 20.0),
+                                        (s.graph_scale, s.graph_batch, s.graph_steps, 1.0)):
+        case: dict[str, Any] = {"scale": scale, "batch": batch, "steps": steps, "bin_ms": bin_ms}
+        out["cases"].append(case)
+        try:
+            _compare_devices(scaled_sizes(scale), batch, steps, bin_ms, device, case)
+        except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
+            case.update({"match": False, "error": _error(exc)})
+        ok &= case["match"]
+        _cleanup(device)
+    out["ok"] = bool(ok)
+
+
+def _compare_devices(sizes: dict[str, int], batch: int, steps: int, bin_ms: float, device: torch.device,
+                     case: dict[str, Any]) -> None:
+    x, counts, observed = _data(sizes, batch, steps, seed=11)
+    runs = {}
+    for where in ("cpu", "dev"):
+        dev = torch.device("cpu") if where == "cpu" else device
+        model = _fast_model(sizes, bin_ms, "fp32").to(dev)
+        rates = model(x.to(dev))
+        loss = model.loss(rates, counts.to(dev), observed.bool().to(dev))
+        loss.backward()
+        grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
+        runs[where] = (rates.detach().cpu(), float(loss.detach()), grads)
+        case[f"{where}_rates_max"] = float(rates.detach().max())
+        case[f"{where}_nonfinite"] = int((~torch.isfinite(rates.detach())).sum())
+        case[f"{where}_loss"] = runs[where][1]
+        del model, rates, loss
+    (r0, l0, g0), (r1, l1, g1) = runs["cpu"], runs["dev"]
+    bad = ~torch.isclose(r1, r0, rtol=1e-3, atol=1e-5)
+    grad_rel = {n: _rel_diff(g1[n], g0[n]) for n in g0 if n in g1}
+    worst = max(grad_rel, key=grad_rel.get) if grad_rel else None
+    case.update({"rates_rel_diff": _rel_diff(r1, r0), "loss_rel_diff": abs(l1 - l0) / max(abs(l0), 1e-30),
+                 "first_bad_step": int(bad.any(2).any(0).nonzero()[0]) if bool(bad.any()) else None,
+                 "grads_worst_rel_diff": grad_rel.get(worst, 0.0), "grads_worst": worst,
+                 "match": bool(not bad.any() and sorted(g0) == sorted(g1)
+                               and all(v <= 1e-3 for v in grad_rel.values()))})
+
+
 def _trainer(model: Any, device: torch.device, precision: str, steps: int, x: torch.Tensor,
              counts: torch.Tensor, observed: torch.Tensor, run_dir: str) -> Any:
     """The project's Trainer around ``model`` (its ``train_step``: scaler, clipping, projection)."""
@@ -270,7 +317,13 @@ def _train_precision(s: Sizes, device: torch.device, sizes: dict[str, int], data
     model = _fast_model(sizes, 20.0, precision)
     tr = _trainer(model, device, precision, s.train_iters, x, counts, observed, run_dir)
     scaler = tr.scaler
-    row.update({"trainer_precision": tr.precision, "grad_scaler": scaler.is_enabled()})
+    row.update({"trainer_precision": tr.precision, "grad_scaler": scaler.is_enabled(),
+                "lgn_max": float(x.max()), "counts_max": float(counts.max())})
+    with torch.no_grad():  # the untrained network's rates: a diverging forward shows here
+        r0 = model(x)
+    row.update({"initial_rates_max": float(r0.nan_to_num(posinf=math.inf).max()),
+                "initial_rates_nonfinite": int((~torch.isfinite(r0)).sum())})
+    del r0
     batch = {"lgn": x, "v1": counts}
     losses, checks, skipped = [], [], 0
     t0 = time.perf_counter()
@@ -406,10 +459,12 @@ def part_ten_percent(out: dict[str, Any], s: Sizes, device: torch.device, precis
             rate = float("nan")
         try:
             r = measure_fast(sizes, s.main_batch, s.main_T, 1.0, precision, s.main_repeats, None, dev, chunk)
-            row.update({"status": "ok", "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
-                        "peak_bytes": r["peak_bytes"], "build_s": r["build_s"], "weights": r["weights"],
+            row.update({"status": "ok" if r["finite"] else "FAIL (not finite)", "step_s": r["step_s"],
+                        "peak_mem": human_bytes(r["peak_bytes"]), "peak_bytes": r["peak_bytes"],
+                        "build_s": r["build_s"], "weights": r["weights"], "loss": r["loss"],
                         "flop_bound_s": train_flops(sizes, s.main_batch, s.main_T) / rate,
                         "meets_target": r["step_s"] <= TARGET_STEP_S})
+            ok &= r["finite"]
         except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
             row.update({"status": "error", "error": _error(exc)})
             ok = False
@@ -436,8 +491,9 @@ def part_local(out: dict[str, Any], s: Sizes, device: torch.device, precision: s
             out["attempts"].append(row)
             try:
                 r = measure_sheet_local(frac, s.local_batch, s.local_T, 20.0, prec, s.local_repeats, dev)
-                row.update({"status": "ok", **r, "peak_mem": human_bytes(r["peak_bytes"])})
-                out["largest"] = row
+                row.update({**r, "status": "ok" if r["finite"] else "FAIL (not finite)",
+                            "peak_mem": human_bytes(r["peak_bytes"])})
+                out["largest"] = row  # it fits; whether its numbers are finite is checked below
             except Exception as exc:  # noqa: BLE001 - recorded; OOM -> next fraction, else fp32
                 oom = _is_oom(exc)
                 row.update({"status": "out of memory" if oom else "error", "error": _error(exc)})
@@ -451,7 +507,7 @@ def part_local(out: dict[str, Any], s: Sizes, device: torch.device, precision: s
             break
     if 1.0 in fractions:
         out["full_size_fits"] = out["largest"] is not None and out["largest"]["fraction"] >= 1.0
-    out["ok"] = out["largest"] is not None
+    out["ok"] = out["largest"] is not None and bool(out["largest"]["finite"])
 
 
 def part_local_long(out: dict[str, Any], s: Sizes, device: torch.device, local: dict[str, Any]) -> None:
@@ -466,7 +522,8 @@ def part_local_long(out: dict[str, Any], s: Sizes, device: torch.device, local: 
         r = measure_sheet_local(fit["fraction"], s.local_batch, s.local_long_T, 20.0, fit["precision"], 1,
                                 str(device))
         out.update({"V1 neurons": r["V1 neurons"], "build_s": r["build_s"], "step_s": r["step_s"],
-                    "peak_bytes": r["peak_bytes"], "peak_mem": human_bytes(r["peak_bytes"])})
+                    "peak_bytes": r["peak_bytes"], "peak_mem": human_bytes(r["peak_bytes"]),
+                    "loss": r["loss"], "finite": r["finite"], "ok": r["finite"]})
     except Exception as exc:
         if not _is_oom(exc):
             raise
@@ -573,6 +630,13 @@ def _found(name: str, r: dict[str, Any]) -> str:
             f"{max(w['violations_at_checks'])}, loss {w['loss_first']:.4g}->{w['loss_last']:.4g}"
             + (f", {w['skipped_steps']} skipped" if w.get("grad_scaler") else "")
             if "loss_first" in w else f" {w.get('error', '')[:60]}") for w in r["rows"])
+    if name == "cpu_vs_gpu":
+        return "; ".join(f"{c['scale'] * 100:g} % {c['bin_ms']:g} ms: " + (
+            c["error"][:60] if "error" in c else
+            f"{'match' if c['match'] else 'DIFFER'} (rates {c['rates_rel_diff']:.1e}, grads "
+            f"{c['grads_worst_rel_diff']:.1e}, max rate cpu {c['cpu_rates_max']:.3g} / "
+            f"gpu {c['dev_rates_max']:.3g})")
+            for c in r["cases"])
     if name == "ddp":
         return (f"{r['backend']}: {r['iterations']} steps, max rel. param diff vs single "
                 f"{r['max_param_diff']:.1e}, destroyed {r['destroyed']}")
@@ -627,6 +691,7 @@ def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, 
     rem = runner.remaining
     fns: dict[str, Callable[[dict[str, Any]], None]] = {
         "env": lambda out: part_env(out, s, device),
+        "cpu_vs_gpu": lambda out: part_cpu_vs_gpu(out, s, device),
         "graphs": lambda out: part_graphs(out, s, device),
         "precisions": lambda out: part_precisions(out, s, device, rem),
         "ddp": lambda out: part_ddp(out, s, device),
@@ -668,7 +733,7 @@ def _print(results: dict[str, Any]) -> None:
         print(f"\n10 % model, 1 ms bins x {tens[0]['steps']} steps, batch {tens[0]['batch']}: training step "
               f"(target <= {TARGET_STEP_S} s)")
         print(format_table([{k: r.get(k, "") for k in ("precision", "cuda_graphs", "status", "step_s",
-                                                       "flop_bound_s", "peak_mem", "build_s")}
+                                                       "flop_bound_s", "peak_mem", "build_s", "loss")}
                             for t in tens for r in t["rows"]]))
     loc, long = parts.get("local", {}), parts.get("local_long", {})
     if loc.get("attempts"):
@@ -677,5 +742,5 @@ def _print(results: dict[str, Any]) -> None:
         if "step_s" in long:
             rows.append({**long, "status": long["status"]})
         print(format_table([{k: r.get(k, "") for k in ("fraction", "precision", "status", "V1 neurons",
-                                                       "steps", "build_s", "step_s", "peak_mem")}
+                                                       "steps", "build_s", "step_s", "peak_mem", "loss")}
                             for r in rows]))

@@ -171,12 +171,15 @@ class _Memory:
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, observed: torch.Tensor,
-             opt: torch.optim.Optimizer, project: bool):
+             opt: torch.optim.Optimizer, project: bool, last: list[torch.Tensor] | None = None):
+    """One training step; ``last`` (if given) holds the latest loss (no synchronisation)."""
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         rates = model(x)
         r = rates.clamp_min(1e-8)
         loss = ((r - counts * torch.log(r)) * observed).sum() / observed.sum().clamp_min(1) / rates.shape[0]
+        if last is not None:
+            last[:] = [loss.detach()]
         loss.backward()
         opt.step()
         if project:
@@ -213,13 +216,22 @@ def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
     return CorticalRNN(cfg, sizes, pos)
 
 
-def _trainer_step(model: nn.Module, sizes: dict[str, int], B: int, T: int, device: str) -> Any:
+def _trainer_step(model: nn.Module, sizes: dict[str, int], B: int, T: int, device: str,
+                  last: list[torch.Tensor] | None = None) -> Any:
     """One training step of ``model`` on generated data, with the trainer's optimizer (fused AdamW)."""
     from corticalrnn.train.config import OptimConfig
     from corticalrnn.train.trainer import adamw
     x, counts, observed = _data(sizes, B, T, device=device)
     opt = adamw(model.parameters(), OptimConfig(lr=1e-4))
-    return _synced(_step_fn(model, x, counts, observed, opt, True), device)
+    return _synced(_step_fn(model, x, counts, observed, opt, True, last), device)
+
+
+def _finite(model: nn.Module, last: list[torch.Tensor]) -> dict[str, Any]:
+    """The last timed step's loss and whether it and every weight are finite (a fast step that
+    diverged is no figure)."""
+    loss = float(last[0]) if last else math.nan
+    ok = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return {"loss": loss, "finite": ok}
 
 
 def _isolated(fn: Any, threads: int, *args: Any) -> dict[str, Any]:
@@ -242,13 +254,15 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
     t0 = time.perf_counter()
     model = _fast_model(sizes, bin_ms, precision, local, graph_chunk).to(device)
     build_s = time.perf_counter() - t0
-    step = _trainer_step(model, sizes, B, T, device)
+    last: list[torch.Tensor] = []
+    step = _trainer_step(model, sizes, B, T, device, last)
     with _Memory(device) as mem:
         t = time_call(step, repeats=repeats, warmup=1)
     n_w = model.n_synapses()
     assert not any(model.sign_violations().values())
+    finite = _finite(model, last)
     del model, step
-    return {"step_s": t.median, "peak_bytes": mem.growth_bytes, "weights": n_w, "build_s": build_s}
+    return {"step_s": t.median, "peak_bytes": mem.growth_bytes, "weights": n_w, "build_s": build_s, **finite}
 
 
 def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: str, repeats: int,
@@ -261,11 +275,12 @@ def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: s
         t0 = time.perf_counter()
         model = _fast_model(sizes, bin_ms, precision, {"weight_storage": "sparse"}, sheet_mm=side).to(device)
         build_s = time.perf_counter() - t0
-        t = time_call(_trainer_step(model, sizes, B, T, device), repeats=repeats, warmup=1)
+        last: list[torch.Tensor] = []
+        t = time_call(_trainer_step(model, sizes, B, T, device, last), repeats=repeats, warmup=1)
     rec = sum(model.weights[n].n_synapses for n in model._v1_blocks)
     return {"fraction": frac, "V1 neurons": model.n_v1, "sheet_mm": side, "recurrent_synapses": rec,
             "input_weights": model.n_synapses() - rec, "build_s": build_s, "step_s": t.median,
-            "peak_bytes": mem.growth_bytes}
+            "peak_bytes": mem.growth_bytes, **_finite(model, last)}
 
 
 def measure_naive(sizes: dict[str, int], B: int, T: int, bin_ms: float, repeats: int,
