@@ -246,11 +246,14 @@ def part_graphs(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
 
 def part_cpu_vs_gpu(out: dict[str, Any], s: Sizes, device: torch.device) -> None:
     """The same model (same seed) and the same data, drawn on the CPU, on the CPU and on ``device``:
-    rates, loss and every gradient must agree in fp32 (the precisions part's size at 20 ms, the graphs
-    part's at 1 ms)."""
+    rates, loss and every gradient must agree in fp32 (the precisions part's size and batch at 20 ms,
+    that size at the DDP part's batch, the DDP part's size at that batch, the graphs part's at 1 ms:
+    where they differ tells size from batch)."""
     out["cases"] = []
     ok = True
     for scale, batch, steps, bin_ms in ((s.train_scale, s.train_batch, s.train_T, 20.0),
+                                        (s.train_scale, s.ddp_batch, s.train_T, 20.0),
+                                        (s.ddp_scale, s.train_batch, s.train_T, 20.0),
                                         (s.graph_scale, s.graph_batch, s.graph_steps, 1.0)):
         case: dict[str, Any] = {"scale": scale, "batch": batch, "steps": steps, "bin_ms": bin_ms}
         out["cases"].append(case)
@@ -631,7 +634,7 @@ def _found(name: str, r: dict[str, Any]) -> str:
             + (f", {w['skipped_steps']} skipped" if w.get("grad_scaler") else "")
             if "loss_first" in w else f" {w.get('error', '')[:60]}") for w in r["rows"])
     if name == "cpu_vs_gpu":
-        return "; ".join(f"{c['scale'] * 100:g} % {c['bin_ms']:g} ms: " + (
+        return "; ".join(f"{c['scale'] * 100:g} % B{c['batch']} {c['bin_ms']:g} ms: " + (
             c["error"][:60] if "error" in c else
             f"{'match' if c['match'] else 'DIFFER'} (rates {c['rates_rel_diff']:.1e}, grads "
             f"{c['grads_worst_rel_diff']:.1e}, max rate cpu {c['cpu_rates_max']:.3g} / "
