@@ -69,7 +69,7 @@ def test_a_failing_part_is_recorded_and_the_rest_still_run(tmp_path, capsys, mon
     monkeypatch.setattr(gpu, "part_env", broken)
     out = tmp_path / "gpu.json"
     assert main(["bench", "gpu", "--device", "cpu", "--tiny", "--threads", "1", "--parts", "env,ddp",
-                 "--json", str(out)]) == 1
+                 "--inline", "--json", str(out)]) == 1
     assert "env did not pass" in capsys.readouterr().err
     parts = json.loads(out.read_text())["parts"]
     assert parts["env"]["status"] == "error" and "simulated failure" in parts["env"]["error"]

@@ -132,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", default="", help="comma-separated subset of: " + ",".join(
         n for n, _, _ in GPU.need_s) + " (default all, in that order)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--inline", action="store_true",
+                   help="run the parts in the main thread (no worker threads, so no protection from a hung "
+                        "part; to rule the threads out when a result looks wrong)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: test the code path
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny sizes (CPU test)
 
@@ -539,9 +542,10 @@ def part_local_long(out: dict[str, Any], s: Sizes, device: torch.device, local: 
 class _Runner:
     """Runs parts in worker threads under the budget; rewrites the JSON after each one."""
 
-    def __init__(self, budget_s: float, json_path: Path | None, results: dict[str, Any]) -> None:
+    def __init__(self, budget_s: float, json_path: Path | None, results: dict[str, Any],
+                 inline: bool = False) -> None:
         self.t0 = time.perf_counter()
-        self.budget_s, self.json_path, self.results = budget_s, json_path, results
+        self.budget_s, self.json_path, self.results, self.inline = budget_s, json_path, results, inline
         self.abandoned: list[str] = []
         self.reserve = 0.0  # kept for the parts still to come (their minimum needs)
 
@@ -574,12 +578,16 @@ class _Runner:
                 box["error"] = _error(exc)
                 box["traceback"] = traceback.format_exc(limit=-6)
 
-        th = threading.Thread(target=target, name=f"bench-gpu-{name}", daemon=True)
         t0 = time.perf_counter()
-        th.start()
-        th.join(timeout=max(0.1, min(max_s, left)))
+        if self.inline:
+            target()
+            th = None
+        else:
+            th = threading.Thread(target=target, name=f"bench-gpu-{name}", daemon=True)
+            th.start()
+            th.join(timeout=max(0.1, min(max_s, left)))
         seconds = time.perf_counter() - t0
-        if th.is_alive():
+        if th is not None and th.is_alive():
             self.abandoned.append(name)
             res = {"status": "timeout", "reason": f"still running after {seconds:.0f} s; left behind",
                    **_snapshot(out)}
@@ -689,8 +697,9 @@ def _run(args: argparse.Namespace, s: Sizes, device: torch.device) -> dict[str, 
     if unknown:
         raise CorticalRNNError(f"bench gpu: unknown parts {unknown}; choose from {names}")
     results: dict[str, Any] = {"device": str(device), "tiny": bool(args.tiny), "budget_s": args.budget_s,
+                               "inline": bool(args.inline),
                                "loadavg_start": load_average(), "sizes": dataclasses.asdict(s), "parts": {}}
-    runner = _Runner(args.budget_s, args.json, results)
+    runner = _Runner(args.budget_s, args.json, results, args.inline)
     rem = runner.remaining
     fns: dict[str, Callable[[dict[str, Any]], None]] = {
         "env": lambda out: part_env(out, s, device),
