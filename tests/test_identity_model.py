@@ -246,3 +246,20 @@ def test_split_half_r_against_naive():
         b = x[:, [1, 3]].mean(1).ravel()
         assert got[n] == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-12)
     assert np.isnan(split_half_r(data[:, :1])).all()
+
+
+@pytest.mark.parametrize("neuron_model", ["leaky", "gru"])
+def test_rate_scale_matches_reference_with_teacher(neuron_model):
+    pos, props = identity()
+    cfg = ModelConfig(bin_ms=5.0, rate_scale=20.0, neuron_model=neuron_model, input_connectivity="gabor",
+                      connectivity="feature", distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    model = CorticalRNN(cfg, SIZES, pos, props).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    y = torch.rand(2, 5, 21, generator=g, dtype=torch.float64) * 0.2
+    mask = torch.rand(21, generator=g) < 0.5
+    force = model.draw_force(2, mask, 0.7, torch.Generator().manual_seed(5))
+    out = model(x, y, mask, 0.7, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out, reference_forward(model, x, y, force), rtol=1e-12, atol=1e-12)
+    # the initial rate is init_rate in data units whatever the scale
+    assert float(model(torch.zeros(1, 1, 32, dtype=torch.float64)).mean()) == pytest.approx(0.1, rel=0.2)

@@ -116,6 +116,10 @@ class ModelConfig:
     spectral_radius: float = 0.9
     input_gain: float = 1.0  # mean total LGN drive per unit input rate (init scale of U)
     init_rate: float = 0.1  # initial bias gives this expected count per bin
+    # units run on rates times rate_scale (output and teacher data rescaled): softplus is then steep
+    # (relu-like) at the data's rates instead of exponential-like. At 0.1 counts per bin softplus's
+    # slope is 0.1 for rate_scale 1 and 0.86 for 20, so inputs can modulate low-rate units.
+    rate_scale: float = 1.0
     neuron_model: str = "leaky"  # leaky | mlp | gru
     neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
     tau_ms: dict[str, float] = field(
@@ -192,6 +196,8 @@ class ModelConfig:
             raise bad(f"distance_p_max must be in (0, 1], got {self.distance_p_max}")
         if self.spectral_radius < 0 or self.init_rate <= 0:
             raise bad("spectral_radius must be >= 0 and init_rate > 0")
+        if not (math.isfinite(self.rate_scale) and self.rate_scale > 0):
+            raise bad(f"rate_scale must be a positive number, got {self.rate_scale}")
         for key in ("exc", "inh"):
             if self.distance_sigma_mm.get(key, 0) <= 0:
                 raise bad(f"distance_sigma_mm[{key!r}] must be > 0")

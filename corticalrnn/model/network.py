@@ -99,7 +99,8 @@ class CorticalRNN(nn.Module):
             SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
             if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
-        self.bias = nn.Parameter(torch.full((g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate)))))
+        self.bias = nn.Parameter(torch.full(
+            (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
         self.units = nn.ModuleDict({
             file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
                                           config.neuron_hidden, config.learn_tau, gen)
@@ -357,7 +358,8 @@ class CorticalRNN(nn.Module):
         y = force = None
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
             f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)
-            y = torch.where(f[:, None, :], teacher.to(dtype), 0.0)  # unobserved data may be NaN
+            # unobserved data may be NaN; units see rates times rate_scale (ModelConfig)
+            y = torch.where(f[:, None, :], teacher.to(dtype) * self.config.rate_scale, 0.0)
             if self._perm is not None:
                 y, f = y[..., self._perm], f[:, self._perm]
             y = y.permute(2, 1, 0).contiguous()
@@ -397,6 +399,8 @@ class CorticalRNN(nn.Module):
             outs.append(r)
         rates = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         rates = rates.permute(2, 1, 0)
+        if self.config.rate_scale != 1.0:
+            rates = rates / self.config.rate_scale
         if self._inv_perm is not None:
             rates = rates[..., self._inv_perm]
         return rates, state

@@ -68,10 +68,10 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
                 rates[s] = r
                 if teacher is not None and force is not None:
                     f = force[:, ext[s]]
-                    now[s] = torch.where(f, teacher[:, t, ext[s]].to(dtype), r)
+                    now[s] = torch.where(f, teacher[:, t, ext[s]].to(dtype) * model.config.rate_scale, r)
                 else:
                     now[s] = r
                 todo.remove(s)
         seen = now
         out.append(torch.cat([rates[s] for s in V1_SHEETS], 1))
-    return torch.stack(out, 1)
+    return torch.stack(out, 1) / model.config.rate_scale
