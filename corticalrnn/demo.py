@@ -161,7 +161,7 @@ def run_demo(out: Path, size: DemoSize, steps: int, bin_ms: int, seed: int, thre
                      config=demo_config(size, steps, bin_ms, threads))
     subset = exp.make_subset(fraction=size.fraction, observed=size.observed, method="spatial", seed=seed,
                              name="demo")
-    from corticalrnn.bench.common import format_table
+    from corticalrnn.tables import format_table
 
     print(format_table(subset.summary()))
     times["subset"] = time.perf_counter() - t
@@ -250,7 +250,7 @@ r_trialavg: Pearson r of the model's rate with the test trial average; 'pop' is 
 
 
 def format_headline(rows: list[dict[str, Any]]) -> str:
-    from corticalrnn.bench.common import format_table
+    from corticalrnn.tables import format_table
 
     return ("headline (per-population medians, weighted by neurons):\n" + format_table(rows) + "\n"
             + HEADLINE_NOTE)

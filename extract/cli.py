@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from corticalrnn.bench.common import format_table
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.locking import exclusive_lock
+from corticalrnn.tables import format_table
 from extract.datastore import ExtractOptions, ExtractResult, extract_folder
 from extract.spikefile import WriterOptions, open_spikefile
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from corticalrnn.atomic import temporary_name as tmp_path_for
+from corticalrnn.bench.extract import DatastoreSpec, write_datastore
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
 from extract import cli as extract_cli
-from extract.bench import DatastoreSpec, write_datastore
 from extract.datastore import ExtractOptions, extract_folder
 from extract.mozaik_types import MOZAIK_CLASSES
 from extract.spikefile import PARTS, open_spikefile
@@ -313,7 +313,7 @@ def test_duplicate_folder_names_rejected(tmp_path):
 
 
 def test_bench_runs_and_reports_consistent_figures(tmp_path, capsys):
-    from extract import bench
+    from corticalrnn.bench import extract as bench
 
     p = argparse.ArgumentParser()
     bench.add_arguments(p)

@@ -225,7 +225,7 @@ def test_real_neo_pickle_light_equals_neo(tmp_path):
 
 def test_extract_without_neo_installed(tmp_path):
     """The light path needs neither neo, quantities nor torch (they are made unimportable)."""
-    from extract.bench import DatastoreSpec, write_datastore
+    from corticalrnn.bench.extract import DatastoreSpec, write_datastore
 
     write_datastore(tmp_path / "ds", DatastoreSpec(sizes={"X_ON": 3, "V1_Inh_L4": 2}, images=(1, 2)))
     script = (

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from corticalrnn.bench.common import format_table, time_call
+from corticalrnn.bench.common import time_call
 from corticalrnn.binning import BinGrid, bin_spikes, histogram_reference
+from corticalrnn.tables import format_table
 
 WINDOW_MS = 712.0
 MEAN_RATE_HZ = 4.5

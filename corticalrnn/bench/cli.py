@@ -15,7 +15,8 @@ from corticalrnn.bench.common import load_average
 
 # name -> module exposing add_arguments(parser) and run_bench(args) -> dict (JSON-serialisable)
 BENCHES: dict[str, tuple[str, str]] = {
-    "extract": ("extract.bench", "extraction throughput vs plain neo unpickling + dense 1 ms arrays"),
+    "extract": ("corticalrnn.bench.extract",
+                "extraction throughput vs plain neo unpickling + dense 1 ms arrays"),
     "bin": ("corticalrnn.bench.binning", "rebinning spikes/s vs np.histogram and elephant"),
     "load": ("corticalrnn.bench.load", "windows/s delivered as dense tensors"),
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from corticalrnn.atomic import write_text_atomic
-from corticalrnn.bench.common import format_table, human_bytes, load_average, time_call
+from corticalrnn.bench.common import load_average, time_call
 from corticalrnn.bench.model import (
     _data,
     _fast_model,
@@ -65,6 +65,7 @@ from corticalrnn.bench.model import (
     train_flops,
 )
 from corticalrnn.errors import CorticalRNNError
+from corticalrnn.tables import format_table, human_bytes
 
 TARGET_STEP_S = 0.5  # issue 14: 10 % size, 1 ms, batch 64
 

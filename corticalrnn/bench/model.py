@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, load_average, time_call
+from corticalrnn.bench.common import PeakRSS, load_average, time_call
 from corticalrnn.sheets import FULL_MODEL_SIZES
+from corticalrnn.tables import format_table, human_bytes
 
 
 def scaled_sizes(frac: float) -> dict[str, int]:

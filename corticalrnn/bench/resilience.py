@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from corticalrnn.bench.common import format_table
+from corticalrnn.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +107,7 @@ def _npz_folder(root: Path, seed: int = 0) -> None:
 
 
 def _inputs(work: Path) -> dict[str, Any]:
-    from extract.bench import DatastoreSpec, write_datastore
+    from corticalrnn.bench.extract import DatastoreSpec, write_datastore
 
     ds = [work / "in" / f"ds{i}" for i in range(3)]
     for i, f in enumerate(ds):

@@ -123,10 +123,10 @@ def _criteria(table: list[dict[str, Any]], variant: str) -> list[str]:
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from corticalrnn.bench.common import format_table
     from corticalrnn.demo import demo_config
     from corticalrnn.experiment import Experiment
     from corticalrnn.store import open_store
+    from corticalrnn.tables import format_table
 
     t0 = time.perf_counter()
     size, train, test, truth = _data(args.out, args.quick, args.seed)

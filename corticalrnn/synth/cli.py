@@ -80,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from corticalrnn.bench.common import format_table, human_bytes
     from corticalrnn.synth import generate
+    from corticalrnn.tables import format_table, human_bytes
 
     image_ids = parse_image_ids(args.images)
     if args.trials < 1:
