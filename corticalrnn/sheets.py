@@ -6,6 +6,7 @@ Torch-free; the single place that knows sheet names, order, layer and sign.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 INPUT_SHEETS: tuple[str, ...] = ("X_ON", "X_OFF")
 V1_SHEETS: tuple[str, ...] = ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3")
@@ -49,6 +50,23 @@ def normalize_sheet_name(name: str) -> str:
     if canonical not in SHEET_INFO:
         raise ValueError(f"unknown sheet name {name!r}; known sheets: {', '.join(ALL_SHEETS)}")
     return canonical
+
+
+def sheet_key(name: str) -> str:
+    """Group name of a sheet (or projection) inside a file: ``V1_Exc_L2/3`` -> ``V1_Exc_L2%2F3``.
+
+    Used by every format that keeps one group per sheet (spike file, store, ground-truth file).
+    """
+    return quote(name, safe="")
+
+
+def population_label(name: str) -> str:
+    """``V1_Exc_L4`` / ``V1_Exc_L23`` -> ``L4 E`` / ``L2/3 E``; other labels unchanged."""
+    try:
+        info = SHEET_INFO[normalize_sheet_name(name)]
+    except ValueError:
+        return name
+    return f"{info.layer} {'E' if info.excitatory else 'I'}"
 
 
 def file_sheet_name(name: str) -> str:

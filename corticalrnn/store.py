@@ -65,20 +65,19 @@ corrupt chunk raise :class:`SchemaError` naming the store and array.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
 from corticalrnn.binning import BinnedCSR
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
-from corticalrnn.sheets import NEURON_PROPERTIES, normalize_sheet_name, sort_sheets
+from corticalrnn.schema import check_schema, stamp
+from corticalrnn.sheets import NEURON_PROPERTIES, normalize_sheet_name, sheet_key, sort_sheets
 
 SCHEMA = "corticalrnn.windows"
 SCHEMA_VERSION = 1
@@ -128,11 +127,6 @@ class Projection:
         return int(self.pre.size)
 
 
-def sheet_key(name: str) -> str:
-    """Group name of a sheet (``V1_Exc_L2/3`` -> ``V1_Exc_L2%2F3``)."""
-    return quote(name, safe="")
-
-
 
 
 def sha256_file(path: str | os.PathLike[str], block: int = 1 << 22) -> str:
@@ -141,12 +135,6 @@ def sha256_file(path: str | os.PathLike[str], block: int = 1 << 22) -> str:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _tool_version() -> str:
-    from corticalrnn import __version__
-
-    return f"corticalrnn {__version__}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +305,7 @@ class WindowStore:
 
     def _validate(self) -> None:
         attrs = dict(self._root.attrs)
-        if attrs.get("schema") != SCHEMA:
-            raise self._fail(f"schema is {attrs.get('schema')!r}, expected {SCHEMA!r}")
-        if attrs.get("schema_version") != SCHEMA_VERSION:
-            raise self._fail(
-                f"schema version {attrs.get('schema_version')!r} is not supported "
-                f"(this reader: {SCHEMA_VERSION})"
-            )
+        check_schema(attrs, SCHEMA, SCHEMA_VERSION, self.path)
         if attrs.get("layout") != LAYOUT:
             raise self._fail(f"layout {attrs.get('layout')!r} is not supported (expected {LAYOUT!r})")
         for key in ("bin_ms", "n_bins", "window", "sheets", "splits", "sources", "committed"):
@@ -745,10 +727,7 @@ class StoreWriter:
         root["events/ptr"][:] = np.zeros(1, np.int64)
         root.attrs.put(  # one atomic document, written last: the creation's commit point
             {
-                "schema": SCHEMA,
-                "schema_version": SCHEMA_VERSION,
-                "tool_version": _tool_version(),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **stamp(SCHEMA, SCHEMA_VERSION),
                 "bin_ms": int(meta.bin_ms),
                 "n_bins": int(meta.n_bins),
                 "window": dict(meta.window),

@@ -38,8 +38,6 @@ arrays, loading the pickles with a restricted unpickler (numpy arrays and builti
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,8 +47,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from corticalrnn.atomic import write_text_atomic
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
+from corticalrnn.jsonio import JSONDocument, read_json
+from corticalrnn.schema import check_schema, provenance
 from corticalrnn.sheets import (
     ALL_SHEETS,
     INPUT_SHEETS,
@@ -248,16 +247,6 @@ def _preview(ids: np.ndarray, limit: int = 10) -> str:
     return f"{len(ids)} ids [{head}{', …' if len(ids) > limit else ''}]"
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _tool_version() -> str:
-    from corticalrnn import __version__
-
-    return __version__
-
-
 @dataclass(frozen=True)
 class SubsetConfig:
     """How to make a subset. Fractions are per sheet; ``observed`` is a fraction of the modelled ones."""
@@ -292,8 +281,8 @@ class SubsetConfig:
 
 
 @dataclass(frozen=True)
-class NeuronSubset:
-    """Per sheet the modelled neuron ids and, within them, the observed ids.
+class NeuronSubset(JSONDocument):
+    """Per sheet the modelled neuron ids and, within them, the observed ids (``save`` / ``load``: JSON).
 
     ``method``/``fractions`` record how each stage was made (keys ``modelled``, ``observed``,
     ``inputs``); ``info`` holds creation details (time, tool version, source, free notes).
@@ -396,7 +385,7 @@ class NeuronSubset:
 
     @classmethod
     def from_json_dict(cls, doc: Mapping[str, Any], where: str = "<subset>") -> NeuronSubset:
-        _check_schema(doc, SUBSET_SCHEMA, where)
+        check_schema(doc, SUBSET_SCHEMA, SCHEMA_VERSION, where)
         try:
             sheets = {}
             for name, entry in doc["sheets"].items():
@@ -413,15 +402,6 @@ class NeuronSubset:
             )
         except (KeyError, TypeError, ValueError, CorticalRNNError) as exc:
             raise SchemaError(f"{where}: malformed subset file: {exc}") from exc
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the subset as JSON (temporary name, then rename)."""
-        return _write_json_atomic(Path(path), self.to_json_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> NeuronSubset:
-        path = Path(path)
-        return cls.from_json_dict(_read_json(path), str(path))
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per sheet: modelled, observed, hidden counts."""
@@ -642,7 +622,7 @@ def make_subset(
             observed = modelled[o_rows]
         sheets[sheet] = SheetSubset(modelled, observed)
 
-    info = {"created": _now(), "tool_version": _tool_version(), "source": where}
+    info = {**provenance(), "source": where}
     if notes:
         info.update(notes)
     return NeuronSubset(
@@ -663,8 +643,9 @@ def make_subset(
 
 
 @dataclass(frozen=True, eq=False)
-class ImageSplit:
-    """Image ids of the train / validation / test splits (disjoint), and how they were made."""
+class ImageSplit(JSONDocument):
+    """Image ids of the train / validation / test splits (disjoint), and how they were made (``save`` /
+    ``load``: JSON)."""
 
     train: np.ndarray
     validation: np.ndarray
@@ -718,7 +699,7 @@ class ImageSplit:
 
     @classmethod
     def from_json_dict(cls, doc: Mapping[str, Any], where: str = "<image split>") -> ImageSplit:
-        _check_schema(doc, SPLIT_SCHEMA, where)
+        check_schema(doc, SPLIT_SCHEMA, SCHEMA_VERSION, where)
         try:
             return cls(
                 train=np.asarray(doc["train"], dtype=np.int64),
@@ -731,13 +712,6 @@ class ImageSplit:
         except (KeyError, TypeError, ValueError, CorticalRNNError) as exc:
             raise SchemaError(f"{where}: malformed image split file: {exc}") from exc
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return _write_json_atomic(Path(path), self.to_json_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ImageSplit:
-        path = Path(path)
-        return cls.from_json_dict(_read_json(path), str(path))
 
 
 def make_image_split(
@@ -792,47 +766,11 @@ def make_image_split(
         seed=seed,
         method=method,
         info={
-            "created": _now(),
-            "tool_version": _tool_version(),
+            **provenance(),
             "validation_fraction": validation,
             "test": test,
         },
     )
-
-
-# --------------------------------------------------------------------------------------------
-# JSON helpers
-
-
-def _check_schema(doc: Mapping[str, Any], schema: str, where: str) -> None:
-    if not isinstance(doc, Mapping) or doc.get("schema") != schema:
-        found = doc.get("schema") if isinstance(doc, Mapping) else type(doc).__name__
-        raise SchemaError(f"{where}: not a {schema} file (schema={found!r})")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(
-            f"{where}: {schema} version {doc.get('schema_version')!r} is not supported "
-            f"(this corticalrnn reads version {SCHEMA_VERSION})"
-        )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise CorticalRNNError(f"{path}: no such file") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"{path}: not valid JSON: {exc}") from exc
-
-
-def _compact_number_lists(match: re.Match[str]) -> str:
-    return "[" + ", ".join(x.strip() for x in match.group(0)[1:-1].split(",") if x.strip()) + "]"
-
-
-def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> Path:
-    """Write ``doc`` to ``path.tmp``, fsync, rename over ``path``; id lists one line each."""
-    text = re.sub(r"\[[\d,\s-]*\]", _compact_number_lists, json.dumps(doc, indent=1))
-    return write_text_atomic(path, text + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1045,8 +983,7 @@ def subset_from_thesis(
         fractions={"modelled": None, "observed": None, "inputs": None},
         seed=None,
         info={
-            "created": _now(),
-            "tool_version": _tool_version(),
+            **provenance(),
             "imported_from": "thesis pickles",
             "model_pickles": model_paths,
             "visible_pickles": visible_paths,
@@ -1108,7 +1045,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_id_json(path: str) -> dict[str, list[int]]:
-    doc = _read_json(Path(path))
+    doc = read_json(path)
     if not isinstance(doc, Mapping) or not all(isinstance(v, list) for v in doc.values()):
         raise SchemaError(f"{path}: expected a JSON object {{sheet: [neuron ids]}}")
     return {str(k): [int(i) for i in v] for k, v in doc.items()}

@@ -31,7 +31,6 @@ Reading: :func:`open_spikefile` validates the schema and returns a :class:`Spike
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,13 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import h5py
 import numpy as np
 
 from corticalrnn.atomic import temporary_name
 from corticalrnn.errors import CorticalRNNError, DataMismatchError, SchemaError
+from corticalrnn.schema import check_schema, stamp, tool_version
+from corticalrnn.sheets import ALL_SHEETS, sheet_key
 
 SCHEMA = "corticalrnn.spikes"
 SCHEMA_VERSION = 2
@@ -70,11 +70,6 @@ PART_DURATION: dict[str, str] = {
 }
 _STR = h5py.string_dtype("utf-8")
 _CHUNK = 1 << 13  # elements per HDF5 chunk (64 KiB of indptr, 32 KiB of times)
-
-
-def sheet_key(name: str) -> str:
-    """HDF5 group name of a sheet (``V1_Exc_L2/3`` -> ``V1_Exc_L2%2F3``)."""
-    return quote(name, safe="")
 
 
 
@@ -140,13 +135,7 @@ class WriterOptions:
     compression: str | None = None
     compression_opts: int | None = None
     chunk: int = _CHUNK
-    tool_version: str = field(default_factory=lambda: _tool_version())
-
-
-def _tool_version() -> str:
-    from extract import __version__
-
-    return f"extract {__version__}"
+    tool_version: str = field(default_factory=tool_version)
 
 
 def pack_part(spikes: PartSpikes, n_neurons: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -229,11 +218,9 @@ class SpikeFileWriter:
         self._h5 = h5
         opts = self.options
         comp = {"compression": opts.compression, "compression_opts": opts.compression_opts}
-        h5.attrs["schema"] = SCHEMA
-        h5.attrs["schema_version"] = SCHEMA_VERSION
+        h5.attrs.update(stamp(SCHEMA, SCHEMA_VERSION))
         h5.attrs["source"] = self.source
         h5.attrs["tool_version"] = opts.tool_version
-        h5.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         h5.attrs["n_presentations"] = 0
         for layout in self.sheets:
             g = h5.create_group(f"sheets/{sheet_key(layout.name)}")
@@ -257,7 +244,7 @@ class SpikeFileWriter:
                         f"{self.path}: property {prop} of {layout.name} has shape {v.shape}, "
                         f"expected {ids.shape}"
                     )
-                ds = g.create_dataset(f"properties/{quote(prop, safe='')}", data=v)
+                ds = g.create_dataset(f"properties/{sheet_key(prop)}", data=v)
                 ds.attrs["name"] = prop
                 ds.attrs["mozaik_key"] = str(layout.property_keys.get(prop, prop))
             for part in PARTS:
@@ -330,7 +317,7 @@ class SpikeFileWriter:
         for sheet in (source, target):
             if sheet not in sizes:
                 raise DataMismatchError(f"{self.path}: projection {name}: sheet {sheet!r} is not in the file")
-        key = f"connections/{quote(name, safe='')}"
+        key = f"connections/{sheet_key(name)}"
         if key in h5:
             raise DataMismatchError(f"{self.path}: projection {name!r} written twice")
         g = h5.create_group(key)
@@ -465,16 +452,7 @@ class SpikeFile:
 
     def _validate(self) -> None:
         h5 = self._h5
-        schema = _attr_str(h5.attrs.get("schema"))
-        if schema != SCHEMA:
-            raise self._fail(f"schema is {schema!r}, expected {SCHEMA!r}")
-        version = _scalar(_attr_str(h5.attrs.get("schema_version")))
-        if version not in READABLE_VERSIONS:
-            raise self._fail(
-                f"schema version {version!r} is not supported (this reader: "
-                f"{', '.join(map(str, READABLE_VERSIONS))})"
-            )
-        self.schema_version = int(version)
+        self.schema_version = check_schema(h5.attrs, SCHEMA, READABLE_VERSIONS, self.path)
         if "presentations" not in h5:
             raise self._fail("missing group /presentations")
         cols: dict[str, np.ndarray] = {}
@@ -509,8 +487,6 @@ class SpikeFile:
                     raise self._fail(f"/sheets/{key}/{part}/indptr has {got} entries, expected {expected}")
             self._groups[name] = g
             self._ids[name] = ids
-        from corticalrnn.sheets import ALL_SHEETS
-
         self.sheets: list[str] = sorted(
             self._groups, key=lambda s: (ALL_SHEETS.index(s) if s in ALL_SHEETS else len(ALL_SHEETS), s)
         )
@@ -594,7 +570,7 @@ class SpikeFile:
         self, name: str, start: int = 0, stop: int | None = None
     ) -> dict[str, np.ndarray]:
         """Synapses ``start:stop`` of one projection: pre, post (int64), weight, delay (float32)."""
-        key = f"connections/{quote(name, safe='')}"
+        key = f"connections/{sheet_key(name)}"
         if key not in self._h5:
             raise DataMismatchError(f"{self.path}: no projection {name!r} in this file")
         g = self._h5[key]

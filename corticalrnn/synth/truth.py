@@ -24,10 +24,8 @@ Written next to the datastore folder, never inside it: ``<OUTDIR>.truth.h5`` (se
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +35,8 @@ import scipy.sparse as sp
 
 from corticalrnn.atomic import atomic_path
 from corticalrnn.errors import SchemaError
-from corticalrnn.sheets import INPUT_SHEETS, SHEET_INFO, V1_SHEETS
+from corticalrnn.schema import check_schema, stamp
+from corticalrnn.sheets import INPUT_SHEETS, SHEET_INFO, V1_SHEETS, sheet_key
 
 SCHEMA = "corticalrnn.synth_truth"
 SCHEMA_VERSION = 1
@@ -85,10 +84,6 @@ class GroundTruth:
         return np.concatenate([np.full(len(self.neuron_ids[s]), SHEET_INFO[s].sign) for s in V1_SHEETS])
 
 
-def _quote(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
-
-
 def _write_csr(g: h5py.Group, name: str, m: sp.csr_matrix) -> None:
     sub = g.create_group(name)
     sub.attrs["shape"] = np.asarray(m.shape, np.int64)
@@ -104,25 +99,20 @@ def _read_csr(g: h5py.Group) -> sp.csr_matrix:
 
 def write_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
     """Write atomically (``<path>.tmp`` then rename)."""
-    from corticalrnn import __version__
-
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
+            f.attrs.update(stamp(SCHEMA, SCHEMA_VERSION))
             f.attrs.update(
-                schema=SCHEMA,
-                schema_version=SCHEMA_VERSION,
                 seed=int(truth.seed),
                 config=json.dumps(truth.config),
                 datastore=truth.datastore,
-                tool_version=__version__,
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 rate_bin_ms=int(truth.rate_bin_ms),
                 window_ms=np.asarray(truth.window_ms, np.float64),
             )
             sh = f.create_group("sheets")
             for s in INPUT_SHEETS + V1_SHEETS:
-                g = sh.create_group(_quote(s))
+                g = sh.create_group(sheet_key(s))
                 g.attrs.update(name=s, layer=SHEET_INFO[s].layer, sign=SHEET_INFO[s].sign)
                 g.create_dataset("neuron_ids", data=np.asarray(truth.neuron_ids[s], np.int64))
                 g.create_dataset("positions_mm", data=np.asarray(truth.positions_mm[s], np.float64))
@@ -171,17 +161,11 @@ def read_truth(path: str | os.PathLike) -> GroundTruth:
     except OSError as exc:
         raise SchemaError(f"{path}: cannot open as HDF5 ({exc})") from exc
     with f:
-        if f.attrs.get("schema") != SCHEMA:
-            raise SchemaError(f"{path}: not a {SCHEMA} file (schema={f.attrs.get('schema')!r})")
-        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise SchemaError(
-                f"{path}: {SCHEMA} version {f.attrs.get('schema_version')} is not supported "
-                f"(this tool reads version {SCHEMA_VERSION})"
-            )
+        check_schema(f.attrs, SCHEMA, SCHEMA_VERSION, path)
         try:
             ids, pos = {}, {}
             for s in INPUT_SHEETS + V1_SHEETS:
-                g = f["sheets"][_quote(s)]
+                g = f["sheets"][sheet_key(s)]
                 ids[s] = g["neuron_ids"][()]
                 pos[s] = g["positions_mm"][()]
             return GroundTruth(
