@@ -180,7 +180,7 @@ def run_demo(out: Path, size: DemoSize, steps: int, bin_ms: int, seed: int, thre
 
     summary = {"out": str(out), "bin_ms": bin_ms, "steps": steps, "size": size.__dict__, "seconds": times,
                "headline": headline(res.rows, res.truth_rows), "report": str(res.report_path)}
-    from corticalrnn.evaluate import write_json
+    from corticalrnn.jsonio import write_json
 
     write_json(out / "summary.json", summary)
     print("\n" + format_headline(summary["headline"]))

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
-from corticalrnn.evaluate import EvalResult, evaluate, write_json
+from corticalrnn.evaluate import EvalResult, evaluate
+from corticalrnn.jsonio import write_json
 from corticalrnn.subsets import NeuronSubset, SubsetConfig, make_subset
 from corticalrnn.train.config import TrainConfig, apply_overrides, config_from_dict, load_config
 from corticalrnn.train.setup import train

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
-from corticalrnn.atomic import write_text_atomic
 from corticalrnn.bench.common import load_average
+from corticalrnn.jsonio import write_json
 
 # name -> module exposing add_arguments(parser) and run_bench(args) -> dict (JSON-serialisable)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         json_path = bench_args.json
         payload = _run_one(args.bench, bench_args)
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(payload, indent=2, default=float))
+        write_json(json_path, payload, indent=2, default=float)
         print(f"wrote {json_path}")
     return 0
 

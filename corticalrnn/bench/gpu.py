@@ -52,7 +52,6 @@ from typing import Any
 
 import torch
 
-from corticalrnn.atomic import write_text_atomic
 from corticalrnn.bench.common import load_average, time_call
 from corticalrnn.bench.model import (
     _data,
@@ -65,6 +64,7 @@ from corticalrnn.bench.model import (
     train_flops,
 )
 from corticalrnn.errors import CorticalRNNError
+from corticalrnn.jsonio import write_json
 from corticalrnn.tables import format_table, human_bytes
 
 TARGET_STEP_S = 0.5  # issue 14: 10 % size, 1 ms, batch 64
@@ -557,7 +557,7 @@ class _Runner:
     def save(self) -> None:
         self.results["wall_s"] = time.perf_counter() - self.t0
         if self.json_path is not None:
-            write_text_atomic(self.json_path, json.dumps(self.results, indent=2, default=str))
+            write_json(self.json_path, self.results, indent=2, default=str)
 
     def part(self, name: str, need_s: float, max_s: float, fn: Callable[[dict[str, Any]], None]) -> None:
         """``fn(out)`` fills ``out`` as it goes (``out["ok"] = False`` marks a failed check); what it
