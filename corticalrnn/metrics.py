@@ -317,28 +317,35 @@ class PooledStats:
     def cc(self, neurons: np.ndarray | slice | None = None) -> dict[str, np.ndarray]:
         """``thesis_cc_abs``, ``thesis_cc_max``, ``thesis_cc_norm`` per image over ``neurons``."""
         sel = slice(None) if neurons is None else neurons
-        k = self.k
-        n = float(self.n_t * self.s[:, sel].shape[1])
-        s, s2 = self.s[:, sel].sum(1), self.s2[:, sel].sum(1)
-        p, p2, sp_ = self.p[:, sel].sum(1), self.p2[:, sel].sum(1), self.sp[:, sel].sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var_s = s2 / n - (s / n) ** 2
-            var_m = var_s / k**2
-            var_p = p2 / n - (p / n) ** 2
-            cov = (sp_ / n - (s / n) * (p / n)) / k
-            cc_abs = cov / np.sqrt(var_m * var_p)
-            flat = ~(var_m > _REL_ZERO * s2 / n / k**2) | ~(var_p > _REL_ZERO * p2 / n)
-            cc_abs[flat] = np.nan
-            if k >= 2:
-                r = self.r[:, :, sel].sum(2)
-                sum_var = self.r2[:, sel].sum(1) / n - ((r / n) ** 2).sum(axis=1)
-                sig = (var_s - sum_var) / (k * (k - 1))
-                cc_max = np.sqrt(sig / var_m)
-                cc_max[~(sig > 0) | ~(var_m > 0)] = np.nan
-            else:
-                cc_max = np.full_like(cc_abs, np.nan)
-            cc_norm = cc_abs / cc_max
-        return {"thesis_cc_abs": cc_abs, "thesis_cc_max": cc_max, "thesis_cc_norm": cc_norm}
+        return pooled_cc_from_sums(
+            self.k, self.n_t * self.s[:, sel].shape[1], self.s[:, sel].sum(1), self.s2[:, sel].sum(1),
+            self.r[:, :, sel].sum(2), self.r2[:, sel].sum(1), self.p[:, sel].sum(1),
+            self.p2[:, sel].sum(1), self.sp[:, sel].sum(1))
+
+
+def pooled_cc_from_sums(k: int, n: int, s: np.ndarray, s2: np.ndarray, r: np.ndarray, r2: np.ndarray,
+                        p: np.ndarray, p2: np.ndarray, sp_: np.ndarray) -> dict[str, np.ndarray]:
+    """Thesis pooled CCs per image from sums over a neuron group's ``n`` (bin, neuron) entries:
+    ``s``, ``s2`` Σ S, Σ S² (S = trial sum), ``r`` [images, K] Σ R_k, ``r2`` Σ_k Σ R_k², ``p``, ``p2``,
+    ``sp_`` Σ P̄, Σ P̄², Σ S·P̄."""
+    n = float(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_s = s2 / n - (s / n) ** 2
+        var_m = var_s / k**2
+        var_p = p2 / n - (p / n) ** 2
+        cov = (sp_ / n - (s / n) * (p / n)) / k
+        cc_abs = cov / np.sqrt(var_m * var_p)
+        flat = ~(var_m > _REL_ZERO * s2 / n / k**2) | ~(var_p > _REL_ZERO * p2 / n)
+        cc_abs[flat] = np.nan
+        if k >= 2:
+            sum_var = r2 / n - ((r / n) ** 2).sum(axis=1)
+            sig = (var_s - sum_var) / (k * (k - 1))
+            cc_max = np.sqrt(sig / var_m)
+            cc_max[~(sig > 0) | ~(var_m > 0)] = np.nan
+        else:
+            cc_max = np.full_like(cc_abs, np.nan)
+        cc_norm = cc_abs / cc_max
+    return {"thesis_cc_abs": cc_abs, "thesis_cc_max": cc_max, "thesis_cc_norm": cc_norm}
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,6 +536,44 @@ class SummaryRows(list):
         return pd.DataFrame(list(self))
 
 
+def summary_groups(labels: np.ndarray, mask: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """The table's neuron groups ``(population, observed | hidden | all, bool mask)``, non-empty only,
+    in table order, ending with ``("all", "all", every neuron)``."""
+    order = [p for p in POPULATIONS if p in set(labels)] + sorted(set(labels) - set(POPULATIONS))
+    groups: list[tuple[str, str, np.ndarray]] = []
+    for pop in order:
+        in_pop = labels == pop
+        for group, sel in (("observed", in_pop & mask), ("hidden", in_pop & ~mask), ("all", in_pop)):
+            groups.append((pop, group, sel))
+    groups.append(("all", "all", np.ones(len(labels), dtype=bool)))
+    return [g for g in groups if g[2].any()]
+
+
+def _summary_rows(results: dict[str, MetricResult], groups: list[tuple[str, str, np.ndarray]]
+                  ) -> list[dict[str, Any]]:
+    """One row per group × predictor (see :func:`summarize`)."""
+    rows: list[dict[str, Any]] = []
+    for pop, group, sel in groups:
+        idx = np.flatnonzero(sel)
+        for predictor, res in results.items():
+            row: dict[str, Any] = {
+                "population": pop,
+                "neurons": group,
+                "predictor": predictor,
+                "n": int(sel.sum()),
+            }
+            for name in PER_NEURON_METRICS:
+                med, mean, n_ok = _stats(res.per_neuron[name][idx])
+                row[f"{name}_median"], row[f"{name}_mean"], row[f"{name}_n"] = med, mean, n_ok
+            row["co_bps"] = res.co_bps(idx)
+            # the baseline's own pooled statistics equal the model result's baseline_pooled_stats
+            row.update(res.thesis_cc(idx))
+            if predictor == "model" and "population" in results:
+                row["bps_vs_population"] = row["co_bps"] - results["population"].co_bps(idx)
+            rows.append(row)
+    return rows
+
+
 def _stats(values: np.ndarray) -> tuple[float, float, int]:
     finite = values[np.isfinite(values)]
     if not finite.size:
@@ -575,35 +620,371 @@ def summarize(
     }
     for name, pred in (baselines or {}).items():
         results[name] = compute_metrics(data, pred, baseline_rates=baseline_rates, progress=progress)
-    order = [p for p in POPULATIONS if p in set(labels)] + sorted(set(labels) - set(POPULATIONS))
-    groups: list[tuple[str, str, np.ndarray]] = []
-    for pop in order:
-        in_pop = labels == pop
-        for group, sel in (("observed", in_pop & mask), ("hidden", in_pop & ~mask), ("all", in_pop)):
-            groups.append((pop, group, sel))
-    groups.append(("all", "all", np.ones(n_n, dtype=bool)))
-    rows: list[dict[str, Any]] = []
-    for pop, group, sel in groups:
-        if not sel.any():
-            continue
-        idx = np.flatnonzero(sel)
-        for predictor, res in results.items():
-            row: dict[str, Any] = {
-                "population": pop,
-                "neurons": group,
-                "predictor": predictor,
-                "n": int(sel.sum()),
-            }
-            for name in PER_NEURON_METRICS:
-                med, mean, n_ok = _stats(res.per_neuron[name][idx])
-                row[f"{name}_median"], row[f"{name}_mean"], row[f"{name}_n"] = med, mean, n_ok
-            row["co_bps"] = res.co_bps(idx)
-            if predictor in ("model", "baseline"):
-                row.update(results["model"].thesis_cc(idx, baseline=predictor == "baseline"))
-            else:
-                row.update(res.thesis_cc(idx))
-            if predictor == "model" and "population" in results:
-                row["bps_vs_population"] = row["co_bps"] - results["population"].co_bps(idx)
-            rows.append(row)
+    rows = _summary_rows(results, summary_groups(labels, mask))
     model = results["model"]
     return SummaryRows(rows, dict(model.skipped), dict(model.undefined), results)
+
+
+# --------------------------------------------------------------------------------------------
+# streaming: the same metrics from per-neuron sufficient statistics, one chunk of images at a time
+
+
+class _Moments:
+    """Running means, centred sums of squares ``css``, raw sums of squares ``raw`` and centred cross
+    products ``cross`` of variables seen together, reduced over the sample axes of each update and
+    merged across updates as Chan, Golub & LeVeque (1979) do: as accurate as the two-pass sums of the
+    in-memory path. A variable may be broadcastable over a reduced axis (a trial-independent
+    prediction ``[I, 1, T, n]`` beside trials ``[I, K, T, n]``); its statistics then keep that axis
+    at 1. Updates of several neuron slices of one chunk precede one :meth:`commit`."""
+
+    def __init__(self, n_neurons: int, pairs: Sequence[tuple[str, str]] = ()) -> None:
+        self.n_neurons = n_neurons
+        self.n = 0  # samples merged so far (per reduced entry)
+        self.pairs = tuple(pairs)
+        self.mean: dict[str, np.ndarray] = {}
+        self.css: dict[str, np.ndarray] = {}
+        self.raw: dict[str, np.ndarray] = {}
+        self.cross: dict[tuple[str, str], np.ndarray] = {}
+
+    def _alloc(self, store: dict[Any, np.ndarray], key: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in store:
+            store[key] = np.zeros(shape[:-1] + (self.n_neurons,))
+        return store[key]
+
+    def add(self, sl: slice, axes: tuple[int, ...], n_samples: int, xs: dict[str, np.ndarray]) -> None:
+        """Merge samples of neurons ``sl`` (last axis); ``n_samples`` per reduced entry."""
+        na, nb = self.n, n_samples
+        n = na + nb
+        dev, delta = {}, {}
+        for name, x in xs.items():
+            mb = x.mean(axis=axes, keepdims=True)
+            d = x - mb
+            dev[name] = d
+            mb = np.squeeze(mb, axis=axes)
+            css_b = (d * d).sum(axis=axes)
+            raw_b = (x * x).sum(axis=axes)
+            mean = self._alloc(self.mean, name, mb.shape)
+            css = self._alloc(self.css, name, mb.shape)
+            raw = self._alloc(self.raw, name, mb.shape)
+            if na == 0:
+                mean[..., sl] = mb
+                css[..., sl] = css_b
+            else:
+                delta[name] = mb - mean[..., sl]
+                mean[..., sl] += delta[name] * (nb / n)
+                css[..., sl] += css_b + delta[name] ** 2 * (na * nb / n)
+            raw[..., sl] += raw_b
+        for a, b in self.pairs:
+            if a not in xs or b not in xs:
+                continue
+            cb = (dev[a] * dev[b]).sum(axis=axes)
+            cross = self._alloc(self.cross, (a, b), cb.shape)
+            if na == 0:
+                cross[..., sl] = cb
+            else:
+                cross[..., sl] += cb + delta[a] * delta[b] * (na * nb / n)
+
+    def commit(self, n_samples: int) -> None:
+        self.n += n_samples
+
+    def corr(self, a: str, b: str, rel_zero: bool = True) -> np.ndarray:
+        """Pearson r of ``a`` and ``b``; NaN where either has (numerically, with ``rel_zero`` as
+        :func:`_corr` decides) zero variance."""
+        va, vb = self.css[a], self.css[b]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = self.cross[(a, b)] / np.sqrt(va * vb)
+        if rel_zero:
+            zero = (va <= _REL_ZERO * self.raw[a]) | (vb <= _REL_ZERO * self.raw[b])
+        else:
+            zero = ~(np.sqrt(va * vb) > 0)
+        return np.where(zero, np.nan, r)
+
+
+class GroupPooledStats:
+    """The thesis pooled per-image statistics of :class:`PooledStats`, summed over fixed neuron groups
+    as they arrive (memory O(images × groups × trials), not × neurons). :meth:`cc` takes one of the
+    groups (its bool mask or index array; None: the group of every neuron)."""
+
+    def __init__(self, k: int, n_t: int, groups: Sequence[np.ndarray], sums: dict[str, np.ndarray]) -> None:
+        self.k, self.n_t = k, n_t
+        self.index = {np.flatnonzero(g).tobytes(): i for i, g in enumerate(groups)}
+        self.sizes = [int(np.count_nonzero(g)) for g in groups]
+        self.n_neurons = len(groups[0]) if len(groups) else 0
+        self.sums = sums  # s, s2, r2, p, p2, sp: [I, G]; r: [I, K, G]
+
+    def cc(self, neurons: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if neurons is None:
+            neurons = np.arange(self.n_neurons)
+        idx = np.asarray(neurons)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else np.sort(idx.astype(np.int64))
+        g = self.index.get(idx.tobytes())
+        if g is None:
+            raise ValueError("streamed pooled statistics hold only the summary's neuron groups")
+        x = self.sums
+        return pooled_cc_from_sums(self.k, self.n_t * self.sizes[g], x["s"][:, g], x["s2"][:, g],
+                                   x["r"][:, :, g], x["r2"][:, g], x["p"][:, g], x["p2"][:, g],
+                                   x["sp"][:, g])
+
+
+class StreamingSummary:
+    """:func:`summarize` (and :func:`compute_metrics` per predictor) fed one chunk of images at a time.
+
+    Holds per-neuron sufficient statistics (per trial ``[K, N]``, per neuron ``[N]``) and, for the
+    thesis pooled CCs, per-image sums over the table's neuron groups, so memory does not grow with the
+    number of images beyond O(images × groups × trials). Predictors: ``"model"`` (the ``prediction``
+    of each :meth:`update`), ``"baseline"`` (the constant ``baseline_rates`` [N]; pass the data's own
+    means, from a first pass, to reproduce :func:`summarize`'s default) and every entry of
+    ``baselines`` (image-independent time courses ``[T, N]``). With ``truth=True`` each update also
+    takes the generator's true rates ``[I, T, N]`` and :meth:`truth_r` gives the per-neuron r of
+    ``corticalrnn.evaluate.truth_comparison``. Equal to the in-memory functions to rounding (tests).
+    """
+
+    def __init__(self, populations: Sequence[str] | np.ndarray, observed_mask: np.ndarray, n_trials: int,
+                 n_bins: int, *, baseline_rates: np.ndarray, baselines: dict[str, np.ndarray] | None = None,
+                 truth: bool = False, chunk: int | None = None) -> None:
+        self.labels = np.array([population_label(str(p)) for p in populations], dtype=object)
+        self.mask = np.asarray(observed_mask, dtype=bool)
+        n_n = len(self.labels)
+        if self.mask.shape != (n_n,):
+            raise DataMismatchError(f"observed_mask ({self.mask.shape}) must have one entry per neuron "
+                                    f"({n_n})")
+        self.k, self.n_t, self.n_n = int(n_trials), int(n_bins), n_n
+        self.groups = summary_groups(self.labels, self.mask)
+        self.gmat = np.stack([g[2] for g in self.groups], axis=1).astype(np.float64)  # [N, G]
+        rates = np.asarray(baseline_rates, dtype=np.float64)
+        if rates.shape != (n_n,):
+            raise DataMismatchError(f"baseline rates have shape {rates.shape}, expected ({n_n},)")
+        self.fixed: dict[str, np.ndarray] = {"baseline": np.broadcast_to(rates, (self.n_t, n_n))}
+        for name, v in (baselines or {}).items():
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (self.n_t, n_n):
+                raise DataMismatchError(f"baseline {name!r} has shape {v.shape}, expected {(self.n_t, n_n)}")
+            self.fixed[name] = v
+        self.predictors = ["model", *self.fixed]
+        self.truth = truth
+        self.chunk = chunk
+        self.n_img = 0
+        self.trial = _Moments(n_n, [("y", "loo")] + [("y", f"p:{q}") for q in self.predictors])
+        avg_pairs = [("even", "odd")] + [("ysum", f"pbar:{q}") for q in self.predictors]
+        if truth:
+            avg_pairs += [("dmean", "truth")] + [(f"pbar:{q}", "truth") for q in self.predictors]
+            self.per_t = _Moments(n_n, [("pbar:model", "truth"), ("dmean", "truth")])
+        self.avg = _Moments(n_n, avg_pairs)
+        z = lambda: np.zeros(n_n)  # noqa: E731
+        self.noise_ss, self.spikes, self.sq = z(), z(), z()
+        self.mse = {q: z() for q in self.predictors}
+        self.ll = {q: z() for q in self.predictors}
+        self.negative = dict.fromkeys(self.predictors, False)
+        self.thesis: dict[str, list[np.ndarray]] = {}
+        self.max_spikes_image: tuple[float, int] = (-1.0, -1)
+
+    def update(self, data: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None) -> None:
+        """One chunk: counts ``[I, K, T, N]``, the model's prediction per trial (same shape) or
+        trial-averaged ``[I, T, N]``, and (with ``truth``) true rates ``[I, T, N]``."""
+        data = np.asarray(data)
+        prediction = np.asarray(prediction)
+        n_img, k, n_t, n_n = data.shape if data.ndim == 4 else (None,) * 4
+        if data.ndim != 4 or (k, n_t, n_n) != (self.k, self.n_t, self.n_n):
+            raise DataMismatchError(f"data chunk has shape {data.shape}, expected [images, {self.k}, "
+                                    f"{self.n_t}, {self.n_n}]")
+        _check(data, prediction)
+        if self.truth and (truth is None or np.shape(truth) != (n_img, n_t, n_n)):
+            raise DataMismatchError(f"true rates of shape {(n_img, n_t, n_n)} needed with truth=True")
+        if not n_img:
+            return
+        sums: dict[str, np.ndarray] = {}
+        size = self.chunk or max(1, _CHUNK_ELEMENTS // max(1, n_img * k * n_t * 2))
+        for a in range(0, n_n, size):
+            sl = slice(a, min(a + size, n_n))
+            tr = None if truth is None else np.asarray(truth[..., sl], dtype=np.float64)
+            self._update_slice(sl, np.asarray(data[..., sl], dtype=np.float64),
+                               np.asarray(prediction[..., sl], dtype=np.float64), tr, sums)
+        self.trial.commit(n_img * n_t)
+        self.avg.commit(n_img * n_t)
+        if self.truth:
+            self.per_t.commit(n_img)
+        for key, v in sums.items():
+            self.thesis.setdefault(key, []).append(v)
+        self.n_img += n_img
+
+    def _update_slice(self, sl: slice, y: np.ndarray, p: np.ndarray, truth: np.ndarray | None,
+                      sums: dict[str, np.ndarray]) -> None:
+        k, n_img, n_t = self.k, y.shape[0], self.n_t
+        if truth is not None and not np.isfinite(truth).all():
+            raise DataMismatchError("true rates contain NaN or infinite values")
+        preds = {"model": p}
+        for name, v in self.fixed.items():
+            preds[name] = np.broadcast_to(v[:, sl], (n_img, n_t, v[:, sl].shape[1]))
+        for name, q in preds.items():
+            _check_finite(y, q)
+            self.negative[name] |= bool(q.size) and float(q.min()) < 0
+        ysum = y.sum(axis=1)  # [I, T, n]
+        trial_vars: dict[str, np.ndarray] = {"y": y}
+        if k >= 2:
+            trial_vars["loo"] = (ysum[:, None] - y) / (k - 1)
+        avg_vars: dict[str, np.ndarray] = {"ysum": ysum}
+        if k >= 2:
+            avg_vars["even"] = y[:, 0::2].mean(axis=1)
+            avg_vars["odd"] = y[:, 1::2].mean(axis=1)
+        pbars = {}
+        for name, q in preds.items():
+            per_trial = q.ndim == 4
+            pbars[name] = q.mean(axis=1) if per_trial else q
+            trial_vars[f"p:{name}"] = q if per_trial else q[:, None]
+            avg_vars[f"pbar:{name}"] = pbars[name]
+            lam = np.maximum(q, MIN_RATE)
+            if per_trial:
+                self.mse[name][sl] += ((y - q) ** 2).sum(axis=(0, 1, 2))
+                self.ll[name][sl] += (y * np.log(lam) - lam).sum(axis=(0, 1, 2))
+            else:
+                self.mse[name][sl] += ((y - q[:, None]) ** 2).sum(axis=(0, 1, 2))
+                self.ll[name][sl] += (ysum * np.log(lam)).sum(axis=(0, 1)) - k * lam.sum(axis=(0, 1))
+        if truth is not None:
+            avg_vars["dmean"] = ysum / k
+            avg_vars["truth"] = truth
+            self.per_t.add(sl, (0,), n_img, {"pbar:model": pbars["model"], "dmean": avg_vars["dmean"],
+                                             "truth": truth})
+        self.trial.add(sl, (0, 2), n_img * n_t, trial_vars)
+        self.avg.add(sl, (0, 1), n_img * n_t, avg_vars)
+        if k >= 2:
+            self.noise_ss[sl] += ((y - ysum[:, None] / k) ** 2).sum(axis=(0, 1, 2))
+        self.spikes[sl] += ysum.sum(axis=(0, 1))
+        self.sq[sl] += np.einsum("iktn,iktn->n", y, y)
+
+        # thesis pooled sums per image over the groups' neurons
+        g = self.gmat[sl]
+        per = {"s": ysum.sum(axis=1), "s2": np.einsum("itn,itn->in", ysum, ysum),
+               "r": y.sum(axis=2), "r2": np.einsum("iktn,iktn->in", y, y)}
+        for name, pb in pbars.items():
+            per[f"p:{name}"] = pb.sum(axis=1)
+            per[f"p2:{name}"] = np.einsum("itn,itn->in", pb, pb)
+            per[f"sp:{name}"] = np.einsum("itn,itn->in", ysum, pb)
+        for key, v in per.items():
+            grouped = v @ g
+            sums[key] = grouped if key not in sums else sums[key] + grouped
+
+    # ---------------------------------------------------------------------------- results
+    def _pooled(self, name: str) -> dict[str, np.ndarray]:
+        return {key: np.concatenate(v) for key, v in self.thesis.items()
+                if ":" not in key or key.endswith(f":{name}")}
+
+    def result(self, name: str) -> MetricResult:
+        """The :class:`MetricResult` of one predictor (pooled statistics per summary group only)."""
+        k, n_img, n_t = self.k, self.n_img, self.n_t
+        m = n_img * n_t
+        tr, av = self.trial, self.avg
+        pn: dict[str, np.ndarray] = {}
+        pn["single_trial_r"] = _nanmean0(np.broadcast_to(tr.corr("y", f"p:{name}"), (k, self.n_n)))
+        pn["trial_avg_r"] = av.corr("ysum", f"pbar:{name}")
+        spikes = self.spikes
+        # data moments pooled over trials
+        grand = tr.mean["y"].mean(axis=0)
+        css_all = tr.css["y"].sum(axis=0) + m * ((tr.mean["y"] - grand) ** 2).sum(axis=0)
+        if k >= 2:
+            trial_var = tr.css["y"] / m
+            var_sum = av.css["ysum"] / m
+            sp = (var_sum - trial_var.sum(axis=0)) / (k * (k - 1))
+            var_mean = var_sum / (k * k)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cc_max = np.sqrt(sp / var_mean)
+            cc_max[~(sp > 0) | ~(var_mean > 0)] = np.nan
+            pn["cc_max"] = cc_max
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pn["cc_norm"] = pn["trial_avg_r"] / cc_max
+            noise = self.noise_ss / ((k - 1) * m)
+            total = css_all / (k * m - 1)
+            mse = self.mse[name] / (k * m)
+            explainable = total - noise
+            ok = explainable > _REL_ZERO * np.maximum(total, 1e-300)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pn["fev"] = np.where(ok, explainable / total, np.nan)
+                pn["feve"] = np.where(ok, 1.0 - (mse - noise) / explainable, np.nan)
+            pn["oracle_r"] = _nanmean0(tr.corr("y", "loo"))
+        else:
+            for metric in NEEDS_REPEATS:
+                pn[metric] = np.full(self.n_n, np.nan)
+        null = spikes / (k * m) if m else np.zeros(self.n_n)
+        lam0 = np.maximum(null, MIN_RATE)
+        ll_gain = self.ll[name] - (spikes * np.log(lam0) - lam0 * (k * m))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pn["bits_per_spike"] = np.where(spikes > 0, ll_gain / (spikes * math.log(2)), np.nan)
+        per_neuron = {metric: pn[metric] for metric in PER_NEURON_METRICS}
+
+        pkey = f"p:{name}"
+        p_mean, p_css, p_raw = tr.mean[pkey], tr.css[pkey], tr.raw[pkey]
+        kp = p_mean.shape[0]  # 1 for a trial-independent prediction
+        p_grand = p_mean.mean(axis=0)
+        p_all = (p_css.sum(axis=0) + m * ((p_mean - p_grand) ** 2).sum(axis=0)) * (k / kp)
+        flags = {
+            "_silent": spikes == 0,
+            "_const_data": css_all <= _REL_ZERO * self.sq,
+            "_const_pred_avg": av.css[f"pbar:{name}"] <= _REL_ZERO * av.raw[f"pbar:{name}"],
+            "_const_pred": p_all <= _REL_ZERO * p_raw.sum(axis=0) * (k / kp),
+        }
+        sums = self._pooled(name)
+        stats = GroupPooledStats(k, n_t, [g[2] for g in self.groups],
+                                 {"s": sums["s"], "s2": sums["s2"], "r": sums["r"], "r2": sums["r2"],
+                                  "p": sums[f"p:{name}"], "p2": sums[f"p2:{name}"], "sp": sums[f"sp:{name}"]})
+        per_image = dict(stats.cc())
+        pooled: dict[str, float] = {}
+        total_spikes = float(spikes.sum())
+        pooled["co_bps"] = float(ll_gain.sum() / (total_spikes * math.log(2))) if total_spikes else math.nan
+        for metric, values in per_image.items():
+            pooled[metric] = _finite_mean(values)
+        skipped: dict[str, str] = {}
+        if k < 2:
+            why = f"needs at least 2 trials per image; the data has {k}"
+            for metric in NEEDS_REPEATS + ("thesis_cc_max", "thesis_cc_norm"):
+                skipped[metric] = why
+        if total_spikes == 0:
+            skipped["co_bps"] = "no spikes in the data"
+        notes = (["prediction has negative values; clipped at 1e-9 for the Poisson likelihood"]
+                 if self.negative[name] else [])
+        undefined = _classify_undefined(per_neuron, flags, skipped)
+        return MetricResult(per_neuron=per_neuron, pooled=pooled, per_image=per_image, n_spikes=spikes.copy(),
+                            ll_gain=ll_gain, skipped=skipped, undefined=undefined, notes=notes,
+                            pooled_stats=stats)  # type: ignore[arg-type]
+
+    def summary(self) -> SummaryRows:
+        """The rows of :func:`summarize` (``results`` holds every predictor's :class:`MetricResult`)."""
+        if not self.n_img:
+            raise DataMismatchError("no images were streamed")
+        results = {name: self.result(name) for name in self.predictors}
+        base = results["baseline"]
+        for metric, values in base.per_image.items():
+            results["model"].per_image[f"baseline_{metric}"] = values
+            results["model"].pooled[f"baseline_{metric}"] = _finite_mean(values)
+        results["model"].baseline_pooled_stats = base.pooled_stats
+        rows = _summary_rows(results, self.groups)
+        model = results["model"]
+        return SummaryRows(rows, dict(model.skipped), dict(model.undefined), results)
+
+    def split_half_r(self) -> np.ndarray:
+        """``corticalrnn.evaluate.split_half_r`` of the streamed data."""
+        if self.k < 2:
+            return np.full(self.n_n, np.nan)
+        return self.avg.corr("even", "odd", rel_zero=False)
+
+    def spike_rates(self) -> np.ndarray:
+        """Each neuron's mean count per bin over the streamed data."""
+        return self.spikes / max(1, self.n_img * self.k * self.n_t)
+
+    def truth_r(self) -> dict[str, np.ndarray]:
+        """Per-neuron r with the true rates (see ``truth_comparison``): ``model``, ``data``, each
+        baseline, and the image-specific ``model_imgspec``, ``data_imgspec``."""
+        if not self.truth:
+            raise ValueError("StreamingSummary(truth=True) needed")
+        av, pt = self.avg, self.per_t
+        out = {"model": av.corr("pbar:model", "truth", rel_zero=False),
+               "data": av.corr("dmean", "truth", rel_zero=False)}
+        for name in self.fixed:
+            out[name] = av.corr(f"pbar:{name}", "truth", rel_zero=False)
+        for key, a in (("model_imgspec", "pbar:model"), ("data_imgspec", "dmean")):
+            if self.n_img < 2:
+                out[key] = np.full(self.n_n, np.nan)
+                continue
+            cov = pt.cross[(a, "truth")].sum(axis=0)
+            den = np.sqrt(pt.css[a].sum(axis=0) * pt.css["truth"].sum(axis=0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[key] = np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
+        return out
