@@ -165,7 +165,7 @@ def export_nwb(spikefile: str | Path, out: str | Path, *, sheets: list[str] | No
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.file import Subject
 
-    from corticalrnn import __version__
+    from corticalrnn.schema import tool_version
     from corticalrnn.sheets import SHEET_INFO
     from extract.spikefile import open_spikefile
 
@@ -184,13 +184,13 @@ def export_nwb(spikefile: str | Path, out: str | Path, *, sheets: list[str] | No
         nwb = NWBFile(
             session_description=session_description or (
                 f"Spiking activity of a simulated cat V1 (Mozaik model) during natural-image presentations, "
-                f"extracted from {sf.source or spikefile.name} by corticalrnn {__version__}"),
+                f"extracted from {sf.source or spikefile.name} by {tool_version()}"),
             identifier=_identifier(spikefile),
             session_start_time=_session_start(sf),
             experiment_description="In-silico experiment: Mozaik spiking model of cat primary visual "
                                    "cortex (LGN X_ON/X_OFF, V1 layers 4 and 2/3, excitatory and "
                                    "inhibitory) shown natural images separated by blanks.",
-            source_script=f"corticalrnn {__version__} export-nwb",
+            source_script=f"{tool_version()} export-nwb",
             source_script_file_name="corticalrnn/nwb.py",
             keywords=["simulation", "Mozaik", "V1", "natural images", "spiking network"],
             experimenter=experimenter or None,
