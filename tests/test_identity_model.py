@@ -4,6 +4,7 @@ and the time-course baselines."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -264,3 +265,31 @@ def test_rate_scale_matches_reference_with_teacher(neuron_model):
     # the initial rate is init_rate in data units whatever the scale (leaky units start at the bias)
     if neuron_model == "leaky":
         assert float(model(torch.zeros(1, 1, 32, dtype=torch.float64)).mean()) == pytest.approx(0.1, rel=0.2)
+
+
+@pytest.mark.parametrize("kw", [{}, {"weight_storage": "sparse", "connectivity": "feature"},
+                                {"input_connectivity": "gabor", "connectivity": "feature"}])
+def test_centered_model_matches_reference(kw):
+    pos, props = identity()
+    cfg = ModelConfig(bin_ms=5.0, centered=True, rate_scale=10.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3},
+                      **kw)
+    model = CorticalRNN(cfg, SIZES, pos, props)
+    model.set_input_center(np.linspace(0.1, 0.9, 32))
+    model = model.double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    out, ref = model(x), reference_forward(model, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
+    params = list(model.parameters())
+    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
+    g2 = torch.autograd.grad((reference_forward(model, x) * gw).sum(), params, allow_unused=True)
+    for a, b in zip(g1, g2):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # centering moves only the constant current: b - W r0 - U x0
+    plain = CorticalRNN(dataclasses.replace(cfg, centered=False), SIZES, pos, props).double()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain.effective_bias(), model.effective_bias())
+    with pytest.raises(DataMismatchError, match="input centre"):
+        model.set_input_center(np.zeros(3))

@@ -120,6 +120,11 @@ class ModelConfig:
     # (relu-like) at the data's rates instead of exponential-like. At 0.1 counts per bin softplus's
     # slope is 0.1 for rate_scale 1 and 0.86 for 20, so inputs can modulate low-rate units.
     rate_scale: float = 1.0
+    # synaptic currents from deviations of presynaptic activity from a centre (V1: init_rate; LGN: the
+    # training data's mean count, set by the trainer): I = W (r - r0) + U (x - x0) + b, i.e. the
+    # bias the units see is b - W r0 - U x0. Same function class; much better conditioned, since
+    # growing a weight no longer shifts the mean current the bias must undo.
+    centered: bool = False
     neuron_model: str = "leaky"  # leaky | mlp | gru
     neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
     tau_ms: dict[str, float] = field(

@@ -101,6 +101,10 @@ class CorticalRNN(nn.Module):
             for b in g.blocks})
         self.bias = nn.Parameter(torch.full(
             (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
+        # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
+        self.register_buffer("rate_center", torch.full((g.n_v1,), config.init_rate * config.rate_scale),
+                             persistent=False)
+        self.register_buffer("input_center", torch.zeros(g.n_in))
         self.units = nn.ModuleDict({
             file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
                                           config.neuron_hidden, config.learn_tau, gen)
@@ -314,11 +318,42 @@ class CorticalRNN(nn.Module):
             if not bool(torch.isfinite(teacher[..., teacher_mask]).all()):
                 raise DataMismatchError("model input: teacher data of observed neurons contains NaN/inf")
 
+    @torch.no_grad()
+    def set_input_center(self, mean_counts: torch.Tensor | np.ndarray) -> None:
+        """LGN centre ``x0`` of ``centered`` models: the mean input count per bin of each input
+        neuron (input order) over the training data."""
+        m = torch.as_tensor(np.asarray(mean_counts), dtype=self.input_center.dtype)
+        if m.shape != self.input_center.shape or not bool(torch.isfinite(m).all()):
+            raise DataMismatchError(f"model: input centre must be {self.n_in} finite values, "
+                                    f"got {list(m.shape)}")
+        self.input_center.copy_(m)
+
+    def effective_bias(self) -> torch.Tensor:
+        """The constant current every unit sees: ``b`` or, centered, ``b - W r0 - U x0`` (internal order)."""
+        if not self.config.centered:
+            return self.bias
+        out = self.bias
+        for name, b in zip(self._v1_blocks + [blk.name for blk in self._in_blocks],
+                           [blk for blk in self.graph.blocks if blk.source == "v1"] + self._in_blocks):
+            w = self.weights[name]
+            center = self.rate_center if b.source == "v1" else self.input_center
+            center = center[b.col0:b.col1].to(out.dtype)
+            if w.stored_sparse:
+                p = w.pattern()
+                rows = torch.div(p.flat, b.col1 - b.col0, rounding_mode="floor")
+                cols = p.flat - rows * (b.col1 - b.col0)
+                mv = torch.zeros(b.row1 - b.row0, dtype=out.dtype, device=out.device).index_add(
+                    0, rows, w.weight().to(out.dtype) * center[cols])
+            else:
+                mv = w.weight().to(out.dtype) @ center
+            out = torch.cat([out[:b.row0], out[b.row0:b.row1] - mv, out[b.row1:]])
+        return out
+
     def _drive(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
         """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.
         ``x`` is ``[N_in, T, B]``."""
         _, T, B = x.shape
-        drive = self.bias[:, None, None].expand(self.n_v1, T, B).clone()
+        drive = self.effective_bias()[:, None, None].expand(self.n_v1, T, B).clone()
         for b in self._in_blocks:
             u = self.weights[b.name].weight()
             xs = x[b.col0:b.col1].reshape(b.col1 - b.col0, T * B).to(cd)

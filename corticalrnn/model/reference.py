@@ -32,7 +32,12 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
     leaky = model.config.neuron_model == "leaky"
     units = {s: model.units[file_sheet_name(s)] for s in V1_SHEETS}
     alpha = {s: units[s].alpha() for s in V1_SHEETS}
-    bias = {s: model.bias[g.slice(s)] for s in V1_SHEETS}
+    bias = {s: model.bias[g.slice(s)] for s in V1_SHEETS}  # initial state
+    current0 = dict(bias)  # the constant current; centered models: b - sum_p W_p c_pre
+    if model.config.centered:
+        for p in g.pathways:
+            c = model.input_center if p.pre in INPUT_SHEETS else model.rate_center
+            current0[p.post] = current0[p.post] - W[(p.pre, p.post, p.delay)] @ c[g.slice(p.pre)].to(dtype)
     state, seen = {}, {}
     for s in V1_SHEETS:
         v0 = bias[s].expand(B, -1)
@@ -50,7 +55,7 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
                 same_step = [p.pre for p in g.pathways if p.post == s and p.delay == 0 and p.pre in V1_SHEETS]
                 if any(pre not in now for pre in same_step):
                     continue
-                current = bias[s].expand(B, -1)
+                current = current0[s].expand(B, -1)
                 for p in g.pathways:
                     if p.post != s:
                         continue

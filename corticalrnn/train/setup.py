@@ -147,6 +147,19 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), ck
 
 
+def mean_input(data: Any, batch: int = 64) -> torch.Tensor:
+    """Mean LGN count per bin of each input neuron over trainer batches ``data`` (streamed)."""
+    total, n = None, 0
+    for a in range(0, len(data), batch):
+        lgn = data.batch(np.arange(a, min(a + batch, len(data))))["lgn"].double()
+        s = lgn.sum(dim=(0, 1))
+        total = s if total is None else total + s
+        n += lgn.shape[0] * lgn.shape[1]
+    if total is None:
+        raise CorticalRNNError("no training windows to centre the model's input on")
+    return (total / n).float()
+
+
 class TensorWindows:
     """Windows held in memory as float32 tensors; ``batch(indices)`` gives the trainer's dict."""
 
@@ -227,6 +240,8 @@ def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
     val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, mcfg.precision)
+    if mcfg.centered:
+        model.set_input_center(mean_input(train_data))
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
     teacher = mcfg.teacher
     penalty = None
