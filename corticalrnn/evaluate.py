@@ -77,7 +77,7 @@ class EvalResult:
 
 
 def format_metrics_table(rows: list[dict[str, Any]]) -> str:
-    from corticalrnn.bench.common import format_table
+    from corticalrnn.tables import format_table
 
     return format_table([{h: r.get(k, "") for k, h in TABLE_COLUMNS} for r in rows],
                         [h for _, h in TABLE_COLUMNS])
@@ -181,7 +181,8 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
     (``population``, ``psth``: the same time course for every image); and the *image-specific* r of
     (a) and (b): both after removing each neuron's mean time course across the test images, on which
     any image-blind predictor (every baseline) scores 0."""
-    from corticalrnn.metrics import POPULATIONS, population_label
+    from corticalrnn.metrics import POPULATIONS
+    from corticalrnn.sheets import population_label
 
     def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a = a.reshape(-1, a.shape[-1]).astype(np.float64)
@@ -298,7 +299,7 @@ def split_half_r(data: np.ndarray) -> np.ndarray:
 def _add_group_medians(rows: list[dict[str, Any]], values: np.ndarray, key: str, labels: np.ndarray,
                        observed: np.ndarray) -> None:
     """Set ``key`` in every row to the median of ``values`` over the row's neurons."""
-    from corticalrnn.metrics import population_label
+    from corticalrnn.sheets import population_label
 
     lab = np.array([population_label(str(x)) for x in labels], dtype=object)
     for r in rows:
@@ -373,8 +374,7 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
     """Rasters/PSTHs (one observed and one hidden example neuron per population), metric
     histograms per population observed vs hidden, learning curves, truth scatter."""
     from corticalrnn import plots
-    from corticalrnn.metrics import population_label
-    from corticalrnn.sheets import V1_SHEETS
+    from corticalrnn.sheets import V1_SHEETS, population_label
 
     figs: list[Path] = []
     img = int(np.argmax(test.v1.sum(axis=(1, 2, 3))))  # the test image with the most spikes
@@ -491,7 +491,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
 
 def print_result(res: EvalResult, file: Any = None) -> None:
     """The metrics table, skipped metrics with reasons, and the ground-truth comparison."""
-    from corticalrnn.bench.common import format_table
+    from corticalrnn.tables import format_table
 
     file = file or sys.stdout
     r = res.report
