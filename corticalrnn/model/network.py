@@ -104,7 +104,7 @@ class CorticalRNN(nn.Module):
         # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
         self.register_buffer("rate_center", torch.full((g.n_v1,), config.init_rate * config.rate_scale),
                              persistent=False)
-        self.register_buffer("input_center", torch.zeros(g.n_in))
+        self.register_buffer("input_center", torch.zeros(g.n_in), persistent=config.centered)
         self.units = nn.ModuleDict({
             file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
                                           config.neuron_hidden, config.learn_tau, gen)
