@@ -109,7 +109,3 @@ class PeakRSS:
     @property
     def growth_bytes(self) -> int:
         return self.peak - self.start
-
-
-# transitional: callers import these from corticalrnn.tables
-from corticalrnn.tables import format_table, human_bytes  # noqa: E402, F401

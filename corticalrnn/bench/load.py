@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from corticalrnn.bench.binning import WINDOW_MS, make_spikes
-from corticalrnn.bench.common import PeakRSS, format_table, human_bytes, time_call
+from corticalrnn.bench.common import PeakRSS, time_call
 from corticalrnn.binning import BinGrid, bin_spikes
 from corticalrnn.sheets import ALL_SHEETS, FULL_MODEL_SIZES
 from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock, open_store
+from corticalrnn.tables import format_table, human_bytes
 
 FULL_NEURONS = sum(FULL_MODEL_SIZES.values())
 FULL_WINDOWS = 50_000
