@@ -1,6 +1,14 @@
 """``corticalrnn evaluate CHECKPOINT STORE``: free-running prediction of the test windows, metrics
 per population × observed/hidden (with the mean-rate baseline beside), a JSON report and figures.
 
+Streaming: the test images are read, predicted and scored one chunk of images (all their trials) at a
+time; :class:`corticalrnn.metrics.StreamingSummary` accumulates per-neuron sufficient statistics of
+every metric, so memory does not grow with the number of test images. Only the images kept for the
+figures (by default the one with the most spikes) stay in memory; ``--save-predictions`` writes every
+prediction to disk as it is made (:mod:`corticalrnn.predictions`). :func:`load_test_data`,
+:func:`predict`, :func:`corticalrnn.metrics.summarize`, :func:`split_half_r` and
+:func:`truth_comparison` are the in-memory reference the streaming path is tested against.
+
 Test windows are the store's windows whose images the checkpoint's run never trained or
 validated on (its image split); every trial of each test image is predicted from that trial's
 own LGN input. With one trial per image the trial-based metrics are skipped and the report says
@@ -48,14 +56,26 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 @dataclass
 class TestData:
-    """Test windows grouped by image: counts and LGN input ``[images, trials, T, N]``."""
+    """Test windows grouped by image. ``image_ids``, ``trials``, ``windows`` cover every test image;
+    ``v1`` and ``lgn`` (counts and LGN input ``[kept images, trials, T, N]``) hold only the images
+    ``kept`` (row indices into ``image_ids``; default every image, as :func:`load_test_data` reads;
+    :func:`evaluate` keeps the image(s) of its figures)."""
 
     image_ids: np.ndarray
     trials: np.ndarray  # [images, trials] trial numbers
     windows: np.ndarray  # [images, trials] store window indices
-    v1: np.ndarray  # float32 [images, trials, T, N_v1]
-    lgn: np.ndarray  # float32 [images, trials, T, N_in]
+    v1: np.ndarray  # float32 [kept images, trials, T, N_v1]
+    lgn: np.ndarray  # float32 [kept images, trials, T, N_in]
     notes: list[str] = field(default_factory=list)
+    kept: np.ndarray | None = None  # rows of image_ids held in v1 / lgn; None: all
+
+    def __post_init__(self) -> None:
+        if self.kept is None:
+            self.kept = np.arange(len(self.image_ids))
+
+    @property
+    def kept_image_ids(self) -> np.ndarray:
+        return self.image_ids[self.kept]
 
 
 @dataclass
@@ -130,20 +150,28 @@ def test_window_candidates(store: Any, split: dict[str, Any] | None) -> np.ndarr
     return cand
 
 
-def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
-                   max_images: int | None = None) -> TestData:
-    """LGN input and V1 counts of the test windows, grouped ``[images, trials, T, N]``.
-
-    Raises :class:`DataMismatchError` when the store lacks the subset's neurons or has no test window.
-    """
-    from corticalrnn.train.setup import subset_windows
-
+def test_index(store: Any, split: dict[str, Any] | None, max_images: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(image_ids, trials [images, trials], windows [images, trials], notes)`` of the test windows."""
     table = store.windows
     image_ids = np.asarray(table.image_id, dtype=np.int64)
     trials = np.asarray(table.trial, dtype=np.int64)
     imgs, tr, win, notes = group_test_windows(image_ids, trials, test_window_candidates(store, split))
     if max_images is not None and len(imgs) > max_images:
         imgs, tr, win = imgs[:max_images], tr[:max_images], win[:max_images]
+    return imgs, tr, win, notes
+
+
+def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
+                   max_images: int | None = None) -> TestData:
+    """LGN input and V1 counts of every test window, grouped ``[images, trials, T, N]`` (in memory:
+    the reference path; :func:`evaluate` streams).
+
+    Raises :class:`DataMismatchError` when the store lacks the subset's neurons or has no test window.
+    """
+    from corticalrnn.train.setup import subset_windows
+
+    imgs, tr, win, notes = test_index(store, split, max_images)
     data = subset_windows(store, subset, win.ravel())
     b = data.batch(np.arange(len(data)))
     v1, lgn = b["v1"].numpy(), b["lgn"].numpy()
@@ -181,8 +209,6 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
     (``population``, ``psth``: the same time course for every image); and the *image-specific* r of
     (a) and (b): both after removing each neuron's mean time course across the test images, on which
     any image-blind predictor (every baseline) scores 0."""
-    from corticalrnn.metrics import POPULATIONS
-    from corticalrnn.sheets import population_label
 
     def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a = a.reshape(-1, a.shape[-1]).astype(np.float64)
@@ -193,17 +219,30 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
 
+    pred = np.asarray(pred, np.float64)
+    truth = np.asarray(truth, np.float64)
     pm = pred.mean(1) if pred.ndim == 4 else pred
-    r_model = corr(pm, truth)
-    r_data = corr(data.mean(1), truth)
-    r_base = {k: corr(np.asarray(v, np.float64), truth) for k, v in (baselines or {}).items()}
+    dm = np.asarray(data, np.float64).sum(1) / data.shape[1]
+    r = {"model": corr(pm, truth), "data": corr(dm, truth)}
+    r.update({k: corr(np.asarray(v, np.float64), truth) for k, v in (baselines or {}).items()
+              if k not in ("model", "data")})
 
     def specific(x: np.ndarray) -> np.ndarray:
         return x - x.mean(0, keepdims=True)
 
-    spec_model = corr(specific(pm), specific(truth)) if len(truth) > 1 else np.full(pm.shape[-1], np.nan)
-    spec_data = (corr(specific(data.mean(1)), specific(truth)) if len(truth) > 1
-                 else np.full(pm.shape[-1], np.nan))
+    none = np.full(pm.shape[-1], np.nan)
+    r["model_imgspec"] = corr(specific(pm), specific(truth)) if len(truth) > 1 else none
+    r["data_imgspec"] = corr(specific(dm), specific(truth)) if len(truth) > 1 else none
+    return truth_rows(r, labels, observed)
+
+
+def truth_rows(r: dict[str, np.ndarray], labels: np.ndarray, observed: np.ndarray) -> list[dict[str, Any]]:
+    """The rows of :func:`truth_comparison` from per-neuron r: ``model``, ``data``, ``model_imgspec``,
+    ``data_imgspec`` and one entry per baseline (``mean_rate`` / ``baseline``, constant, left out)."""
+    from corticalrnn.metrics import POPULATIONS
+    from corticalrnn.sheets import population_label
+
+    fixed = ("model", "data", "model_imgspec", "data_imgspec", "mean_rate", "baseline")
     lab = np.array([population_label(str(x)) for x in labels], dtype=object)
     rows = []
     for pop in [p for p in POPULATIONS if p in set(lab)] + ["all"]:
@@ -212,12 +251,12 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
             if not sel.any():
                 continue
             row = {"population": pop, "neurons": group, "n": int(sel.sum()),
-                   "r_model_truth_median": _nanmedian(r_model[sel]),
-                   "r_data_truth_median": _nanmedian(r_data[sel]),
-                   "r_model_truth_imgspec_median": _nanmedian(spec_model[sel]),
-                   "r_data_truth_imgspec_median": _nanmedian(spec_data[sel])}
-            for k, v in r_base.items():
-                if k != "mean_rate":
+                   "r_model_truth_median": _nanmedian(r["model"][sel]),
+                   "r_data_truth_median": _nanmedian(r["data"][sel]),
+                   "r_model_truth_imgspec_median": _nanmedian(r["model_imgspec"][sel]),
+                   "r_data_truth_imgspec_median": _nanmedian(r["data_imgspec"][sel])}
+            for k, v in r.items():
+                if k not in fixed:
                     row[f"r_{k}_truth_median"] = _nanmedian(v[sel])
             rows.append(row)
     return rows
@@ -226,6 +265,11 @@ def truth_comparison(pred: np.ndarray, data: np.ndarray, truth: np.ndarray, labe
 def true_rates_for(path: str | Path, image_ids: np.ndarray, subset: Any, store: Any) -> np.ndarray:
     """The generator's trial-averaged true rates on the store's bins: expected counts per bin
     ``[images, T, N_v1]`` for the subset's V1 neurons (``corticalrnn.synth.truth`` file)."""
+    return truth_reader(path, subset, store)(image_ids)
+
+
+def truth_reader(path: str | Path, subset: Any, store: Any) -> Any:
+    """A function ``image_ids -> [images, T, N_v1]`` of :func:`true_rates_for` (file read once)."""
     from corticalrnn.synth.truth import read_truth
 
     gt = read_truth(path)
@@ -251,12 +295,16 @@ def true_rates_for(path: str | Path, image_ids: np.ndarray, subset: Any, store: 
     if missing:
         raise DataMismatchError(f"{path}: lacks {len(missing)} of the model's neurons (e.g. {missing[:5]})")
     rows = {int(i): r for r, i in enumerate(gt.avg_image_id)}
-    absent = [int(i) for i in image_ids if int(i) not in rows]
-    if absent:
-        raise DataMismatchError(f"{path}: has no true rates for test images {absent}")
     cols = np.array([col[int(i)] for i in wanted], dtype=np.int64)
-    r = gt.avg_rates_v1[[rows[int(i)] for i in image_ids]][:, k0:k0 + T * per][..., cols]
-    return r.reshape(len(image_ids), T, per, len(cols)).mean(2).astype(np.float64) * (b / 1000.0)
+
+    def rates(image_ids: np.ndarray) -> np.ndarray:
+        absent = [int(i) for i in image_ids if int(i) not in rows]
+        if absent:
+            raise DataMismatchError(f"{path}: has no true rates for test images {absent}")
+        r = gt.avg_rates_v1[[rows[int(i)] for i in image_ids]][:, k0:k0 + T * per][..., cols]
+        return r.reshape(len(image_ids), T, per, len(cols)).mean(2).astype(np.float64) * (b / 1000.0)
+
+    return rates
 
 
 def _training_baselines(ck: dict[str, Any], subset: Any, train_store: Any, notes: list[str]) -> Any:
@@ -287,8 +335,8 @@ def split_half_r(data: np.ndarray) -> np.ndarray:
     fewer than 2 trials or a constant half): the reliability of the recorded response itself."""
     if data.shape[1] < 2:
         return np.full(data.shape[-1], np.nan)
-    a = data[:, 0::2].mean(1).reshape(-1, data.shape[-1]).astype(np.float64)
-    b = data[:, 1::2].mean(1).reshape(-1, data.shape[-1]).astype(np.float64)
+    a = np.asarray(data[:, 0::2], np.float64).mean(1).reshape(-1, data.shape[-1])
+    b = np.asarray(data[:, 1::2], np.float64).mean(1).reshape(-1, data.shape[-1])
     a -= a.mean(0)
     b -= b.mean(0)
     den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
