@@ -403,10 +403,11 @@ def write_json(path: Path, doc: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------- figures
-def example_neurons(data: np.ndarray, labels: np.ndarray, observed: np.ndarray, sheet: str,
-                    per_group: int = 2) -> list[tuple[int, str]]:
-    """The most active observed and hidden neurons of one sheet (visible rasters)."""
-    rate = data.mean(axis=(0, 1, 2))
+def example_neurons(data: np.ndarray | None, labels: np.ndarray, observed: np.ndarray, sheet: str,
+                    per_group: int = 2, rate: np.ndarray | None = None) -> list[tuple[int, str]]:
+    """The most active observed and hidden neurons of one sheet (visible rasters); ``rate`` (per
+    neuron) defaults to the mean of ``data`` ``[images, trials, T, N]``."""
+    rate = data.mean(axis=(0, 1, 2)) if rate is None else rate
     out = []
     for group, sel in (("observed", observed), ("hidden", ~observed)):
         idx = np.flatnonzero((labels == sheet) & sel)
@@ -418,22 +419,26 @@ def example_neurons(data: np.ndarray, labels: np.ndarray, observed: np.ndarray, 
 def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.ndarray,
                  observed: np.ndarray, ids: np.ndarray, per_neuron: dict[str, np.ndarray],
                  skipped: dict[str, str], bin_ms: float, log_rows: list[dict[str, Any]],
-                 truth: np.ndarray | None) -> list[Path]:
-    """Rasters/PSTHs (one observed and one hidden example neuron per population), metric
-    histograms per population observed vs hidden, learning curves, truth scatter."""
+                 truth: np.ndarray | None, rate: np.ndarray | None = None,
+                 scatter: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path]:
+    """Rasters/PSTHs (one observed and one hidden example neuron per population) of the kept image
+    with the most spikes, metric histograms per population observed vs hidden, learning curves, truth
+    scatter. ``test``/``pred``/``truth`` hold the kept images; ``rate``: per-neuron mean count over
+    every test image (default: over the kept ones); ``scatter``: (trial-averaged prediction, true
+    rates) ``[images, T, N]`` for the scatter (default: the kept images)."""
     from corticalrnn import plots
     from corticalrnn.sheets import V1_SHEETS, population_label
 
     figs: list[Path] = []
-    img = int(np.argmax(test.v1.sum(axis=(1, 2, 3))))  # the test image with the most spikes
+    img = int(np.argmax(test.v1.sum(axis=(1, 2, 3))))  # the (kept) test image with the most spikes
     sheets = [s for s in V1_SHEETS if (labels == s).any()]
     examples = [(j, f"{population_label(s)} {g}\n#{int(ids[j])}")
-                for s in sheets for j, g in example_neurons(test.v1, labels, observed, s, per_group=1)]
+                for s in sheets for j, g in example_neurons(test.v1, labels, observed, s, 1, rate)]
     if examples:
         figs.append(plots.raster_psth(
             test.v1[img], pred[img], [j for j, _ in examples], [lab for _, lab in examples], bin_ms,
             out_dir / "raster_psth.png",
-            title=f"image {int(test.image_ids[img])}: data vs model ({test.v1.shape[1]} trials)",
+            title=f"image {int(test.kept_image_ids[img])}: data vs model ({test.v1.shape[1]} trials)",
             truth=None if truth is None else truth[img]))
     for metric in ("trial_avg_r", "cc_norm", "bits_per_spike"):
         if metric in skipped or metric not in per_neuron:
@@ -445,34 +450,99 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
     if log_rows:
         figs.append(plots.learning_curves(log_rows, out_dir / "learning_curves.png"))
     if truth is not None:
-        pm = pred.mean(1)
+        pm, tr = scatter if scatter is not None else (pred.mean(1), truth)
         figs.append(plots.truth_scatter({population_label(s): pm[..., labels == s] for s in sheets},
-                                        {population_label(s): truth[..., labels == s] for s in sheets},
+                                        {population_label(s): tr[..., labels == s] for s in sheets},
                                         out_dir / "truth_scatter.png", bin_ms))
     return figs
 
 
 # ---------------------------------------------------------------------------------- main
+SCATTER_IMAGES = 8  # the truth scatter shows the first test images (its 20,000 points need no more)
+CHUNK_BYTES = 256 * 2**20  # dense float32 input + counts + prediction of one chunk of images
+
+
+def chunk_images_for(n_trials: int, n_bins: int, n_in: int, n_v1: int, batch_size: int) -> int:
+    """Images per chunk: at least one, about :data:`CHUNK_BYTES` of dense data, no more than it takes
+    to fill four prediction batches."""
+    per_image = max(1, n_trials * n_bins * (n_in + 2 * n_v1) * 4)
+    fill = max(1, math.ceil(4 * batch_size / max(1, n_trials)))
+    return max(1, min(CHUNK_BYTES // per_image, fill))
+
+
+def _mean_counts(data: Any, n_v1: int, chunk: int = 256) -> np.ndarray:
+    """Each V1 neuron's mean count per bin over every window of ``data`` (sparse events, no dense
+    arrays): the constant mean-rate baseline when no training windows are available."""
+    total = np.zeros(n_v1)
+    for a in range(0, len(data), chunk):
+        ev = data.sparse_batch(np.arange(a, min(a + chunk, len(data))))
+        total += np.bincount(np.asarray(ev["v1_index"], np.int64) % n_v1,
+                             weights=np.asarray(ev["v1_count"], np.float64), minlength=n_v1)
+    return total / max(1, len(data) * data.n_bins)
+
+
+class _Keeper:
+    """The ``keep`` images with the most spikes (ties: the earlier), or every image (``keep=None``)."""
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.items: list[tuple[float, int, tuple[np.ndarray, ...]]] = []
+
+    def offer(self, spikes: float, row: int, chunk: tuple[np.ndarray, ...], j: int) -> None:
+        """Image ``row`` with ``spikes``: entry ``j`` of each chunk array (copied only when kept)."""
+        if self.keep is not None and self.keep <= 0:
+            return
+        if self.keep is None or len(self.items) < self.keep:
+            self.items.append((spikes, row, tuple(np.array(a[j]) for a in chunk)))
+            return
+        worst = min(range(len(self.items)), key=lambda i: (self.items[i][0], -self.items[i][1]))
+        if spikes > self.items[worst][0]:
+            self.items[worst] = (spikes, row, tuple(np.array(a[j]) for a in chunk))
+
+    def stacked(self, shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        items = sorted(self.items, key=lambda it: it[1])
+        rows = np.array([it[1] for it in items], dtype=np.int64)
+        out = []
+        for j, shape in enumerate(shapes):
+            out.append(np.stack([it[2][j] for it in items]) if items else np.zeros((0, *shape), np.float32))
+        return rows, out
+
+
 def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Path | None = None, *,
              truth: str | Path | None = None, device: str = "auto", batch_size: int = 16,
              figures: bool = True, progress: bool = True, max_images: int | None = None,
-             weights: str = "auto", train_store: str | Path | Any | None = None) -> EvalResult:
+             weights: str = "auto", train_store: str | Path | Any | None = None,
+             keep_images: int | None = 1, save_predictions: str | Path | None = None,
+             predictions_dtype: str = "float32", chunk_images: int | None = None) -> EvalResult:
     """Predict the test windows of ``store`` with ``checkpoint`` and compute the metrics table.
+
+    Streams: one chunk of images (all trials; ``chunk_images``, default from
+    :func:`chunk_images_for`) is read, predicted and scored at a time. ``keep_images`` images (those
+    with the most spikes; None: every image, for small data) stay in memory as ``EvalResult.test``
+    (``v1``, ``lgn``, ``kept``) and ``EvalResult.prediction`` ``[kept, trials, T, N_v1]``.
+    ``save_predictions``: write every prediction to this file as it is made
+    (:mod:`corticalrnn.predictions`, ``predictions_dtype`` float32 or float16).
 
     Writes ``report.json`` and PNG figures to ``out_dir`` when given. ``truth`` is a ground-truth
     rates file of ``corticalrnn synth`` for the same images. ``train_store`` (default: the run's
     ``data.store`` when it exists) gives the training windows of the time-course baselines
-    (:mod:`corticalrnn.baselines`); without it they are left out, with a note.
+    (:mod:`corticalrnn.baselines`); without it they are left out, with a note, and the mean-rate
+    baseline is each neuron's mean over the test data (one extra pass over the counts).
     """
-    from corticalrnn.metrics import summarize
+    from tqdm import tqdm
+
+    from corticalrnn.metrics import StreamingSummary
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
-    from corticalrnn.train.setup import model_from_checkpoint
+    from corticalrnn.train.setup import model_from_checkpoint, subset_windows
     from corticalrnn.train.trainer import read_log, resolve_device
 
     checkpoint = Path(checkpoint)
     dev = resolve_device(device, cpu_hint="--device cpu (API: device=\"cpu\")")
     model, ck = model_from_checkpoint(checkpoint, dev, weights=weights)
+    weights_used = "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw"
+    for key in ("model", "ema", "optimizer", "scheduler", "scaler"):  # in the model now; free the copies
+        ck.pop(key, None)
     if progress:
         from corticalrnn.device import describe
 
@@ -485,27 +555,77 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     if ck.get("subset") is None:
         raise CorticalRNNError(f"{checkpoint}: checkpoint has no neuron subset")
     subset = NeuronSubset.from_json_dict(ck["subset"], f"{checkpoint} (subset)")
-    test = load_test_data(st, subset, ck.get("split"), max_images=max_images)
-    pred = predict(model, test.lgn, batch_size, str(dev), progress)
+    imgs, trials, win, notes = test_index(st, ck.get("split"), max_images)
+    data = subset_windows(st, subset, win.ravel())  # checks the store has the subset's neurons
+    n_img, k = win.shape
+    n_t = int(st.n_bins)
     labels = np.asarray(subset.v1_sheet_labels())
     observed = np.asarray(subset.observed_mask(), dtype=bool)
     ids = subset.v1_ids()
+    n_v1, n_in = int(data.sizes["v1"]), int(data.sizes["lgn"])
 
-    base = _training_baselines(ck, subset, train_store, test.notes)
-    base_pred = None if base is None else base.predictions(len(test.image_ids))
-    summary = summarize(test.v1, pred, labels, observed, progress=progress,
-                        baseline_rates=None if base is None else base.mean_rate,
-                        baselines=None if base_pred is None else
-                        {k: v for k, v in base_pred.items() if k != "mean_rate"})
+    base = _training_baselines(ck, subset, train_store, notes)
+    rates = base.mean_rate if base is not None else _mean_counts(data, n_v1)
+    acc = StreamingSummary(labels, observed, k, n_t, baseline_rates=rates, truth=truth is not None,
+                           baselines=None if base is None else {"psth": base.psth,
+                                                                "population": base.population})
+    true_rates = None if truth is None else truth_reader(truth, subset, st)
+    per_chunk = chunk_images or chunk_images_for(k, n_t, n_in, n_v1, batch_size)
+    keeper = _Keeper(keep_images)
+    scatter_pm: list[np.ndarray] = []
+    scatter_truth: list[np.ndarray] = []
+    writer = None
+    if save_predictions is not None:
+        from corticalrnn.predictions import PredictionWriter
+
+        writer = PredictionWriter(save_predictions, image_ids=imgs, trials=trials, windows=win, n_bins=n_t,
+                                  neuron_ids=ids, sheets=labels, observed=observed, bin_ms=st.bin_ms,
+                                  dtype=predictions_dtype,
+                                  info={"checkpoint": checkpoint, "store": st.path, "weights": weights_used})
+        writer.__enter__()
+    try:
+        bar = tqdm(total=n_img, desc="evaluate", unit="image", disable=not progress, file=sys.stderr,
+                   leave=False)
+        for a in range(0, n_img, per_chunk):
+            b = min(n_img, a + per_chunk)
+            batch = data.batch(np.arange(a * k, b * k))
+            v1 = batch["v1"].numpy().reshape(b - a, k, n_t, n_v1)
+            lgn = batch["lgn"].numpy().reshape(b - a, k, n_t, n_in)
+            pred = predict(model, lgn, batch_size, str(dev), progress=False)
+            tr = None if true_rates is None else true_rates(imgs[a:b])
+            acc.update(v1, pred, tr)
+            if writer is not None:
+                writer.write(pred)
+            spikes = v1.sum(axis=(1, 2, 3), dtype=np.float64)
+            chunk = (v1, lgn, pred) + (() if tr is None else (tr,))
+            for j in range(b - a):
+                keeper.offer(float(spikes[j]), a + j, chunk, j)
+            if tr is not None and len(scatter_pm) < SCATTER_IMAGES:
+                take = SCATTER_IMAGES - len(scatter_pm)
+                scatter_pm.extend(pred[:take].mean(1))
+                scatter_truth.extend(tr[:take])
+            batch = v1 = lgn = pred = chunk = None  # free this chunk before reading the next
+            bar.update(b - a)
+        bar.close()
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+
+    summary = acc.summary()
     rows = [dict(r) for r in summary]
-    _add_group_medians(rows, split_half_r(test.v1), "split_half_r_median", labels, observed)
+    _add_group_medians(rows, acc.split_half_r(), "split_half_r_median", labels, observed)
     skipped = dict(summary.skipped)
     per = summary.results["model"].per_neuron
+    truth_rows_ = None if truth is None else truth_rows(acc.truth_r(), labels, observed)
 
-    truth_rows = truth_arr = None
-    if truth is not None:
-        truth_arr = true_rates_for(truth, test.image_ids, subset, st)  # [images, T, N_v1]
-        truth_rows = truth_comparison(pred, test.v1, truth_arr, labels, observed, base_pred)
+    shapes = [(k, n_t, n_v1), (k, n_t, n_in), (k, n_t, n_v1)] + ([] if truth is None else [(n_t, n_v1)])
+    kept, arrays = keeper.stacked(shapes)
+    test = TestData(imgs, trials, win, arrays[0], arrays[1], notes, kept=kept)
+    pred_kept = arrays[2]
+    truth_kept = arrays[3] if truth is not None else None
 
     figs: list[Path] = []
     report_path = None
@@ -513,28 +633,31 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     report = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(checkpoint), "store": str(st.path), "bin_ms": st.bin_ms,
-        "weights": "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw",
+        "weights": weights_used,
         "step": ck["progress"]["step"], "best_step": ck["progress"].get("best_step"),
-        "test_images": test.image_ids, "trials_per_image": int(test.v1.shape[1]),
-        "n_windows": int(test.windows.size), "n_bins": int(test.v1.shape[2]),
+        "test_images": imgs, "trials_per_image": int(k),
+        "n_windows": int(win.size), "n_bins": n_t,
         "neurons": subset.summary(), "table": rows, "skipped_metrics": skipped,
-        "undefined_counts": summary.undefined, "notes": test.notes,
-        "truth": truth_rows, "truth_file": None if truth is None else str(truth),
+        "undefined_counts": summary.undefined, "notes": notes,
+        "truth": truth_rows_, "truth_file": None if truth is None else str(truth),
         "baseline": ("constant per-neuron mean rate of the test data" if base is None else
                      f"constant per-neuron mean rate of the {base.n_windows} training windows") +
                     " (per-neuron correlations of a constant are undefined; compare bits/spike (> 0 "
                     "beats it) and thesis_CC_*); 'psth' and 'population' predictors: see "
                     "corticalrnn.baselines",
         "comparison": comparison_rows(rows),
+        "streaming": {"images_per_chunk": per_chunk, "kept_images": imgs[kept]},
+        "predictions": None if writer is None else str(writer.npy),
     }
     if out_dir is not None:
         out = Path(out_dir)
-        if figures:
-            figs = make_figures(out, test, pred, labels, observed, ids, per, skipped, st.bin_ms, log_rows,
-                                truth_arr)
+        if figures and len(kept):
+            scatter = (np.stack(scatter_pm), np.stack(scatter_truth)) if scatter_pm else None
+            figs = make_figures(out, test, pred_kept, labels, observed, ids, per, skipped, st.bin_ms,
+                                log_rows, truth_kept, rate=acc.spike_rates(), scatter=scatter)
         report["figures"] = [f.name for f in figs]
         report_path = write_json(out / "report.json", report)
-    return EvalResult(rows, skipped, truth_rows, report, report_path, figs, per, pred, test)
+    return EvalResult(rows, skipped, truth_rows_, report, report_path, figs, per, pred_kept, test)
 
 
 def print_result(res: EvalResult, file: Any = None) -> None:
@@ -543,7 +666,10 @@ def print_result(res: EvalResult, file: Any = None) -> None:
 
     file = file or sys.stdout
     r = res.report
-    print(f"test images {list(map(int, r['test_images']))}, {r['trials_per_image']} trial(s) each, "
+    shown = list(map(int, r["test_images"]))
+    if len(shown) > 12:
+        shown = f"{len(shown)} ({', '.join(map(str, shown[:5]))}, ..., {shown[-1]})"
+    print(f"test images {shown}, {r['trials_per_image']} trial(s) each, "
           f"{r['n_bins']} bins of {r['bin_ms']} ms; medians over neurons; model vs mean-rate baseline",
           file=file)
     print(res.table(), file=file)
@@ -564,6 +690,8 @@ def print_result(res: EvalResult, file: Any = None) -> None:
         print(f"\nreport: {res.report_path}", file=file)
         if res.figures:
             print(f"figures: {', '.join(str(f) for f in res.figures)}", file=file)
+    if r.get("predictions"):
+        print(f"predictions: {r['predictions']}", file=file)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -582,12 +710,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-store", type=Path, default=None,
                         help="store of the run's training windows, for the time-course baselines "
                              "(default: the run's data.store)")
+    parser.add_argument("--save-predictions", type=Path, default=None, metavar="FILE.npy",
+                        help="write every free-running prediction [images, trials, T, N_v1] to FILE.npy "
+                             "(+ FILE.json index) as it is made; default: kept only for the figures")
+    parser.add_argument("--predictions-dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--chunk-images", type=int, default=None,
+                        help="test images predicted and scored at a time (default: ~256 MB of dense data)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.store.name.removesuffix('.zarr')}"
     res = evaluate(args.checkpoint, args.store, out, truth=args.truth, device=args.device,
                    batch_size=args.batch_size, figures=not args.no_figures, max_images=args.max_images,
-                   weights=args.weights, train_store=args.train_store)
+                   weights=args.weights, train_store=args.train_store,
+                   save_predictions=args.save_predictions, predictions_dtype=args.predictions_dtype,
+                   chunk_images=args.chunk_images)
     print_result(res)
     return 0

@@ -98,8 +98,10 @@ def test_evaluate_report_table_and_figures(trained, capsys):
 
     d, _, subset = trained
     res = evaluate(d / "run" / "best.pt", d / "test.zarr", d / "eval", device="cpu", progress=False)
-    assert res.test.v1.shape == (3, 4, T, len(subset.v1_ids()))
+    # streamed: only the figure's image (the one with the most spikes) is kept in memory
+    assert res.test.v1.shape == (1, 4, T, len(subset.v1_ids())) and len(res.test.image_ids) == 3
     assert res.prediction.shape == res.test.v1.shape and (res.prediction >= 0).all()
+    assert res.test.kept_image_ids.tolist() == res.report["streaming"]["kept_images"]
     groups = {(r["population"], r["neurons"], r["predictor"]) for r in res.rows}
     assert ("L4 E", "hidden", "model") in groups and ("L2/3 I", "observed", "baseline") in groups
     assert res.skipped == {}
@@ -168,3 +170,99 @@ def test_cli_train_and_evaluate(trained, tmp_path):
                str(tmp_path / "e"), "--device", "cpu", "--no-figures"])
     assert rc == 0 and (tmp_path / "e" / "report.json").exists()
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--set", "optim.lrr=1"]) == 1
+
+
+def test_streaming_evaluate_equals_in_memory_reference(trained, tmp_path):
+    """evaluate (one image per chunk) against the in-memory path: load_test_data, predict,
+    summarize, split_half_r, comparison_rows on the same predictions, to 1e-10."""
+    import math
+
+    from corticalrnn.evaluate import (
+        _add_group_medians,
+        _training_baselines,
+        comparison_rows,
+        evaluate,
+        load_test_data,
+        predict,
+        split_half_r,
+    )
+    from corticalrnn.metrics import summarize
+    from corticalrnn.predictions import open_predictions
+    from corticalrnn.store import open_store
+    from corticalrnn.subsets import NeuronSubset
+    from corticalrnn.train.setup import model_from_checkpoint
+
+    d, _, _ = trained
+    ckpt = d / "run" / "best.pt"
+    res = evaluate(ckpt, d / "test.zarr", None, device="cpu", progress=False, keep_images=None,
+                   chunk_images=1, batch_size=3, save_predictions=tmp_path / "pred.npy")
+    model, ck = model_from_checkpoint(ckpt, "cpu")
+    subset = NeuronSubset.from_json_dict(ck["subset"])
+    test = load_test_data(open_store(d / "test.zarr"), subset, ck["split"])
+    np.testing.assert_array_equal(res.test.v1, test.v1)
+    np.testing.assert_array_equal(res.test.image_ids, test.image_ids)
+    ref_pred = predict(model, test.lgn, 16, "cpu", progress=False)
+    np.testing.assert_allclose(res.prediction, ref_pred, rtol=1e-5, atol=1e-6)  # other batches: BLAS rounding
+    base = _training_baselines(ck, subset, None, [])
+    assert base is not None
+    bp = base.predictions(len(test.image_ids))
+    labels, observed = np.asarray(subset.v1_sheet_labels()), np.asarray(subset.observed_mask(), bool)
+    ref = summarize(test.v1, res.prediction, labels, observed, progress=False, baseline_rates=base.mean_rate,
+                    baselines={k: v for k, v in bp.items() if k != "mean_rate"})
+    rows = [dict(r) for r in ref]
+    _add_group_medians(rows, split_half_r(test.v1), "split_half_r_median", labels, observed)
+    assert len(rows) == len(res.rows)
+    for a, b in zip(rows, res.rows):
+        assert a.keys() == b.keys()
+        for key, x in a.items():
+            if isinstance(x, float) and math.isnan(x):
+                assert math.isnan(b[key]), key
+            elif isinstance(x, float):
+                assert abs(x - b[key]) <= 1e-10 * max(1.0, abs(x)), (a["population"], a["predictor"], key)
+            else:
+                assert x == b[key], key
+    for x, y in zip(comparison_rows(rows), comparison_rows(res.rows), strict=True):
+        assert x.keys() == y.keys()
+        assert all(np.isclose(x[c], y[c], rtol=1e-10, equal_nan=True) for c in x if isinstance(x[c], float))
+    assert res.skipped == dict(ref.skipped)
+    saved = open_predictions(tmp_path / "pred.npy")
+    np.testing.assert_array_equal(saved.rates, res.prediction)
+    assert saved.image_ids.tolist() == [200, 201, 202] and saved.rates.dtype == np.float32
+    assert res.report["predictions"] == str(tmp_path / "pred.npy")
+
+
+def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
+    """No training windows: the mean-rate baseline is the test data's own mean (a first pass over the
+    counts), as the in-memory path's default."""
+    from corticalrnn.evaluate import _mean_counts, evaluate, load_test_data
+    from corticalrnn.metrics import summarize
+    from corticalrnn.store import open_store
+    from corticalrnn.subsets import NeuronSubset
+    from corticalrnn.train.checkpoint import load_checkpoint, save_checkpoint
+    from corticalrnn.train.setup import subset_windows
+
+    d, _, _ = trained
+    ck = load_checkpoint(d / "run" / "best.pt")
+    ck["config"]["data"]["store"] = str(tmp_path / "gone.zarr")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    res = evaluate(run / "best.pt", d / "test.zarr", None, device="cpu", progress=False, keep_images=None,
+                   save_predictions=tmp_path / "p16", predictions_dtype="float16")
+    assert any("baselines left out" in n for n in res.test.notes)
+    assert {r["predictor"] for r in res.rows} == {"model", "baseline"}
+    subset = NeuronSubset.from_json_dict(ck["subset"])
+    st = open_store(d / "test.zarr")
+    test = load_test_data(st, subset, ck["split"])
+    means = _mean_counts(subset_windows(st, subset, test.windows.ravel()), test.v1.shape[-1])
+    np.testing.assert_allclose(means, test.v1.mean(axis=(0, 1, 2), dtype=np.float64), rtol=1e-12)
+    labels, observed = np.asarray(subset.v1_sheet_labels()), np.asarray(subset.observed_mask(), bool)
+    ref = summarize(test.v1, res.prediction, labels, observed, progress=False)
+    for a, b in zip(ref, res.rows):
+        for key in ("trial_avg_r_median", "co_bps", "thesis_cc_abs", "feve_median", "bits_per_spike_mean"):
+            assert np.isclose(a[key], b[key], rtol=1e-10, atol=1e-12, equal_nan=True), (a["predictor"], key)
+    from corticalrnn.predictions import open_predictions
+
+    saved = open_predictions(tmp_path / "p16.npy")
+    assert saved.rates.dtype == np.float16
+    np.testing.assert_allclose(saved.rates, res.prediction, rtol=1e-3, atol=1e-4)
