@@ -43,7 +43,10 @@ FULL = DemoSize(scale=0.5, train_images=160, test_images=6, test_trials=10, step
 QUICK = DemoSize(scale=0.25, train_images=8, test_images=2, test_trials=3, steps=6, batch_size=4,
                  fraction=0.5, observed=0.5)
 TRAIN_FIRST_IMAGE, TEST_FIRST_IMAGE = 50000, 300000
-DISTANCE_SIGMA_MM = {"exc": 0.07, "inh": 0.05}  # model's local connectivity width by presynaptic sign
+DISTANCE_SIGMA_MM = {"exc": 0.07, "inh": 0.05}  # distance-only connectivity's width by presynaptic sign
+# feature connectivity (distance x orientation / phase similarity) thins the mask by the similarity
+# term, so it keeps wider distances: 0.07/0.05 mm left L2/3 units 3 L4 partners at the demo's size
+FEATURE_SIGMA_MM = {"exc": 0.2, "inh": 0.12}
 HIDDEN_RATE_PRIOR = 3.0  # weight of corticalrnn.train.rate_prior.HiddenRatePrior
 
 
@@ -77,7 +80,7 @@ def demo_config(size: DemoSize, steps: int, bin_ms: int, threads: int) -> dict[s
         # (population baseline 0.30); see `corticalrnn bench science`.
         "model": {"bin_ms": float(bin_ms), "neuron_model": "leaky", "sign_mode": "projected",
                   "connectivity": "feature", "input_connectivity": "gabor",
-                  "distance_sigma_mm": dict(DISTANCE_SIGMA_MM),
+                  "distance_sigma_mm": dict(FEATURE_SIGMA_MM),
                   "spectral_radius": 0.5, "init_rate": 0.1,
                   "teacher": {"start": 1.0, "end": 0.0, "schedule": "linear", "steps": max(1, steps // 2)}},
     }

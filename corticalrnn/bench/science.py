@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"connectivity": "distance", "input_connectivity": "dense"},
+    "baseline": {"connectivity": "distance", "input_connectivity": "dense",
+                 "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
     "identity": {"connectivity": "feature", "input_connectivity": "gabor"},
     "simulator": {"connectivity": "simulator", "input_connectivity": "gabor", "weight_storage": "dense"},
 }
