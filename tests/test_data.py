@@ -146,3 +146,55 @@ def test_group_trials(tiny) -> None:
     assert np.array_equal(arr[1, 2], dense["V1_Exc_L4"][5][:, [5, 1]])
     with pytest.raises(DataMismatchError, match="different numbers of trials"):
         group_trials(st)  # image 3 has only 2 non-padded trials
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_reused_buffers_equal_fresh_batches_and_never_alias(tiny, prefetch) -> None:
+    """A ring of 2 reused buffers gives exactly the fresh path's batches (last batch smaller); a lent
+    batch keeps its values while the filler runs ahead, and consecutive batches never share storage."""
+    import time
+
+    wb = WindowBatches(tiny[0], neurons={"X_OFF": np.arange(5), "V1_Exc_L4": np.array([7, 2, 5]),
+                                         "V1_Exc_L2/3": np.arange(7)})
+    fresh = [{k: v.clone() for k, v in b.items()} for b in make_loader(wb, batch_size=3, shuffle=True, seed=4)]
+    ring = make_loader(wb, batch_size=3, shuffle=True, seed=4, prefetch=prefetch, buffers=2)
+    assert len(fresh) == 4 and [len(b["window"]) for b in fresh] == [3, 3, 3, 2]
+    previous = None
+    for epoch in range(2):  # the ring is kept across epochs: slots are cleared, not reallocated
+        ring.epoch = 0
+        for k, batch in enumerate(ring):
+            snapshot = {g: batch[g].clone() for g in ("lgn", "v1")}
+            time.sleep(0.05)  # give the prefetching thread time to fill the other slot
+            for g in ("lgn", "v1", "window"):
+                assert torch.equal(batch[g], fresh[k][g]), (epoch, k, g)
+            for g in ("lgn", "v1"):
+                assert torch.equal(batch[g], snapshot[g])  # not overwritten while lent
+                if previous is not None:
+                    assert batch[g].untyped_storage().data_ptr() != previous[g]
+            previous = {g: batch[g].untyped_storage().data_ptr() for g in ("lgn", "v1")}
+    assert ring.ring().slots == 2 and sum(s is not None for s in ring.ring()._dense) == 2
+
+
+def test_ring_with_spawn_workers_and_reader_errors(tiny) -> None:
+    from corticalrnn.data import DenseRing, iter_dense
+
+    wb = WindowBatches(tiny[0])
+    fresh = [{k: v.clone() for k, v in b.items()} for b in make_loader(wb, batch_size=4)]
+    ring = make_loader(wb, batch_size=4, num_workers=1, buffers=2)
+    for a, b in zip(fresh, ring):
+        for g in ("lgn", "v1", "window"):
+            assert torch.equal(a[g], b[g])
+
+    def broken():
+        yield wb.sparse_batch([0, 1])
+        raise RuntimeError("corrupt chunk")
+
+    it = iter_dense(broken(), DenseRing(2, slots=2), "cpu", prefetch=True)
+    assert torch.equal(next(it)["v1"], fresh[0]["v1"][:2])
+    with pytest.raises(RuntimeError, match="corrupt chunk"):
+        next(it)
+    with pytest.raises(DataMismatchError, match="does not fit"):
+        DenseRing(1).fill(0, wb.sparse_batch([0, 1]))
+    early = iter_dense((wb.sparse_batch([i]) for i in range(11)), DenseRing(1, slots=2), "cpu")
+    next(early)
+    early.close()  # stops both threads without reading the rest

@@ -4,9 +4,14 @@ Builds a synthetic store (``--neurons`` split over the six sheets in the full mo
 712 ms windows, log-normal rates with mean 4.5 Hz: ~0.45 % of 1 ms bins occupied, like the
 full model's ~350,000 spikes per window) at each ``--bins`` size, then measures:
 
-- loading: :func:`corticalrnn.data.make_loader` batches of ``--batch-size`` dense float32 tensors
-  on ``--device``, for each ``--workers`` count (spawn); windows/s over the run including worker
-  start-up, and steady state after the first batch; peak RSS growth of the main process;
+- loading, per ``--paths`` (``sparse``: events only; ``dense``: today's fresh ``torch.zeros`` per
+  batch; ``ring``: :class:`corticalrnn.data.DenseRing` of 2 reused buffers filled by a prefetching
+  thread; ``ring-serial``: the ring without the thread) and ``--workers`` count (spawn):
+  :func:`corticalrnn.data.make_loader` batches of ``--batch-size`` dense float32 tensors on
+  ``--device``; ``--repeats`` epochs per path, interleaved, medians of windows/s over the epoch and
+  in steady state after the first batch; peak RSS growth of the main process, also in dense
+  batches; the rate a ``--gpu-step-s`` GPU step consumes beside them, and each path's ratio to
+  ``dense``;
 - layout: the same counts as dense uint8 Zarr arrays ``[W, T, N]`` per sheet (chunks one window,
   shards of 16 windows, Blosc-zstd bit-shuffle) vs the store's sparse events: bytes on disk per
   window and windows/s for reading a random batch into dense numpy (all neurons), in-process.
@@ -44,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=int, default=128, help="windows in the synthetic store")
     parser.add_argument("--bins", type=int, nargs="+", default=[1, 20], help="bin sizes (ms)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts (spawn; > 0 runs the dense and ring-serial paths)")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                        help="; ".join(f"{k}: {v}" for k, v in PATH_HELP.items()))
+    parser.add_argument("--gpu-step-s", type=float, default=0.5,
+                        help="seconds of one GPU training step: batch / this = the rate a GPU consumes")
     parser.add_argument("--device", default="cpu", help="target device of the tensors (cpu, cuda)")
     parser.add_argument(
         "--dense-windows", type=int, default=64, help="windows written in the dense layout (0: skip)"
@@ -116,36 +126,87 @@ def _read_dense(path: Path, sheets: list[str], windows: np.ndarray) -> list[np.n
     return [np.asarray(root[s.replace("/", "")].oindex[np.sort(windows)]).astype(np.float32) for s in sheets]
 
 
-def _time_loader(batches: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
-    import torch
+PATHS = ("sparse", "dense", "ring", "ring-serial")
+PATH_HELP = {
+    "sparse": "events only (WindowBatches.sparse_batch), no dense tensors",
+    "dense": "today's path: a fresh torch.zeros batch per batch, events scattered into it",
+    "ring": "DenseRing of 2 reused buffers, events scattered by a prefetching thread",
+    "ring-serial": "the same ring without the thread",
+}
 
+
+def _loader(batches: Any, args: argparse.Namespace, path: str, workers: int) -> Any:
     from corticalrnn.data import make_loader
 
-    loader = make_loader(
-        batches, args.batch_size, shuffle=True, seed=0, num_workers=workers, device=args.device
-    )
+    ring = path.startswith("ring")
+    return make_loader(batches, args.batch_size, shuffle=True, seed=0, num_workers=workers,
+                       device=args.device, prefetch=path == "ring", buffers=2 if ring else 0)
+
+
+def _epoch(batches: Any, args: argparse.Namespace, path: str, workers: int) -> dict[str, float]:
+    """One epoch of ``path``: windows/s overall and after the first batch, peak RSS growth."""
+    import torch
+
     n = n_first = 0
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         first = t0
-        for batch in loader:
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            n += int(batch["v1"].shape[0])
-            if not n_first:
-                first, n_first = time.perf_counter(), n
+        if path == "sparse":
+            loader = _loader(batches, args, "dense", 0)
+            for b in loader.plan():
+                n += len(batches.sparse_batch(b)["window"])
+                if not n_first:
+                    first, n_first = time.perf_counter(), n
+        else:
+            for batch in _loader(batches, args, path, workers):
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                n += int(batch["v1"].shape[0])
+                if not n_first:
+                    first, n_first = time.perf_counter(), n
         end = time.perf_counter()
-    return {
-        "bin_ms": batches.bin_ms,
-        "T": batches.n_bins,
-        "neurons": args.neurons,
-        "workers": workers,
-        "windows": n,
-        "windows_per_s": n / (end - t0),
-        "steady_windows_per_s": (n - n_first) / (end - first) if n > n_first else float("nan"),
-        "first_batch_s": first - t0,
-        "rss_growth": human_bytes(mem.growth_bytes),
-    }
+    return {"windows": n, "rate": n / (end - t0),
+            "steady": (n - n_first) / (end - first) if n > n_first else float("nan"),
+            "first_s": first - t0, "growth": mem.growth_bytes}
+
+
+def _time_paths(batches: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every path (and worker count) ``--repeats`` times, interleaved so that load changes hit all
+    alike; medians per path."""
+    import statistics
+
+    cases = [(p, 0) for p in args.paths] + [(p, w) for w in args.workers if w > 0
+                                            for p in args.paths if p in ("dense", "ring-serial")]
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {c: [] for c in cases}
+    for _ in range(args.repeats):
+        for c in cases:
+            runs[c].append(_epoch(batches, args, *c))
+    batch_bytes = args.batch_size * batches.n_bins * (batches.sizes["lgn"] + batches.sizes["v1"]) * 4
+    gpu_rate = args.batch_size / args.gpu_step_s
+    rows = []
+    for (path, workers), rs in runs.items():
+        steady = statistics.median(r["steady"] for r in rs)
+        peak = max(r["growth"] for r in rs)
+        rows.append({
+            "bin_ms": batches.bin_ms,
+            "T": batches.n_bins,
+            "neurons": args.neurons,
+            "path": path,
+            "workers": workers,
+            "windows": int(rs[0]["windows"]),
+            "windows_per_s": statistics.median(r["rate"] for r in rs),
+            "steady_windows_per_s": steady,
+            "steady_min_max": f"{min(r['steady'] for r in rs):.4g}-{max(r['steady'] for r in rs):.4g}",
+            "first_batch_s": statistics.median(r["first_s"] for r in rs),
+            "peak_rss_growth": human_bytes(peak),
+            "peak_batches": peak / batch_bytes,
+            "gpu_step_windows_per_s": gpu_rate,
+            "vs_gpu": steady / gpu_rate,
+        })
+    base = next((r for r in rows if r["path"] == "dense" and r["workers"] == 0), None)
+    for r in rows:
+        r["vs_dense"] = r["steady_windows_per_s"] / base["steady_windows_per_s"] if base else float("nan")
+    return rows
 
 
 def _layout_rows(
@@ -193,7 +254,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         for b in args.bins:
             store = build_store(work / f"s{b}.zarr", sizes, spikes, args.windows, b)
             batches = WindowBatches(store)
-            rows += [_time_loader(batches, args, nw) for nw in args.workers]
+            rows += _time_paths(batches, args)
             layout += _layout_rows(store, work, batches, args, rng)
             shutil.rmtree(store)
     finally:
@@ -202,8 +263,13 @@ def run_bench(args: argparse.Namespace) -> dict:
     print(
         f"batch {args.batch_size}, {args.windows} windows of {WINDOW_MS:g} ms, "
         f"{n_spikes / args.windows:,.0f} spikes/window over {args.neurons} neurons; "
-        f"workers use spawn; tensors on {args.device}"
+        f"workers use spawn; tensors on {args.device}; medians of {args.repeats} epochs per path "
+        f"(interleaved); steady = after the first batch; peak_batches = peak RSS growth / one dense "
+        f"batch; vs_dense = ratio of steady medians to the dense path; a {args.gpu_step_s:g} s GPU "
+        "step consumes gpu_step_windows_per_s"
     )
+    for k, v in PATH_HELP.items():
+        print(f"  {k}: {v}")
     print()
     print(format_table(layout))
     print(
