@@ -293,3 +293,31 @@ def test_centered_model_matches_reference(kw):
     assert not torch.allclose(plain.effective_bias(), model.effective_bias())
     with pytest.raises(DataMismatchError, match="input centre"):
         model.set_input_center(np.zeros(3))
+
+
+def test_sparse_gabor_input_equals_dense_on_its_footprint():
+    pos, props = identity()
+    kw = dict(bin_ms=5.0, input_connectivity="gabor", connectivity="feature",
+              distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    dense = CorticalRNN(ModelConfig(**kw), SIZES, pos, props).double()
+    sparse = CorticalRNN(ModelConfig(input_storage="sparse", input_footprint=3.0, **kw), SIZES, pos, props)
+    sparse = sparse.double()
+    sparse.load_state_dict(dense.state_dict(), strict=False)
+    ws, wd = sparse.weights["U0_stage0"], dense.weights["U0_stage0"]
+    assert ws.stored_sparse and 0 < ws.n_synapses < wd.n_synapses
+    ud, us = wd.dense().detach(), ws.dense().detach()
+    on = us != 0
+    torch.testing.assert_close(us[on], ud[on], rtol=1e-12, atol=1e-15)
+    assert float(ud[~on].sum()) < 0.02 * float(ud.sum())  # the footprint holds the RF's mass
+    # the sparse model against the float64 reference (outputs and gradients through the CSR product)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    out, ref = sparse(x), reference_forward(sparse, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
+    params = list(sparse.parameters())
+    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
+    g2 = torch.autograd.grad((reference_forward(sparse, x) * gw).sum(), params, allow_unused=True)
+    for a, b in zip(g1, g2):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -97,6 +97,10 @@ class ModelConfig:
     input_connectivity: str = "dense"  # dense | retinotopic (needs positions) | gabor
     rf_size: float = 0.0  # 0: 1.5 LGN grid steps
     rf_frequency: float = 0.0  # 0: 1 / (4 rf_size)
+    # gabor input stored as values on each unit's RF footprint (LGN inputs within input_footprint
+    # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
+    input_storage: str = "dense"  # dense | sparse (gabor only)
+    input_footprint: float = 3.0
     # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
     # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
     sparse_below: float = 0.1
@@ -183,6 +187,12 @@ class ModelConfig:
                       f"{', '.join(INPUT_MASK_KINDS)}")
         if self.weight_storage == "sparse" and self.connectivity == "dense":
             raise bad("weight_storage='sparse' needs a masked connectivity (distance, feature or simulator)")
+        if self.input_storage not in ("dense", "sparse"):
+            raise bad(f"input_storage={self.input_storage!r}; expected dense or sparse")
+        if self.input_storage == "sparse" and self.input_connectivity != "gabor":
+            raise bad("input_storage='sparse' needs input_connectivity='gabor' (a footprint to store)")
+        if not self.input_footprint > 0:
+            raise bad(f"input_footprint must be > 0, got {self.input_footprint}")
         if self.rf_size < 0 or self.rf_frequency < 0:
             raise bad("rf_size and rf_frequency must be >= 0 (0 = automatic)")
         for key, v in self.feature_affinity.items():

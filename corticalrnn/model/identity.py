@@ -20,6 +20,7 @@ Every weight is >= 0 (LGN is excitatory), so Dale's law holds by construction.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from corticalrnn.errors import DataMismatchError
-from corticalrnn.model.dale import softplus_inv
+from corticalrnn.model.dale import _pattern, _register_pattern, softplus_inv
+from corticalrnn.model.sparse import Pattern, pattern_from_pairs
 from corticalrnn.receptive_field import envelope, gabor
 
 
@@ -47,14 +49,16 @@ class GaborInputWeight(nn.Module):
     """An input block whose weights are computed from identity (the block interface of
     :class:`corticalrnn.model.dale.SignedWeight`: :meth:`weight`, :meth:`dense`, :meth:`project_`, ...)."""
 
-    stored_sparse = False
-
     def __init__(self, unit_xy: np.ndarray, props: dict[str, np.ndarray], row_pop: np.ndarray, n_pops: int,
                  lgn_xy: np.ndarray, polarity: np.ndarray, input_gain: float, default_size: float,
-                 default_frequency: float, where: str = "model") -> None:
+                 default_frequency: float, where: str = "model", footprint: float | None = None) -> None:
         """``unit_xy [rows, 2]`` cortical positions; ``props`` per row ``ori``, ``phase`` and optionally
         ``frequency``, ``size``, ``aspect_ratio`` (NaN = not recorded); ``row_pop [rows]`` population
-        index of each row; ``lgn_xy [cols, 2]`` and ``polarity [cols]`` (+1 ON, -1 OFF)."""
+        index of each row; ``lgn_xy [cols, 2]`` and ``polarity [cols]`` (+1 ON, -1 OFF).
+
+        ``footprint`` (sparse storage): keep only the LGN inputs within ``footprint`` envelope s.d.
+        (along the longer axis) of each unit's initial RF centre; weights are then values on that fixed
+        pattern, and the input product a CSR product (memory O(units x footprint), not O(units x LGN))."""
         super().__init__()
         rows = len(unit_xy)
         for key in ("ori", "phase"):
@@ -94,9 +98,17 @@ class GaborInputWeight(nn.Module):
         self.log_freq = nn.Parameter(torch.zeros(n_pops))
         self.gain = nn.Parameter(torch.zeros(n_pops, 2))  # softplus-parametrised, set below
         self.dc = nn.Parameter(torch.zeros(n_pops))
+        self.shape = (rows, len(lgn_xy))
+        self._pattern_keys: list[str] = []
+        if footprint is not None:
+            with torch.no_grad():
+                radius = (footprint * self.size0 / self.aspect.clamp(max=1.0)).numpy()
+                r, c = footprint_pairs(self.centres().numpy(), np.asarray(lgn_xy)[:, :2], radius)
+            self._pattern_keys = _register_pattern(self, pattern_from_pairs(
+                torch.as_tensor(r), torch.as_tensor(c), self.shape))
         with torch.no_grad():
             sel, env = self._parts()
-            per_row = sel.sum(1)
+            per_row = self._row_sums(sel)
             target = torch.full((n_pops,), float(input_gain))
             mean = torch.zeros(n_pops).index_add_(0, self.row_pop, per_row)
             count = torch.zeros(n_pops).index_add_(0, self.row_pop, torch.ones_like(per_row))
@@ -108,36 +120,68 @@ class GaborInputWeight(nn.Module):
         """RF centres ``[rows, 2]`` in LGN units."""
         return self.unit_xy * self.retino_scale + self.retino_offset
 
+    @property
+    def stored_sparse(self) -> bool:  # type: ignore[override]
+        return bool(self._pattern_keys)
+
+    def _index(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[slice, slice]:
+        """(row, column) index of every weight: the pattern's entries (sparse) or the full grid."""
+        if not self._pattern_keys:
+            return (slice(None), None), (None, slice(None))  # type: ignore[return-value]
+        flat = self.pattern_flat
+        rows = torch.div(flat, self.shape[1], rounding_mode="floor")
+        return rows, flat - rows * self.shape[1]
+
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Selective part (``relu(pol * G)`` with unit gain) and envelope, each ``[rows, cols]``."""
-        d = self.lgn_xy[None, :, :] - self.centres()[:, None, :]
-        p = self.row_pop
-        size = (self.size0 * self.log_size.exp()[p])[:, None]
-        freq = (self.freq0 * self.log_freq.exp()[p])[:, None]
-        ori, phase, aspect = self.ori[:, None], self.phase[:, None], self.aspect[:, None]
+        """Selective part (``relu(pol * G)`` with unit gain) and envelope: ``[rows, cols]`` (dense) or
+        ``[nnz]`` on the footprint's pattern (sparse)."""
+        ri, ci = self._index()
+        d = self.lgn_xy[ci] - self.centres()[ri]
+        p = self.row_pop[ri]
+        size = self.size0[ri] * self.log_size.exp()[p]
+        freq = self.freq0[ri] * self.log_freq.exp()[p]
+        ori, phase, aspect = self.ori[ri], self.phase[ri], self.aspect[ri]
         g = gabor(d[..., 0], d[..., 1], ori, phase, freq, size, aspect, torch)
         env = envelope(d[..., 0], d[..., 1], ori, size, aspect, torch)
-        return F.relu(g * self.polarity[None, :]), env
+        return F.relu(g * self.polarity[ci]), env
+
+    def _row_sums(self, w: torch.Tensor) -> torch.Tensor:
+        if not self._pattern_keys:
+            return w.sum(1)
+        rows = self._index()[0]
+        return torch.zeros(self.shape[0], dtype=w.dtype).index_add_(0, rows, w)
 
     def weight(self) -> torch.Tensor:
-        """Non-negative weights ``[rows, cols]`` (differentiable in the shape parameters)."""
+        """Non-negative weights (differentiable in the shape parameters): ``[rows, cols]``, or the
+        values ``[nnz]`` on the footprint's pattern when stored sparse."""
         sel, env = self._parts()
-        gains = F.softplus(self.gain)[self.row_pop]  # [rows, 2]: ON, OFF
-        on = (self.polarity > 0).to(sel.dtype)
-        g = gains[:, :1] * on[None, :] + gains[:, 1:] * (1 - on)[None, :]
-        return g * sel + F.softplus(self.dc)[self.row_pop][:, None] * env
+        ri, ci = self._index()
+        gains = F.softplus(self.gain)[self.row_pop[ri]]  # [..., 2]: ON, OFF
+        on = (self.polarity[ci] > 0).to(sel.dtype)
+        g = gains[..., 0] * on + gains[..., 1] * (1 - on)
+        return g * sel + F.softplus(self.dc)[self.row_pop[ri]] * env
 
-    dense = weight
+    def dense(self) -> torch.Tensor:
+        """The dense weight ``[rows, cols]`` (differentiable; for tests and inspection)."""
+        w = self.weight()
+        return self.pattern().dense(w) if self._pattern_keys else w
 
-    def enable_pattern(self) -> None:  # dense products only
+    def enable_pattern(self) -> None:  # the footprint, when any, is fixed at construction
         return None
 
-    def pattern(self) -> None:
-        return None
+    def pattern(self) -> Pattern | None:
+        return _pattern(self, self.shape) if self._pattern_keys else None
+
+    def product(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``W @ x`` for ``x [cols, K]``: a GEMM (dense) or a CSR product with an SDDMM value gradient."""
+        if not self._pattern_keys:
+            return self.weight().to(dtype) @ x.to(dtype)
+        dt = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # CSR kernels' dtypes
+        return SparseProduct.apply(self.pattern(), self.weight().to(dt), x.to(dt))
 
     @property
     def n_synapses(self) -> int:
-        return int(self.unit_xy.shape[0] * self.lgn_xy.shape[0])
+        return int(self.pattern_flat.numel()) if self._pattern_keys else self.shape[0] * self.shape[1]
 
     def project_(self) -> None:  # non-negative by construction
         return None
@@ -151,6 +195,38 @@ class GaborInputWeight(nn.Module):
         return {"size_factor": self.log_size.exp().tolist(), "frequency_factor": self.log_freq.exp().tolist(),
                 "gain_on_off": F.softplus(self.gain).tolist(), "dc": F.softplus(self.dc).tolist(),
                 "retino_scale": self.retino_scale.tolist(), "retino_offset": self.retino_offset.tolist()}
+
+
+class SparseProduct(torch.autograd.Function):
+    """``y = W x`` for ``W`` given by its values on a fixed pattern: forward one CSR product; backward
+    the values' gradient as one SDDMM (``dy @ x^T`` at the pattern) and ``x``'s as ``W^T dy``."""
+
+    @staticmethod
+    def forward(ctx: Any, pattern: Pattern, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.pattern = pattern
+        ctx.save_for_backward(values, x)
+        return pattern.csr(values, values.dtype, stored=True) @ x
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+        values, x = ctx.saved_tensors
+        p = ctx.pattern
+        dvalues = p.sddmm_values(dy.contiguous(), x.contiguous()) if ctx.needs_input_grad[1] else None
+        dx = p.csr_t(values, values.dtype, stored=True) @ dy if ctx.needs_input_grad[2] else None
+        return None, dvalues, dx
+
+
+def footprint_pairs(centres: np.ndarray, lgn_xy: np.ndarray, radius: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(unit, lgn)`` index pairs (int64, sorted row-major) with ``|lgn - centre| <= radius[unit]``:
+    a k-d tree query per unit, memory O(pairs)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(lgn_xy)
+    hits = tree.query_ball_point(centres, radius)
+    rows = np.repeat(np.arange(len(centres)), [len(h) for h in hits])
+    cols = np.concatenate([np.sort(np.asarray(h, np.int64)) for h in hits]) if len(hits) else np.zeros(0)
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def default_rf_size(lgn_xy: np.ndarray) -> float:

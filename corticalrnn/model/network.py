@@ -190,7 +190,8 @@ class CorticalRNN(nn.Module):
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
         size = cfg.rf_size or default_rf_size(lgn_xy)
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity, cfg.input_gain, size,
-                                cfg.rf_frequency or 1.0 / (4.0 * size))
+                                cfg.rf_frequency or 1.0 / (4.0 * size),
+                                footprint=cfg.input_footprint if cfg.input_storage == "sparse" else None)
 
     def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
         """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
@@ -355,9 +356,10 @@ class CorticalRNN(nn.Module):
         _, T, B = x.shape
         drive = self.effective_bias()[:, None, None].expand(self.n_v1, T, B).clone()
         for b in self._in_blocks:
-            u = self.weights[b.name].weight()
+            w = self.weights[b.name]
             xs = x[b.col0:b.col1].reshape(b.col1 - b.col0, T * B).to(cd)
-            proj = (u.to(cd) @ xs).to(drive.dtype).view(-1, T, B)
+            proj = w.product(xs, cd) if hasattr(w, "product") else w.weight().to(cd) @ xs
+            proj = proj.to(drive.dtype).view(-1, T, B)
             if b.delay == 1:
                 proj = torch.cat([torch.zeros_like(proj[:, :1]), proj[:, :-1]], 1)
             drive[b.row0:b.row1] += proj
