@@ -529,6 +529,8 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     (:mod:`corticalrnn.baselines`); without it they are left out, with a note, and the mean-rate
     baseline is each neuron's mean over the test data (one extra pass over the counts).
     """
+    import time
+
     from tqdm import tqdm
 
     from corticalrnn.metrics import StreamingSummary
@@ -537,9 +539,11 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     from corticalrnn.train.setup import model_from_checkpoint, subset_windows
     from corticalrnn.train.trainer import read_log, resolve_device
 
+    t_start = time.perf_counter()
     checkpoint = Path(checkpoint)
     dev = resolve_device(device, cpu_hint="--device cpu (API: device=\"cpu\")")
     model, ck = model_from_checkpoint(checkpoint, dev, weights=weights)
+    t_loaded = time.perf_counter()
     weights_used = "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw"
     for key in ("model", "ema", "optimizer", "scheduler", "scaler"):  # in the model now; free the copies
         ck.pop(key, None)
@@ -571,6 +575,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
                                                                 "population": base.population})
     true_rates = None if truth is None else truth_reader(truth, subset, st)
     per_chunk = chunk_images or chunk_images_for(k, n_t, n_in, n_v1, batch_size)
+    t_stream = time.perf_counter()
     keeper = _Keeper(keep_images)
     scatter_pm: list[np.ndarray] = []
     scatter_truth: list[np.ndarray] = []
@@ -614,6 +619,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     if writer is not None:
         writer.__exit__(None, None, None)
 
+    t_streamed = time.perf_counter()
     summary = acc.summary()
     rows = [dict(r) for r in summary]
     _add_group_medians(rows, acc.split_half_r(), "split_half_r_median", labels, observed)
@@ -646,7 +652,10 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
                     "beats it) and thesis_CC_*); 'psth' and 'population' predictors: see "
                     "corticalrnn.baselines",
         "comparison": comparison_rows(rows),
-        "streaming": {"images_per_chunk": per_chunk, "kept_images": imgs[kept]},
+        "streaming": {"images_per_chunk": per_chunk, "kept_images": imgs[kept],
+                      "seconds": {"load_model": t_loaded - t_start, "baselines": t_stream - t_loaded,
+                                  "predict_and_score": t_streamed - t_stream,
+                                  "summary": time.perf_counter() - t_streamed}},
         "predictions": None if writer is None else str(writer.npy),
     }
     if out_dir is not None:

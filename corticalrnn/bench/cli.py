@@ -1,4 +1,4 @@
-"""`corticalrnn bench {extract,bin,load,model,gpu,all}`: print a table; `--json PATH` writes the figures.
+"""`corticalrnn bench {extract,bin,load,model,eval,gpu,all}`: print a table; `--json PATH` writes figures.
 
 Only the benchmark that runs is imported: `bench extract` works without torch installed.
 """
@@ -19,12 +19,13 @@ BENCHES: dict[str, tuple[str, str]] = {
     "bin": ("corticalrnn.bench.binning", "rebinning spikes/s vs np.histogram and elephant"),
     "load": ("corticalrnn.bench.load", "windows/s delivered as dense tensors"),
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),
+    "eval": ("corticalrnn.bench.evaluate", "streaming evaluate: peak RSS and time vs test images"),
     "science": ("corticalrnn.bench.science", "hidden neurons vs the population baseline on LSV1M-like data"),
     "gpu": ("corticalrnn.bench.gpu", "one-call CUDA check: graphs, fp32/bf16/fp16 + signs, NCCL DDP, sizes"),
     "resilience": ("corticalrnn.bench.resilience", "random kill -9 of extract/trim/import-npz vs clean runs"),
 }
 # checks that need hardware (CUDA) `all` may lack: run on their own
-NOT_IN_ALL = {"gpu", "science", "resilience"}
+NOT_IN_ALL = {"gpu", "science", "resilience", "eval"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

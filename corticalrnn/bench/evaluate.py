@@ -1,0 +1,216 @@
+"""`corticalrnn bench eval`: peak memory and time of streaming ``corticalrnn evaluate`` at scale.
+
+Builds (once, in ``--dir``) a synthetic store at ``--scale`` of the full model (0.1: 720 + 720 LGN,
+9,374 V1 neurons) with ``--bin-ms`` bins over 712 ms windows: ``--train-images`` training images (one
+trial each, for the time-course baselines) and ``max(--images)`` test images × ``--trials`` trials,
+Poisson counts with log-normal per-neuron rates (mean ``--rate-hz``); no simulation. The model is
+:func:`corticalrnn.bench.model._fast_model` (dense, fp32, untrained) saved with
+:mod:`corticalrnn.train.checkpoint` (weights only, no optimizer state). Then, for each ``--images``
+count, ``evaluate`` runs in a fresh child process (``--max-images``, no figures): its peak RSS
+(``ru_maxrss``), the wall time, and the part spent after the model was loaded. Memory must not grow
+with the number of images; the time per image extrapolates to ``--target-images`` (900 by default,
+the lab's test set), labelled as an extrapolation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corticalrnn.tables import format_table, human_bytes
+
+WINDOW_MS = 712.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=float, default=0.1, help="size as a fraction of the full model")
+    p.add_argument("--images", type=int, nargs="+", default=[8, 24],
+                   help="test image counts to evaluate (the store holds the largest)")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--train-images", type=int, default=16)
+    p.add_argument("--bin-ms", type=int, default=20)
+    p.add_argument("--rate-hz", type=float, default=4.5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--target-images", type=int, default=900, help="extrapolate the time to this many images")
+    p.add_argument("--budget-gb", type=float, default=3.0, help="peak RSS the run must stay within")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save-predictions", action="store_true", help="also write float16 predictions")
+    p.add_argument("--dir", type=Path, default=Path("bench-eval"),
+                   help="work folder (store and model reused)")
+
+
+def _sizes(scale: float) -> dict[str, int]:
+    from corticalrnn.bench.model import scaled_sizes
+
+    return scaled_sizes(scale)
+
+
+def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, trials: int, bin_ms: int,
+                rate_hz: float, seed: int = 0) -> Path:
+    """Synthetic store of Poisson counts (see the module doc); written in blocks of 32 windows."""
+    import scipy.sparse as sp
+
+    from corticalrnn.binning import BinnedCSR
+    from corticalrnn.sheets import ALL_SHEETS
+    from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
+
+    n_bins = int(WINDOW_MS // bin_ms)
+    rng = np.random.default_rng(seed)
+    meta = StoreMeta(bin_ms, n_bins, {"origin": "bench eval", "t0_ms": 0.0},
+                     [SheetMeta(s, np.arange(n) + 1_000_000 * ALL_SHEETS.index(s)) for s, n in sizes.items()])
+    sigma = 1.0
+    lam = {s: rng.lognormal(np.log(rate_hz) - sigma**2 / 2, sigma, n) * bin_ms / 1000.0
+           for s, n in sizes.items()}
+    img = np.concatenate([np.arange(n_train), np.repeat(np.arange(n_test) + 10_000, trials)])
+    trial = np.concatenate([np.zeros(n_train, np.int64), np.tile(np.arange(trials), n_test)])
+    w = StoreWriter.create(path, meta)
+    src = w.add_source(path="synthetic", sha256="", kind="bench")
+    step = 32
+    for lo, hi, label in ((0, n_train, ""), (n_train, len(img), "test")):  # training windows first
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            events = {}
+            for s, n in sizes.items():
+                counts = rng.poisson(np.broadcast_to(lam[s][None, :, None], (b - a, n, n_bins)))
+                m = sp.csr_matrix(counts.reshape(-1, n_bins))
+                events[s] = BinnedCSR(m.indptr.astype(np.int64), m.indices.astype(np.int32),
+                                      m.data.astype(np.int32), n_bins)
+            w.append(WindowBlock(img[a:b], trial[a:b], events, split=label), src)
+    w.commit()
+    return path
+
+
+def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int) -> Path:
+    """The untrained fast-path model of the store's neurons (all modelled, 10 % observed) as a checkpoint."""
+    from corticalrnn.bench.model import _fast_model
+    from corticalrnn.model import ModelConfig
+    from corticalrnn.store import open_store
+    from corticalrnn.subsets import SubsetConfig, make_subset
+    from corticalrnn.train.checkpoint import save_checkpoint
+    from corticalrnn.train.config import TrainConfig
+    from corticalrnn.train.setup import make_spec
+
+    st = open_store(store_path)
+    subset = make_subset(st, SubsetConfig(fraction=1.0, observed=0.1, method="random"))
+    model = _fast_model(subset.sizes(), float(bin_ms), "fp32")
+    cfg = TrainConfig().to_dict()
+    cfg["data"]["store"] = str(store_path)
+    save_checkpoint(path, {
+        "config": cfg, "spec": make_spec(ModelConfig(bin_ms=float(bin_ms)), subset, st),
+        "model": model.state_dict(), "ema": None, "progress": {"step": 0, "best_step": None},
+        "subset": subset.to_json_dict(), "precision": "fp32",
+        "split": {"train": list(range(n_train)), "validation": [], "test": []},
+    })
+    return path
+
+
+def _child(checkpoint: str, store: str, max_images: int, batch_size: int, device: str, save: str) -> None:
+    """Runs in a fresh process: one streaming evaluation; prints a JSON line of its figures."""
+    import resource
+
+    t0 = time.perf_counter()
+    from corticalrnn.evaluate import evaluate
+
+    res = evaluate(checkpoint, store, None, device=device, batch_size=batch_size, figures=False,
+                   progress=False, max_images=max_images, save_predictions=save or None,
+                   predictions_dtype="float16")
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = next(r for r in res.rows if r["predictor"] == "model" and r["neurons"] == "all"
+                 and r["population"] == "all")
+    print("BENCH-EVAL " + json.dumps({"wall_s": wall, "peak_rss": peak, "images": len(res.test.image_ids),
+                                      "windows": int(res.report["n_windows"]),
+                                      "images_per_chunk": res.report["streaming"]["images_per_chunk"],
+                                      "seconds": res.report["streaming"]["seconds"],
+                                      "co_bps": model["co_bps"]}))
+
+
+def _run_child(args: argparse.Namespace, ckpt: Path, store: Path, n: int) -> dict[str, Any]:
+    save = str(args.dir / f"pred-{n}.npy") if args.save_predictions else ""
+    code = (f"from corticalrnn.bench.evaluate import _child; _child({str(ckpt)!r}, {str(store)!r}, {n}, "
+            f"{args.batch_size}, {args.device!r}, {save!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    line = [x for x in out.stdout.splitlines() if x.startswith("BENCH-EVAL ")]
+    if out.returncode or not line:
+        raise RuntimeError(f"evaluate child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(line[-1][len("BENCH-EVAL "):])
+
+
+def _model_load(ckpt: Path, device: str) -> dict[str, Any]:
+    """Peak RSS and time of loading the model alone (what every evaluation pays before streaming)."""
+    code = ("import json, resource, time; t=time.perf_counter(); "
+            "from corticalrnn.train.setup import model_from_checkpoint; "
+            f"m, ck = model_from_checkpoint({str(ckpt)!r}, {device!r}); "
+            "print('BENCH-EVAL ' + json.dumps({'wall_s': time.perf_counter()-t, "
+            "'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    line = [x for x in out.stdout.splitlines() if x.startswith("BENCH-EVAL ")]
+    if out.returncode or not line:
+        raise RuntimeError(f"model load failed:\n{out.stderr[-3000:]}")
+    return json.loads(line[-1][len("BENCH-EVAL "):])
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = _sizes(args.scale)
+    counts = sorted(set(args.images))
+    n_test = counts[-1]
+    args.dir.mkdir(parents=True, exist_ok=True)
+    tag = f"s{args.scale:g}-b{args.bin_ms}-i{n_test}x{args.trials}-t{args.train_images}"
+    store = args.dir / f"store-{tag}.zarr"
+    ckpt = args.dir / f"model-s{args.scale:g}-b{args.bin_ms}.pt"
+    t = time.perf_counter()
+    if not (store / "zarr.json").exists():
+        build_store(store, sizes, args.train_images, n_test, args.trials, args.bin_ms, args.rate_hz)
+        print(f"built {store} in {time.perf_counter() - t:.1f} s")
+    if not ckpt.exists():
+        t = time.perf_counter()
+        build_checkpoint(ckpt, store, args.bin_ms, args.train_images)
+        print(f"built {ckpt} in {time.perf_counter() - t:.1f} s ({human_bytes(ckpt.stat().st_size)})")
+    n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
+    n_in = sizes["X_ON"] + sizes["X_OFF"]
+    n_bins = int(WINDOW_MS // args.bin_ms)
+    load = _model_load(ckpt, args.device)
+    rows, runs = [], []
+    for n in counts:
+        r = _run_child(args, ckpt, store, n)
+        runs.append(r)
+        in_memory = n * args.trials * n_bins * (n_in + 2 * n_v1) * 4
+        rows.append({"test images": n, "windows": r["windows"], "images/chunk": r["images_per_chunk"],
+                     "wall s": round(r["wall_s"], 1),
+                     "predict+score s": round(r["seconds"]["predict_and_score"], 1),
+                     "peak RSS": human_bytes(r["peak_rss"]),
+                     "in-memory arrays (old path)": human_bytes(in_memory)})
+    print(f"\nstreaming evaluate, {args.scale:g} size ({n_in} LGN, {n_v1} V1), {args.bin_ms} ms bins "
+          f"x {n_bins}, {args.trials} trials/image, batch {args.batch_size}, device {args.device}; "
+          f"model load alone: {load['wall_s']:.1f} s, peak RSS {human_bytes(load['peak_rss'])}")
+    print(format_table(rows))
+    out: dict[str, Any] = {"scale": args.scale, "n_in": n_in, "n_v1": n_v1, "bin_ms": args.bin_ms,
+                           "n_bins": n_bins, "trials": args.trials, "batch_size": args.batch_size,
+                           "model_load": load, "runs": runs}
+    if len(runs) >= 2:
+        a, b = runs[0], runs[-1]
+        # per image: the streaming part only (imports, model load and baselines are fixed costs)
+        per_image = b["seconds"]["predict_and_score"] / b["images"]
+        fixed = b["wall_s"] - b["seconds"]["predict_and_score"]
+        est = fixed + per_image * args.target_images
+        growth = (b["peak_rss"] - a["peak_rss"]) / (b["images"] - a["images"])
+        peak_est = b["peak_rss"] + max(0.0, growth) * (args.target_images - b["images"])
+        ok = peak_est <= args.budget_gb * 1e9
+        print(f"per test image {per_image:.2f} s ({per_image / args.trials:.3f} s per window), "
+              f"fixed {fixed:.1f} s; "
+              f"EXTRAPOLATED to {args.target_images} images: {est / 60:.1f} min. Peak RSS growth "
+              f"{human_bytes(max(0.0, growth))}/image -> EXTRAPOLATED peak at {args.target_images} images "
+              f"{human_bytes(peak_est)} ({'within' if ok else 'OVER'} {args.budget_gb:g} GB)")
+        out.update({"seconds_per_image": per_image, "fixed_seconds": fixed,
+                    "extrapolated_seconds": est, "target_images": args.target_images,
+                    "rss_growth_per_image": growth, "extrapolated_peak_rss": peak_est,
+                    "within_budget": ok})
+    return out
