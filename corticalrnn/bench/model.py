@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "size (1.0 = 93,750 V1 neurons), neurons at the full model's density on a 5 x 5 mm "
                         "sheet (sheet side 5 mm x sqrt(FRAC)); batch --sheet-batch, 20 ms bins")
     p.add_argument("--sheet-batch", type=int, default=8)
+    p.add_argument("--identity-input", action="store_true",
+                   help="the --sheet-local model's LGN input is identity-conditioned (Gabor RFs from each "
+                        "unit's orientation / phase) and stored sparse on each RF's footprint")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-sparse", action="store_true")
     p.add_argument("--quick", action="store_true",
@@ -212,9 +215,12 @@ def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
         return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision, **graphs), sizes)
     rng = np.random.default_rng(0)
     pos = {s: rng.random((n, 2)) * sheet_mm for s, n in sizes.items()}
+    # identity for gabor input: random orientation and phase (timing and memory do not depend on them)
+    props = {s: {"ori": rng.uniform(0, np.pi, n), "phase": rng.uniform(0, 2 * np.pi, n)}
+             for s, n in sizes.items() if s.startswith("V1")}
     cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
                       distance_sigma_mm={"exc": 0.1, "inh": 0.08}, **local, **graphs)
-    return CorticalRNN(cfg, sizes, pos)
+    return CorticalRNN(cfg, sizes, pos, props)
 
 
 def _trainer_step(model: nn.Module, sizes: dict[str, int], B: int, T: int, device: str,
@@ -267,14 +273,18 @@ def measure_fast(sizes: dict[str, int], B: int, T: int, bin_ms: float, precision
 
 
 def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: str, repeats: int,
-                        device: str = "cpu") -> dict[str, Any]:
+                        device: str = "cpu", identity_input: bool = False) -> dict[str, Any]:
     """Build and train a local model (distance masks, sparse weight storage) at ``frac`` of the full
-    size with the full model's neuron density (93,750 V1 neurons on 5 x 5 mm)."""
+    size with the full model's neuron density (93,750 V1 neurons on 5 x 5 mm); ``identity_input``:
+    Gabor input weights stored sparse on each RF's footprint instead of dense LGN input."""
     sizes = scaled_sizes(frac)
     side = 5.0 * math.sqrt(frac)
+    local: dict[str, Any] = {"weight_storage": "sparse"}
+    if identity_input:
+        local |= {"input_connectivity": "gabor", "input_storage": "sparse"}
     with _Memory(device) as mem:  # construction included: it is part of what must fit
         t0 = time.perf_counter()
-        model = _fast_model(sizes, bin_ms, precision, {"weight_storage": "sparse"}, sheet_mm=side).to(device)
+        model = _fast_model(sizes, bin_ms, precision, local, sheet_mm=side).to(device)
         build_s = time.perf_counter() - t0
         last: list[torch.Tensor] = []
         t = time_call(_trainer_step(model, sizes, B, T, device, last), repeats=repeats, warmup=1)
@@ -431,8 +441,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.sheet_local > 0:
         log(f"local model with sparse storage at {args.sheet_local:.0%} size")
         r = _isolated(measure_sheet_local, th, args.sheet_local, args.sheet_batch, T, args.bin_ms,
-                      args.precision, max(1, args.repeats), dev)
-        print(f"\nlocal model, sparse weight storage, {args.sheet_local:.0%} size on a "
+                      args.precision, max(1, args.repeats), dev, args.identity_input)
+        print(f"\nlocal model, sparse weight storage{', sparse Gabor input' if args.identity_input else ''}, "
+              f"{args.sheet_local:.0%} size on a "
               f"{r['sheet_mm']:.2f} mm sheet ({T} steps of {args.bin_ms:g} ms, batch {args.sheet_batch})")
         print(format_table([{"V1 neurons": r["V1 neurons"],
                              "recurrent synapses (M)": r["recurrent_synapses"] / 1e6,
