@@ -22,7 +22,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +295,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, self.dist.is_main, tensorboard)
         self._stop_signal: int | None = None
         self._saved_step = -1  # step of the last last.pt written by this process
+        self._rings: dict[str, Any] = {}  # reused dense batch buffers (corticalrnn.data.DenseRing)
 
     # ----------------------------------------------------------------- state
     def autocast(self):  # noqa: ANN201 - context manager
@@ -430,9 +431,8 @@ class Trainer:
         idx = list(range(self.dist.rank, len(self.val_data), self.dist.world_size))
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         bs = self.cfg.train.batch_size
-        val = _BatchSet(self.val_data)
-        for i in range(0, len(idx), bs):
-            batch = self._dense(val[idx[i:i + bs]])
+        plan = [idx[i:i + bs] for i in range(0, len(idx), bs)]
+        for batch in self._batches(self.val_data, plan, "val"):
             target = batch["v1"].to(self.device)
             with self.autocast():
                 rates = self._forward(model, batch, 0.0)
@@ -453,6 +453,42 @@ class Trainer:
             _BatchSet(self.train_data), batch_size=None, sampler=batches, num_workers=nw,
             pin_memory=self.device.type == "cuda", generator=torch.Generator(),  # never touch global RNG
             multiprocessing_context="spawn" if nw > 0 else None, persistent_workers=False)
+
+    def _ring(self, which: str, batches: Sequence[Sequence[int]]) -> Any:
+        """The reused dense buffers of ``which`` (``train``: 2 slots, one lent to the step and one
+        being filled; ``val``: 1 slot), kept across epochs; rebuilt only for a larger batch."""
+        from corticalrnn.data import DenseRing
+
+        size = max([self.cfg.train.batch_size, *(len(b) for b in batches)])
+        ring = self._rings.get(which)
+        if ring is None or ring.max_batch < size:
+            ring = self._rings[which] = DenseRing(size, self.device, 2 if which == "train" else 1)
+        return ring
+
+    def _batches(self, data: WindowBatches, batches: Sequence[Sequence[int]],
+                 which: str = "train") -> Generator[dict[str, torch.Tensor], None, None]:
+        """Dense batches on the device, in the order of ``batches``.
+
+        Data with ``sparse_batch`` (``corticalrnn.data.WindowBatches``): its events are scattered
+        into reused buffers on the device (``corticalrnn.data.DenseRing``), read and scattered by
+        prefetching threads (or read by spawn workers with ``data.num_workers > 0``). Each batch is
+        valid until the next is requested (the ring's ownership rule): the loop below uses a batch
+        only within its step. Other data: a DataLoader of ``batch`` as before.
+        """
+        from corticalrnn.data import iter_dense
+
+        if not callable(getattr(data, "sparse_batch", None)):
+            for item in (self._loader(list(batches)) if data is self.train_data else
+                         (_BatchSet(data)[b] for b in batches)):
+                yield self._dense(item)
+            return
+        ring = self._ring(which, batches)
+        if which == "train" and self.cfg.data.num_workers > 0:
+            source: Any = self._loader(list(batches))
+            yield from iter_dense(source, ring, self.device, prefetch=False)
+        else:
+            events = (data.sparse_batch(b) for b in batches)  # type: ignore[attr-defined]
+            yield from iter_dense(events, ring, self.device, prefetch=True)
 
     def _dense(self, item: dict[str, Any]) -> dict[str, torch.Tensor]:
         """A loader item as dense tensors: sparse events are scattered straight on the device."""
@@ -498,12 +534,13 @@ class Trainer:
         windows_since = 0
         status = "finished"
         saved_at = -1
+        epoch_data: Generator[dict[str, torch.Tensor], None, None] | None = None
         try:
             while p["step"] < loop.max_steps and status == "finished":
                 batches = ddp.epoch_batches(len(self.train_data), loop.batch_size, p["epoch"], loop.seed,
                                             self.dist.rank, self.dist.world_size)
-                for item in self._loader(batches[p["batch_in_epoch"]:]):
-                    batch = self._dense(item)
+                epoch_data = self._batches(self.train_data, batches[p["batch_in_epoch"]:])
+                for batch in epoch_data:
                     lr = self.optimizer.param_groups[0]["lr"]
                     loss, grad_norm = self.train_step(batch)
                     n_win = batch["v1"].shape[0] * self.dist.world_size
@@ -557,10 +594,13 @@ class Trainer:
                     p["epoch"] += 1
                     p["batch_in_epoch"] = 0
                     continue
+                epoch_data.close()  # stops the prefetching threads before what follows
                 if p["batch_in_epoch"] >= len(batches):  # ended exactly on an epoch boundary
                     p["epoch"] += 1
                     p["batch_in_epoch"] = 0
         finally:
+            if epoch_data is not None:
+                epoch_data.close()
             bar.close()
             self.log.close()
             for s, h in old_handlers.items():
