@@ -98,6 +98,12 @@ class Experiment:
         self.store_path = Path(store)
         self.store = open_store(self.store_path)
         self.test_store = None if test_store is None else open_store(test_store)
+        if self.test_store is not None and float(self.test_store.bin_ms) != float(self.store.bin_ms):
+            from corticalrnn.train.setup import rebin_hint
+
+            raise DataMismatchError(
+                f"{self.test_store.path}: {self.test_store.bin_ms} ms bins, but the training store "
+                f"{self.store_path} has {self.store.bin_ms} ms bins; {rebin_hint(float(self.store.bin_ms))}")
         self.truth = truth
         self.workdir = Path(workdir)
         if isinstance(config, TrainConfig):

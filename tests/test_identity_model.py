@@ -321,3 +321,14 @@ def test_sparse_gabor_input_equals_dense_on_its_footprint():
     for a, b in zip(g1, g2):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_experiment_refuses_test_store_of_another_bin_size(tmp_path):
+    from test_evaluate import write_store
+
+    from corticalrnn.experiment import Experiment
+
+    a = write_store(tmp_path / "a.zarr", [1, 2], 1, bin_ms=20)
+    b = write_store(tmp_path / "b.zarr", [3], 2, bin_ms=10)
+    with pytest.raises(DataMismatchError, match="trim --bin-ms|bin"):
+        Experiment(a, test_store=b, workdir=tmp_path / "w")
