@@ -332,3 +332,32 @@ def test_experiment_refuses_test_store_of_another_bin_size(tmp_path):
     b = write_store(tmp_path / "b.zarr", [3], 2, bin_ms=10)
     with pytest.raises(DataMismatchError, match="trim --bin-ms|bin"):
         Experiment(a, test_store=b, workdir=tmp_path / "w")
+
+
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_tied_hidden_rows_follow_observed_rows(storage):
+    pos, props = identity()
+    n_v1 = sum(SIZES[s] for s in V1_SHEETS)
+    observed = np.arange(n_v1) % 3 == 0
+    cfg = ModelConfig(bin_ms=5.0, hidden_weights="tied", connectivity="feature", weight_storage=storage,
+                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(model(x), reference_forward(model, x), rtol=1e-12, atol=1e-12)
+    w = model.weights["W1_stage0"]
+    before = w.dense().detach().clone()
+    with torch.no_grad():
+        w.inner.param.mul_(2.0)  # observed rows' weights double -> hidden rows' follow, by pathway
+    after = w.dense().detach()
+    rows = np.arange(model.graph.stage_rows[0][0], model.graph.stage_rows[0][1])
+    hidden = torch.as_tensor(~observed[rows])
+    nz = before[hidden] != 0
+    ratio = after[hidden][nz] / before[hidden][nz]
+    doubled = torch.isclose(ratio, torch.tensor(2.0, dtype=ratio.dtype))
+    # a (post, pre) population pair without observed synapses keeps factor 1 (nothing to learn from)
+    assert bool((doubled | torch.isclose(ratio, torch.tensor(1.0, dtype=ratio.dtype))).all())
+    assert float(doubled.double().mean()) > 0.5
+    assert model.sign_violations() == dict.fromkeys(model.weights, 0)
+    with pytest.raises(DataMismatchError, match="observed"):
+        CorticalRNN(cfg, SIZES, pos, props)

@@ -129,6 +129,9 @@ class ModelConfig:
     # bias the units see is b - W r0 - U x0. Same function class; much better conditioned, since
     # growing a weight no longer shifts the mean current the bias must undo.
     centered: bool = False
+    # hidden units' recurrent weights: free parameters, or their initial weights scaled by how much the
+    # observed units of their population changed each pathway (model/tied.py; needs the observed set)
+    hidden_weights: str = "free"  # free | tied
     neuron_model: str = "leaky"  # leaky | mlp | gru
     neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
     tau_ms: dict[str, float] = field(
@@ -187,6 +190,8 @@ class ModelConfig:
                       f"{', '.join(INPUT_MASK_KINDS)}")
         if self.weight_storage == "sparse" and self.connectivity == "dense":
             raise bad("weight_storage='sparse' needs a masked connectivity (distance, feature or simulator)")
+        if self.hidden_weights not in ("free", "tied"):
+            raise bad(f"hidden_weights={self.hidden_weights!r}; expected free or tied")
         if self.input_storage not in ("dense", "sparse"):
             raise bad(f"input_storage={self.input_storage!r}; expected dense or sparse")
         if self.input_storage == "sparse" and self.input_connectivity != "gabor":

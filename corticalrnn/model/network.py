@@ -29,6 +29,7 @@ from corticalrnn.model.identity import GaborInputWeight, default_rf_size
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
+from corticalrnn.model.tied import TiedHidden
 from corticalrnn.sheets import V1_SHEETS, file_sheet_name
 
 _CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,12 +46,13 @@ class CorticalRNN(nn.Module):
     def __init__(self, config: ModelConfig, sizes: dict[str, int],
                  positions: dict[str, np.ndarray] | None = None,
                  properties: dict[str, dict[str, np.ndarray]] | None = None,
-                 connectome: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-                 ) -> None:
+                 connectome: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                 observed: np.ndarray | None = None) -> None:
         """``properties``: per sheet, per-neuron identity (``ori``, ``phase``, ...; modelled neurons in
         model order), used by ``feature`` connectivity and ``gabor`` input; ``connectome``: the
         simulator's connections among modelled neurons, ``(pre, post) -> (post_idx, pre_idx, weight)``,
-        used by ``simulator`` connectivity."""
+        used by ``simulator`` connectivity; ``observed``: bool per V1 neuron (canonical order), needed by
+        ``hidden_weights = "tied"``."""
         super().__init__()
         self.config = config
         self.graph = g = Graph(config, sizes)
@@ -99,6 +101,8 @@ class CorticalRNN(nn.Module):
             SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
             if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
+        if config.hidden_weights == "tied":
+            self._tie_hidden(observed)
         self.bias = nn.Parameter(torch.full(
             (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
         # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
@@ -175,6 +179,21 @@ class CorticalRNN(nn.Module):
         r, c = np.concatenate(rows), np.concatenate(cols)
         order = np.lexsort((c, r))
         return torch.as_tensor(r[order], dtype=torch.int64), torch.as_tensor(c[order], dtype=torch.int64)
+
+    def _tie_hidden(self, observed: np.ndarray | None) -> None:
+        """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``)."""
+        g = self.graph
+        if observed is None or len(observed) != g.n_v1:
+            raise DataMismatchError(f"model: hidden_weights='tied' needs the observed mask of all {g.n_v1} "
+                                    "V1 neurons")
+        obs = np.asarray(observed, bool)
+        if g.internal_to_external is not None:
+            obs = obs[g.internal_to_external]
+        pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
+        for b in g.blocks:
+            if b.source == "v1":
+                self.weights[b.name] = TiedHidden(self.weights[b.name], obs[b.row0:b.row1],
+                                                  pop[b.row0:b.row1], pop[b.col0:b.col1])
 
     def _gabor_input(self, b: Block, ctx: RuleContext) -> GaborInputWeight:
         """Identity-conditioned weights of an input block (``input_connectivity = "gabor"``)."""

@@ -109,6 +109,17 @@ def _connectome_spec(projections: list[Any]) -> dict[str, dict[str, torch.Tensor
     return {k: {n: torch.as_tensor(np.concatenate(v)) for n, v in d.items()} for k, d in out.items()} or None
 
 
+def _observed_mask(spec: dict[str, Any]) -> np.ndarray | None:
+    """Bool per modelled V1 neuron (canonical order) from the spec's modelled and observed ids."""
+    from corticalrnn.sheets import V1_SHEETS
+
+    ids, obs = spec.get("neuron_ids") or {}, spec.get("observed") or {}
+    if not all(s in ids for s in V1_SHEETS):
+        return None
+    return np.concatenate([np.isin(np.asarray(ids[s].cpu()), np.asarray(obs[s].cpu()) if s in obs else [])
+                           for s in V1_SHEETS])
+
+
 def _connectome_arg(spec: dict[str, Any]) -> dict[tuple[str, str], tuple[np.ndarray, ...]] | None:
     if not spec.get("connectome"):
         return None
@@ -126,7 +137,8 @@ def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
         positions = {s: p.cpu().numpy() for s, p in spec["positions"].items()}
     if spec.get("properties") is not None:
         properties = {s: {k: v.cpu().numpy() for k, v in p.items()} for s, p in spec["properties"].items()}
-    return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties, _connectome_arg(spec))
+    return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties, _connectome_arg(spec),
+                       _observed_mask(spec))
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
