@@ -129,3 +129,96 @@ def test_model_config_numbers_are_checked(model, key):
 
     with pytest.raises(CorticalRNNError, match=re.escape(key)):
         ModelConfig.from_dict(model)
+
+
+def _local_model(seed: int = 0, storage: str = "dense", **kw):
+    import numpy as np
+
+    from corticalrnn.model import CorticalRNN, ModelConfig
+
+    sizes = {"X_ON": 4, "X_OFF": 3, "V1_Exc_L4": 12, "V1_Inh_L4": 5, "V1_Exc_L2/3": 10, "V1_Inh_L2/3": 4}
+    rng = np.random.default_rng(seed)
+    pos = {s: rng.random((n, 2)) * 0.6 for s, n in sizes.items()}
+    cfg = ModelConfig(bin_ms=5.0, connectivity="distance", distance_sigma_mm={"exc": 0.1, "inh": 0.08},
+                      weight_storage=storage, **kw)
+    return CorticalRNN(cfg, sizes, pos)
+
+
+class _Windows:
+    def __init__(self, n: int, n_in: int, n_v1: int) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.lgn = torch.poisson(torch.full((n, 6, n_in), 0.5), generator=g)
+        self.v1 = torch.poisson(torch.full((n, 6, n_v1), 0.3), generator=g)
+
+    def __len__(self) -> int:
+        return self.lgn.shape[0]
+
+    def batch(self, idx):
+        idx = torch.as_tensor(list(idx))
+        return {"lgn": self.lgn[idx], "v1": self.v1[idx], "window": idx}
+
+
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_masked_model_checkpoint_is_o_parameters_and_resumes_bit_exactly(tmp_path, storage):
+    """No masks or patterns in the file, masked blocks as their values on the mask (model, EMA and
+    Adam moments), a model with another mask is refused, and a resumed run equals a straight one."""
+    from corticalrnn.train.config import TrainConfig
+    from corticalrnn.train.trainer import Trainer, read_log
+
+    def trainer(run, steps):
+        torch.manual_seed(0)
+        model = _local_model(storage=storage)
+        cfg = TrainConfig()
+        cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = steps, 2, 1
+        cfg.train.eval_every = cfg.train.checkpoint_every = 100
+        cfg.train.ema_decay, cfg.train.progress, cfg.train.device = 0.9, False, "cpu"
+        spec = {"model_config": model.config.to_dict()}
+        return Trainer(cfg, model, _Windows(6, 7, model.n_v1), None, torch.ones(model.n_v1, dtype=torch.bool),
+                       run, spec, model.loss, project=model.project_, tensorboard=False)
+
+    straight = trainer(tmp_path / "a", 5)
+    straight.fit()
+    trainer(tmp_path / "b", 3).fit()
+    resumed = trainer(tmp_path / "b", 5)
+    resumed.fit(resume=tmp_path / "b" / "last.pt")
+    la = [(r["step"], r["loss"]) for r in read_log(tmp_path / "a")]
+    assert la == [(r["step"], r["loss"]) for r in read_log(tmp_path / "b")] and len(la) == 5
+    for x, y in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.equal(x, y)
+
+    ckpt = ck.load_checkpoint(tmp_path / "a" / "last.pt")
+    model = straight.raw_model
+    n_params = sum(p.numel() for p in model.parameters())
+    n_real = model.n_synapses() + sum(p.numel() for n, p in model.named_parameters() if "weights." not in n)
+    assert not any(k.endswith("mask") or "pattern_" in k for k in ckpt["model"])
+    stored = sum(v.numel() for v in ckpt["model"].values() if v.is_floating_point())
+    assert stored <= n_real < n_params or storage == "sparse"
+    moments = sum(v.numel() for st in ckpt["optimizer"]["state"].values()
+                  for k, v in st.items() if k != "step")
+    assert moments == 2 * stored
+    assert sum(v.numel() for k, v in ckpt["ema"].items() if v.is_floating_point()) == stored
+
+    other = _local_model(seed=1, storage=storage)
+    with pytest.raises(RuntimeError, match="differs from the one this model built"):
+        other.load_state_dict(ckpt["model"])
+    fresh = _local_model(storage=storage)
+    fresh.load_state_dict(ckpt["model"])
+    for x, y in zip(fresh.parameters(), model.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_checkpoints_that_hold_the_mask_still_load():
+    model = _local_model()
+    state = model.state_dict()
+    old = {k: v for k, v in state.items() if not k.endswith("fingerprint")}
+    for name, mod in model.named_modules():
+        if getattr(mod, "mask", None) is not None:
+            old[f"{name}.mask"] = mod.mask.clone()
+    fresh = _local_model()
+    fresh.load_state_dict(old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+    bad = dict(old)
+    key = next(k for k in bad if k.endswith(".mask"))
+    bad[key] = ~bad[key]
+    with pytest.raises(RuntimeError, match="mask differs"):
+        _local_model().load_state_dict(bad)

@@ -156,7 +156,8 @@ def test_reused_buffers_equal_fresh_batches_and_never_alias(tiny, prefetch) -> N
 
     wb = WindowBatches(tiny[0], neurons={"X_OFF": np.arange(5), "V1_Exc_L4": np.array([7, 2, 5]),
                                          "V1_Exc_L2/3": np.arange(7)})
-    fresh = [{k: v.clone() for k, v in b.items()} for b in make_loader(wb, batch_size=3, shuffle=True, seed=4)]
+    fresh = [{k: v.clone() for k, v in b.items()}
+             for b in make_loader(wb, batch_size=3, shuffle=True, seed=4)]
     ring = make_loader(wb, batch_size=3, shuffle=True, seed=4, prefetch=prefetch, buffers=2)
     assert len(fresh) == 4 and [len(b["window"]) for b in fresh] == [3, 3, 3, 2]
     previous = None

@@ -37,7 +37,12 @@ class SignedWeight(nn.Module):
         self.n_exc = int((col_sign > 0).sum())
         # columns are grouped by population, so E and I columns form runs; store them for fast clamps
         self._runs = _sign_runs(col_sign)
-        self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool))
+        # the mask is rebuilt from the configuration, never saved (N^2 bytes); a checkpoint keeps its
+        # fingerprint so that loading into a model that built another mask fails instead of scrambling
+        self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool),
+                             persistent=False)
+        if self.mask is not None:
+            self.register_buffer("fingerprint", _fingerprint(self.mask.reshape(-1).nonzero().squeeze(1)))
         self._pattern_keys: list[str] = []
         self.param = _initial_param(magnitude.abs() if mask is None else magnitude.abs() * self.mask,
                                     sign, mode, reparam)
@@ -62,6 +67,25 @@ class SignedWeight(nn.Module):
     @property
     def n_synapses(self) -> int:
         return int(self.mask.sum()) if self.mask is not None else int(self.param.numel())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checks the mask's fingerprint; accepts the parameter packed as its values on the mask
+        (``corticalrnn.train.checkpoint.pack_masked``) and checkpoints that still hold the mask."""
+        if self.mask is not None:
+            name = prefix.rstrip(".")
+            saved_mask = state_dict.pop(prefix + "mask", None)  # checkpoints before the fingerprint
+            if saved_mask is not None and not torch.equal(saved_mask.cpu(), self.mask.cpu()):
+                args[-1].append(f"{name}: the checkpoint's mask differs from the one this model built")
+                return
+            saved = state_dict.setdefault(prefix + "fingerprint", self.fingerprint)
+            if not torch.equal(saved.cpu(), self.fingerprint.cpu()):
+                args[-1].append(f"{name}: the checkpoint's synapse mask differs from the one this model "
+                                "built (other positions, seed, sizes or connectivity settings)")
+                return
+            key = prefix + "param"
+            if key in state_dict:
+                state_dict[key] = unpack_masked_tensor(state_dict[key], self.mask)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _mask_grad(self, g: torch.Tensor) -> torch.Tensor:
         return g * self.mask
@@ -114,9 +138,7 @@ class SparseSignedWeight(nn.Module):
         self.register_buffer("sign", sign, persistent=False)  # per stored value
         # the pattern is rebuilt from the configuration, not saved: a checkpoint keeps this fingerprint
         # so that loading it into a model with another pattern fails instead of scrambling weights
-        flat = bufs["flat"]
-        self.register_buffer("fingerprint", torch.stack([torch.tensor(flat.numel()), flat.sum(),
-                                                         (flat % 65521).pow(2).sum()]))
+        self.register_buffer("fingerprint", _fingerprint(bufs["flat"]))
         self.param = _initial_param(magnitude.abs(), sign, mode, reparam)
 
     def pattern(self) -> Pattern:
@@ -151,6 +173,25 @@ class SparseSignedWeight(nn.Module):
     @torch.no_grad()
     def violations(self) -> int:
         return int(((self.weight() * self.sign.to(self.param.dtype)) < 0).sum())
+
+
+def _fingerprint(flat: torch.Tensor) -> torch.Tensor:
+    """int64 ``[3]`` of a pattern's sorted row-major flat positions: count, sum, sum of squares mod
+    65521 (cheap, and any changed, added or dropped synapse changes it in practice)."""
+    flat = flat.to(torch.int64)
+    return torch.stack([torch.tensor(flat.numel()), flat.sum(), (flat % 65521).pow(2).sum()])
+
+
+def unpack_masked_tensor(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A tensor of the mask's shape from ``value``: as is when it has that shape, else ``value`` holds
+    the entries at the mask's True positions (row-major; ``checkpoint.pack_masked``) and the rest is 0."""
+    if value.shape == mask.shape:
+        return value
+    if value.dim() != 1 or value.numel() != int(mask.sum()):
+        return value  # load_state_dict reports the shape mismatch
+    out = torch.zeros(mask.shape, dtype=value.dtype, device=value.device)
+    out[mask.to(value.device)] = value
+    return out
 
 
 def _initial_param(mag: torch.Tensor, sign: torch.Tensor, mode: str, reparam: str) -> nn.Parameter:

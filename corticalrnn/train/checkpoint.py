@@ -16,6 +16,14 @@ Layout (schema ``corticalrnn.checkpoint``, version 1)::
     split         the image split's content (train / validation / test image ids) or None
     precision     the trainer's precision (fp32 | bf16 | fp16)
 
+Size: O(parameters). Nothing the configuration and spec rebuild is stored: masks, sparsity patterns
+and permutations are non-persistent buffers (a masked block keeps a 3-number ``fingerprint`` of its
+mask, checked on load), and a masked dense block's parameter, EMA copy and Adam moments are stored as
+their values on the mask (1-D, :func:`pack_masked`) whenever every entry outside the mask is exactly
+0 (always so in ``projected`` mode; checked, so the packing is lossless), and scattered back on load
+(``SignedWeight._load_from_state_dict``, :func:`unpack_optimizer`). Checkpoints that hold the dense
+tensors or the mask itself still load.
+
 Files are written to ``<name>.tmp`` and renamed; a reader meeting another format or version,
 or a file that torch cannot read, raises :class:`~corticalrnn.errors.SchemaError` naming it.
 """
@@ -144,3 +152,64 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, Any], path: str 
         module.load_state_dict(state)
     except RuntimeError as exc:
         raise DataMismatchError(f"{path}: checkpoint weights do not fit this model: {exc}") from None
+
+
+def masked_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{parameter name: bool mask}`` of the model's masked blocks stored dense (``SignedWeight``)."""
+    out = {}
+    for name, mod in model.named_modules():
+        mask = getattr(mod, "mask", None)
+        param = getattr(mod, "param", None)
+        if isinstance(mask, torch.Tensor) and isinstance(param, torch.Tensor) and mask.shape == param.shape:
+            out[f"{name}.param" if name else "param"] = mask
+    return out
+
+
+def _pack(value: Any, mask: torch.Tensor) -> Any:
+    if not isinstance(value, torch.Tensor) or value.shape != mask.shape:
+        return value
+    m = mask.to(value.device)
+    if bool((value[~m] != 0).any()):
+        return value  # not representable by its values on the mask: kept dense (lossless)
+    return value[m]
+
+
+def pack_masked(state: dict[str, Any], masks: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
+    """A copy of a state dict with each masked parameter (``prefix + name`` in ``masks``) replaced by
+    its values on the mask when everything outside the mask is 0."""
+    out = dict(state)
+    for name, mask in masks.items():
+        if prefix + name in out:
+            out[prefix + name] = _pack(out[prefix + name], mask)
+    return out
+
+
+def _optimizer_masks(model: torch.nn.Module, optimizer_state: dict[str, Any]) -> dict[Any, torch.Tensor]:
+    """Optimizer state ids -> mask, by the order of ``model.parameters()`` (the trainer builds its
+    optimizer from exactly those, one parameter group)."""
+    masks = masked_params(model)
+    names = [n for n, _ in model.named_parameters()]
+    ids = [i for g in optimizer_state.get("param_groups", []) for i in g["params"]]
+    if len(ids) != len(names):
+        return {}
+    return {i: masks[n] for i, n in zip(ids, names) if n in masks}
+
+
+def pack_optimizer(optimizer_state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """An optimizer state dict whose per-parameter tensors of masked blocks (Adam's moments) are
+    packed like :func:`pack_masked`."""
+    masks = _optimizer_masks(model, optimizer_state)
+    state = {i: ({k: _pack(v, masks[i]) for k, v in st.items()} if i in masks else st)
+             for i, st in optimizer_state["state"].items()}
+    return {**optimizer_state, "state": state}
+
+
+def unpack_optimizer(optimizer_state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """Inverse of :func:`pack_optimizer` (dense states pass unchanged)."""
+    from corticalrnn.model.dale import unpack_masked_tensor
+
+    masks = _optimizer_masks(model, optimizer_state)
+    state = {i: ({k: unpack_masked_tensor(v, masks[i]) if isinstance(v, torch.Tensor) and v.dim() == 1
+                  and masks[i].dim() == 2 else v for k, v in st.items()} if i in masks else st)
+             for i, st in optimizer_state["state"].items()}
+    return {**optimizer_state, "state": state}

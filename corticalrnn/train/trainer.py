@@ -39,7 +39,11 @@ from corticalrnn.train.checkpoint import (
     check_same_architecture,
     load_checkpoint,
     load_state_strict,
+    masked_params,
+    pack_masked,
+    pack_optimizer,
     save_checkpoint,
+    unpack_optimizer,
 )
 from corticalrnn.train.config import OptimConfig, ScheduleConfig, TrainConfig, to_toml
 
@@ -287,9 +291,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if loop.ema_decay > 0:
+            # parameters only: every buffer is fixed at construction, and averaging integer buffers
+            # (sparsity patterns, mask fingerprints) goes through float32 and corrupts values > 2^24
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(loop.ema_decay),
-                use_buffers=True)
+                use_buffers=False)
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf,
                          "best_step": -1, "windows_seen": 0}
         self.log = RunLog(self.run_dir, self.dist.is_main, tensorboard)
@@ -305,16 +311,17 @@ class Trainer:
         return nullcontext()
 
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (see corticalrnn.train.checkpoint)."""
+        """Everything a checkpoint holds (see corticalrnn.train.checkpoint); masked blocks packed."""
+        masks = masked_params(self.raw_model)
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "config": self.cfg.to_dict(),
             "spec": self.spec,
-            "model": self.raw_model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
+            "model": pack_masked(self.raw_model.state_dict(), masks),
+            "ema": pack_masked(self.ema.state_dict(), masks, "module.") if self.ema is not None else None,
+            "optimizer": pack_optimizer(self.optimizer.state_dict(), self.raw_model),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": rng,
@@ -341,7 +348,7 @@ class Trainer:
             if ck.get("ema") is None:
                 raise CorticalRNNError(f"{path}: checkpoint has no EMA weights but train.ema_decay > 0")
             self.ema.load_state_dict(ck["ema"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        self.optimizer.load_state_dict(unpack_optimizer(ck["optimizer"], self.raw_model))
         self.scheduler.load_state_dict(ck["scheduler"])
         if self.scaler.is_enabled() and ck.get("scaler") is not None:
             self.scaler.load_state_dict(ck["scaler"])
@@ -364,7 +371,7 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.raw_model,
                 multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.train.ema_decay),
-                use_buffers=True)
+                use_buffers=False)
 
     # ------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
