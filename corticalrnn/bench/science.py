@@ -64,36 +64,39 @@ def _data(out: Path, quick: bool, seed: int) -> tuple[Any, Path, Path, Path]:
     return size, train, test, truth
 
 
-def matched_neighbours(store: Any, sheet: str, k: int = 5, seed: int = 0) -> dict[str, float]:
-    """Median over neurons of r (over images, trials and bins: within the same trials) between a neuron
-    and the mean of ``k`` other neurons of its sheet matched in orientation (and phase where recorded),
-    and the same for ``k`` random others."""
+def matched_neighbours(store: Any, sheet: str, k: int = 5, pool: int = 30, seed: int = 0) -> dict[str, float]:
+    """Median over neurons of r (over images, trials and bins: within the same trials, and over the
+    trial-averaged responses) between a neuron and the mean of ``k`` of its ``pool`` nearest cortical
+    neighbours: the ``k`` most similar in orientation (and phase where recorded), and ``k`` random ones."""
     from corticalrnn.data import WindowBatches
 
-    ori = store.neuron_property(sheet, "ori")
-    if ori is None:
+    ori, xy = store.neuron_property(sheet, "ori"), store.positions(sheet)
+    if ori is None or xy is None:
         return {}
     phase = store.neuron_property(sheet, "phase")
     rows = {s: np.arange(store.n_neurons(s)) if s == sheet else np.zeros(0, np.int64) for s in store.sheets}
-    wins = np.flatnonzero(np.asarray(store.windows.split) == "test")
-    wins = wins if wins.size else np.arange(len(store.windows.image_id))
-    x = WindowBatches(store, wins, rows).batch(np.arange(len(wins)))["v1"].double().numpy()
+    table = store.windows
+    wins = np.flatnonzero(np.asarray(table.split) == "test")
+    wins = wins if wins.size else np.arange(len(table.image_id))
+    x = WindowBatches(store, wins, rows).batch(np.arange(len(wins)))["v1"].double().numpy()  # [W, T, N]
+    ids = np.asarray(table.image_id)[wins]
+    avg = np.stack([x[ids == i].mean(0) for i in np.unique(ids)]).reshape(-1, x.shape[-1])
     x = x.reshape(-1, x.shape[-1])
     sim = np.cos(2 * (ori[:, None] - ori[None, :]))
     if phase is not None:
         sim = sim + np.cos(phase[:, None] - phase[None, :])
-    np.fill_diagonal(sim, -np.inf)
+    d = ((xy[:, None, :2] - xy[None, :, :2]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
     rng = np.random.default_rng(seed)
-    n = len(ori)
-    r_m, r_r = [], []
-    for i in range(n):
-        matched = np.argsort(-sim[i])[:k]
-        others = np.delete(np.arange(n), i)
-        rand = rng.choice(others, size=min(k, others.size), replace=False)
-        for idx, acc in ((matched, r_m), (rand, r_r)):
-            acc.append(_r(x[:, i], x[:, idx].mean(1)))
-    return {"sheet": sheet, "neurons": n, "r_matched": float(np.nanmedian(r_m)),
-            "r_random": float(np.nanmedian(r_r))}
+    out: dict[str, list[float]] = {"r_matched": [], "r_random": [], "r_matched_avg": [], "r_random_avg": []}
+    for i in range(len(ori)):
+        near = np.argsort(d[i])[:pool]
+        matched = near[np.argsort(-sim[i, near])[:k]]
+        rand = rng.choice(near, size=min(k, near.size), replace=False)
+        for name, idx in (("matched", matched), ("random", rand)):
+            out[f"r_{name}"].append(_r(x[:, i], x[:, idx].mean(1)))
+            out[f"r_{name}_avg"].append(_r(avg[:, i], avg[:, idx].mean(1)))
+    return {"sheet": sheet, "neurons": len(ori), **{k_: float(np.nanmedian(v)) for k_, v in out.items()}}
 
 
 def _r(a: np.ndarray, b: np.ndarray) -> float:
@@ -134,7 +137,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     st = open_store(test)
     neigh = [m for s in ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3")
              if (m := matched_neighbours(st, s))]
-    print("matched-neighbour effect (test trials; r of a neuron with the mean of 5 others, same trials):")
+    print("matched-neighbour effect (r of a neuron with the mean of 5 of its 30 nearest neighbours, "
+          "matched in orientation / phase or random; single trials, and trial averages):")
     print(format_table(neigh))
     steps = 6 if args.quick else args.steps
     results: dict[str, Any] = {"neighbours": neigh, "runs": []}
