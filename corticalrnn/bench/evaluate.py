@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-gb", type=float, default=3.0, help="peak RSS the run must stay within")
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-predictions", action="store_true", help="also write float16 predictions")
+    p.add_argument("--metrics-only", type=int, default=0, metavar="N",
+                   help="also stream N synthetic images (no store, no model) through the metric "
+                        "accumulator with the baselines: its peak RSS and time at the full image count")
     p.add_argument("--dir", type=Path, default=Path("bench-eval"),
                    help="work folder (store and model reused)")
 
@@ -158,6 +161,30 @@ def _model_load(ckpt: Path, device: str) -> dict[str, Any]:
     return json.loads(line[-1][len("BENCH-EVAL "):])
 
 
+def _metrics_child(n_images: int, trials: int, n_bins: int, n_v1: int, chunk: int) -> None:
+    """Fresh process: ``n_images`` random images through StreamingSummary (model, 3 baselines)."""
+    import resource
+
+    from corticalrnn.metrics import StreamingSummary
+
+    rng = np.random.default_rng(0)
+    labels = np.array(["V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"])[np.arange(n_v1) % 4]
+    observed = rng.random(n_v1) < 0.1
+    lam = rng.uniform(0.02, 0.3, n_v1).astype(np.float32)
+    course = np.tile(lam, (n_bins, 1))
+    acc = StreamingSummary(labels, observed, trials, n_bins, baseline_rates=lam,
+                           baselines={"psth": course, "population": course})
+    t0 = time.perf_counter()
+    for a in range(0, n_images, chunk):
+        c = min(chunk, n_images - a)
+        counts = rng.poisson(lam, (c, trials, n_bins, n_v1)).astype(np.float32)
+        acc.update(counts, (counts * 0.5 + lam).astype(np.float32))
+    rows = acc.summary()
+    wall = time.perf_counter() - t0
+    print("BENCH-EVAL " + json.dumps({"wall_s": wall, "images": n_images, "rows": len(rows),
+                                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sizes = _sizes(args.scale)
     counts = sorted(set(args.images))
@@ -213,4 +240,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     "extrapolated_seconds": est, "target_images": args.target_images,
                     "rss_growth_per_image": growth, "extrapolated_peak_rss": peak_est,
                     "within_budget": ok})
+    if args.metrics_only:
+        code = ("from corticalrnn.bench.evaluate import _metrics_child; "
+                f"_metrics_child({args.metrics_only}, {args.trials}, {n_bins}, {n_v1}, "
+                f"{runs[-1]['images_per_chunk']})")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        line = [x for x in res.stdout.splitlines() if x.startswith("BENCH-EVAL ")]
+        if res.returncode or not line:
+            raise RuntimeError(f"metrics-only child failed:\n{res.stderr[-3000:]}")
+        m = json.loads(line[-1][len("BENCH-EVAL "):])
+        print(f"metrics only (no model, no store): {m['images']} images x {args.trials} trials x "
+              f"{n_bins} bins x {n_v1} neurons streamed through StreamingSummary (model + 3 baselines) "
+              f"in {m['wall_s']:.0f} s ({m['wall_s'] / m['images']:.2f} s/image), "
+              f"peak RSS {human_bytes(m['peak_rss'])}")
+        out["metrics_only"] = m
     return out
