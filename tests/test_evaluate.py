@@ -167,8 +167,10 @@ def test_cli_train_and_evaluate(trained, tmp_path):
                "--set", "train.max_steps=3", "--set", "train.eval_every=3"])
     assert rc == 0 and (tmp_path / "r" / "best.pt").exists()
     rc = main(["evaluate", str(tmp_path / "r" / "best.pt"), str(d / "test.zarr"), "--out",
-               str(tmp_path / "e"), "--device", "cpu", "--no-figures"])
+               str(tmp_path / "e"), "--device", "cpu", "--no-figures", "--chunk-images", "2",
+               "--save-predictions", str(tmp_path / "p.npy"), "--predictions-dtype", "float16"])
     assert rc == 0 and (tmp_path / "e" / "report.json").exists()
+    assert np.load(tmp_path / "p.npy").shape[:3] == (3, 4, T) and (tmp_path / "p.json").exists()
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--set", "optim.lrr=1"]) == 1
 
 
