@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -380,28 +379,6 @@ def _nanmedian(x: np.ndarray) -> float:
     return float(np.median(x)) if x.size else math.nan
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json(path: Path, doc: Any) -> Path:
-    from corticalrnn.atomic import write_text_atomic
-
-    return write_text_atomic(path, json.dumps(_jsonable(doc), indent=1, allow_nan=False))
-
-
 # ------------------------------------------------------------------------------- figures
 def example_neurons(data: np.ndarray | None, labels: np.ndarray, observed: np.ndarray, sheet: str,
                     per_group: int = 2, rate: np.ndarray | None = None) -> list[tuple[int, str]]:
@@ -665,6 +642,8 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
             figs = make_figures(out, test, pred_kept, labels, observed, ids, per, skipped, st.bin_ms,
                                 log_rows, truth_kept, rate=acc.spike_rates(), scatter=scatter)
         report["figures"] = [f.name for f in figs]
+        from corticalrnn.jsonio import write_json
+
         report_path = write_json(out / "report.json", report)
     return EvalResult(rows, skipped, truth_rows_, report, report_path, figs, per, pred_kept, test)
 

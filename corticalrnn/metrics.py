@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from corticalrnn.errors import DataMismatchError
-from corticalrnn.sheets import SHEET_INFO, V1_SHEETS, normalize_sheet_name
+from corticalrnn.sheets import V1_SHEETS, population_label
 
 PER_NEURON_METRICS: tuple[str, ...] = (
     "single_trial_r",
@@ -495,15 +495,6 @@ def pooled_image_cc(data: np.ndarray, prediction: np.ndarray) -> dict[str, np.nd
 
 # --------------------------------------------------------------------------------------------
 # per-population summary
-
-
-def population_label(name: str) -> str:
-    """``V1_Exc_L4`` / ``V1_Exc_L23`` → ``L4 E`` / ``L2/3 E``; other labels unchanged."""
-    try:
-        info = SHEET_INFO[normalize_sheet_name(name)]
-    except ValueError:
-        return name
-    return f"{info.layer} {'E' if info.excitatory else 'I'}"
 
 
 POPULATIONS: tuple[str, ...] = tuple(population_label(s) for s in V1_SHEETS)
