@@ -39,6 +39,19 @@ def identity(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, dict[str, 
     return pos, props
 
 
+def assert_matches_reference(model: CorticalRNN, x: torch.Tensor, g: torch.Generator) -> None:
+    """Outputs and every parameter gradient of the fast path against the float64 reference."""
+    out, ref = model(x), reference_forward(model, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
+    params = list(model.parameters())
+    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
+    g2 = torch.autograd.grad((reference_forward(model, x) * gw).sum(), params, allow_unused=True)
+    for a, b in zip(g1, g2):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def naive_gabor(x: float, y: float, ori: float, phase: float, f: float, size: float, ar: float) -> float:
     u = x * math.cos(ori) + y * math.sin(ori)
     v = -x * math.sin(ori) + y * math.cos(ori)
@@ -109,15 +122,7 @@ def test_identity_model_matches_float64_reference(connectivity):
     model = CorticalRNN(cfg, SIZES, pos, props).double()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
-    out, ref = model(x), reference_forward(model, x)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
-    params = [p for p in model.parameters()]
-    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
-    g2 = torch.autograd.grad((reference_forward(model, x) * gw).sum(), params, allow_unused=True)
-    for a, b in zip(g1, g2):
-        if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(model, x, g)
 
 
 def test_identity_model_keeps_dale_after_steps():
@@ -278,15 +283,7 @@ def test_centered_model_matches_reference(kw):
     model = model.double()
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
-    out, ref = model(x), reference_forward(model, x)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
-    params = list(model.parameters())
-    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
-    g2 = torch.autograd.grad((reference_forward(model, x) * gw).sum(), params, allow_unused=True)
-    for a, b in zip(g1, g2):
-        if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(model, x, g)
     # centering moves only the constant current: b - W r0 - U x0
     plain = CorticalRNN(dataclasses.replace(cfg, centered=False), SIZES, pos, props).double()
     plain.load_state_dict(model.state_dict(), strict=False)
@@ -312,15 +309,7 @@ def test_sparse_gabor_input_equals_dense_on_its_footprint():
     # the sparse model against the float64 reference (outputs and gradients through the CSR product)
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
-    out, ref = sparse(x), reference_forward(sparse, x)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    gw = torch.rand(out.shape, generator=g, dtype=torch.float64)
-    params = list(sparse.parameters())
-    g1 = torch.autograd.grad((out * gw).sum(), params, allow_unused=True)
-    g2 = torch.autograd.grad((reference_forward(sparse, x) * gw).sum(), params, allow_unused=True)
-    for a, b in zip(g1, g2):
-        if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert_matches_reference(sparse, x, g)
 
 
 def test_experiment_refuses_test_store_of_another_bin_size(tmp_path):
