@@ -217,7 +217,7 @@ def headline(rows: list[dict[str, Any]], truth_rows: list[dict[str, Any]] | None
         row: dict[str, Any] = {"neurons": group, "n": sum(r["n"] for r in m),
                                "r_trialavg": _weighted(m, "trial_avg_r_median"),
                                "r_trialavg pop": _weighted(p, "trial_avg_r_median"),
-                               "r_oracle": _weighted(m, "oracle_r_median"),
+                               "CC_max": _weighted(m, "cc_max_median"),
                                "CC_norm": _weighted(m, "cc_norm_median")}
         if truth_rows:
             t = [r for r in truth_rows if r["neurons"] == group and r["population"] != "all"]
@@ -246,7 +246,8 @@ def _weighted(rows: list[dict[str, Any]], key: str) -> float:
 HEADLINE_NOTE = """\
 r_trialavg: Pearson r of the model's rate with the test trial average; 'pop' is the population
   baseline (mean time course of the population's observed neurons over the training windows), which
-  knows no image; r_oracle is the leave-one-trial-out ceiling. r(true rate): r with the generator's
+  knows no image; CC_max is the ceiling of r_trialavg that the trials' noise leaves (CC_norm = r / CC_max).
+  r(true rate): r with the generator's
   true rates; image-specific: after removing each neuron's mean time course over the test images
   (every image-blind predictor scores 0 there). bits/spike vs pop > 0: the model beats the population
   baseline in likelihood. Per population: the comparison table above."""

@@ -49,7 +49,9 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("population", "cc_norm_median", "CC_norm pop"), ("model", "co_bps", "bits/spike model (pooled)"),
     ("population", "co_bps", "bits/spike pop (pooled)"),
     ("model", "bps_vs_population", "model-pop bits/spike"),
-    ("model", "oracle_r_median", "r_oracle (ceiling)"), ("model", "split_half_r_median", "split-half r"),
+    ("model", "cc_max_median", "CC_max (ceiling of r_avg)"),
+    ("model", "oracle_r_median", "r_oracle (ceiling of r_1 for trial-blind predictors)"),
+    ("model", "split_half_r_median", "split-half r"),
 )
 
 
