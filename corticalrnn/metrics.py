@@ -15,9 +15,14 @@ Per-neuron metrics (:func:`compute_metrics`, NaN where undefined, reasons counte
     Pearson r between the trial-averaged response and the trial-averaged prediction over
     images × time. This is also Schoppe et al.'s CC_abs.
 ``cc_max``, ``cc_norm``
-    Schoppe et al. (2016): with N trials R_n (vectors over images × time),
-    SP = (Var(Σ_n R_n) − Σ_n Var(R_n)) / (N (N − 1)), CC_max = sqrt(SP / Var(mean_n R_n)),
-    CC_norm = CC_abs / CC_max. Undefined when SP ≤ 0.
+    Schoppe et al. (2016), exactly as their reference code ``calc_CCnorm.m``
+    (github.com/OSchoppe/CCnorm): with N trials R_n (vectors of T entries, here images × time),
+    SP = (Var₁(Σ_n R_n) − Σ_n Var₁(R_n)) / (N (N − 1)) with MATLAB's ``var`` (Var₁: divides by
+    T − 1), Var(ȳ) of the trial mean dividing by T, CC_max = sqrt(SP / Var(ȳ)),
+    CC_norm = CC_abs / CC_max (= Cov(ȳ, ŷ) / sqrt(SP Var(ŷ)), as the reference computes it).
+    The reference's two normalisations make CC_max sqrt(T / (T − 1)) larger (0.24 % for T = 208)
+    than the same formula with one ddof throughout. Undefined (NaN) when SP ≤ 0, where the
+    reference prints a warning and returns CC_max = 0, CC_norm = NaN.
 ``fev``, ``feve``
     Sensorium 2022 (neuralpredictors ``get_FEV``), with each (image, time bin) a repeated
     condition: noise variance σ² = mean over conditions of the across-trial variance (ddof 1),
@@ -25,15 +30,27 @@ Per-neuron metrics (:func:`compute_metrics`, NaN where undefined, reasons counte
     over the same; FEV = (V − σ²)/V, FEVE = 1 − (MSE − σ²)/(V − σ²). Undefined when V ≤ σ².
     The ceiling 1 holds for trial-independent predictions; a per-trial prediction that tracks
     trial-to-trial variability (the data itself, or a model driven by each trial's input) can
-    exceed it, and the trial mean of the data scores 1 + σ²/(K (V − σ²)).
+    exceed it, and the trial mean of the data scores 1 + σ²/(K (V − σ²)). Per neuron both are
+    reported for every neuron; the summary's FEVE statistics (``feve_median``, ``feve_mean``,
+    ``feve_n``) cover only neurons with FEV > :data:`FEV_THRESHOLD` (0.15), as Sensorium 2022 and
+    neuralpredictors' ``get_FEV(threshold=...)`` average FEVE (a neuron of pure noise would otherwise
+    enter with FEVE of −100s); the FEV itself is summarised over every neuron (``fev_*``).
 ``bits_per_spike``
     Poisson log-likelihood gain of the prediction over the neuron's constant mean rate (measured on
     the same data), in bits per recorded spike (Pei et al. 2021, NLB): (LL(pred) − LL(mean)) /
     (n_spikes · ln 2). Rates are clipped at 1e-9 as NLB does. ``co_bps`` pools over neurons
     (sum of gains / sum of spikes).
-``oracle_r``
-    Leave-one-trial-out ceiling: r between each trial and the mean of the other trials over
-    images × time, averaged over trials (defined like ``single_trial_r``, so they compare).
+``oracle_r_loo_mean``
+    Leave-one-trial-out oracle, r per trial then averaged: r between each trial and the mean of
+    the other trials over images × time, averaged over trials (defined like ``single_trial_r``, so
+    they compare).
+``oracle_r_jackknife``
+    neuralpredictors' oracle (``compute_oracle_corr``, later ``oracle_corr_jackknife`` in
+    ``neuralpredictors.measures.np_functions``; Sensorium's "oracle correlation"): the same
+    leave-one-trial-out means, but one r over all trials pooled (images × trials × time), i.e.
+    ``corr(vstack(responses), vstack(oracles))``; neuralpredictors adds 1e-8 to each standard
+    deviation, left out here (relative effect ~1e-8 / std). It differs from ``oracle_r_loo_mean`` by
+    up to a few 0.001 (trial-to-trial differences in mean rate enter the pooled r).
 
 Pooled per-image metrics of the earlier thesis (:func:`pooled_image_cc`): the thesis reported one
 correlation over all neurons and time bins per image. We reconstruct it by applying Schoppe's
@@ -70,9 +87,12 @@ PER_NEURON_METRICS: tuple[str, ...] = (
     "fev",
     "feve",
     "bits_per_spike",
-    "oracle_r",
+    "oracle_r_loo_mean",
+    "oracle_r_jackknife",
 )
-NEEDS_REPEATS: tuple[str, ...] = ("cc_max", "cc_norm", "fev", "feve", "oracle_r")
+NEEDS_REPEATS: tuple[str, ...] = ("cc_max", "cc_norm", "fev", "feve", "oracle_r_loo_mean",
+                                  "oracle_r_jackknife")
+FEV_THRESHOLD = 0.15  # Sensorium 2022: FEVE is averaged over neurons with FEV above this
 THESIS_METRICS: tuple[str, ...] = ("thesis_cc_abs", "thesis_cc_max", "thesis_cc_norm")
 MIN_RATE = 1e-9  # NLB's floor for zero predicted rates
 _REL_ZERO = 1e-20  # variance below this fraction of the sum of squares counts as zero
@@ -207,6 +227,22 @@ def _corr_trials(yt: np.ndarray, pbar: np.ndarray) -> np.ndarray:
     return r
 
 
+def _signal_power(var_sum: np.ndarray, sum_trial_var: np.ndarray, k: int, m: int) -> np.ndarray:
+    """Schoppe's SP from ddof-0 variances over ``m`` entries, rescaled to MATLAB's ``var`` (ddof 1)
+    as ``calc_CCnorm.m`` computes it; NaN for ``m < 2``."""
+    if m < 2:
+        return np.full(np.shape(var_sum), np.nan)
+    return (var_sum - sum_trial_var) * (m / (m - 1)) / (k * (k - 1))
+
+
+def _cc_max(sp: np.ndarray, var_mean: np.ndarray) -> np.ndarray:
+    """sqrt(SP / Var(mean)); NaN where SP <= 0 (or undefined) or the mean is constant."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cc_max = np.sqrt(sp / var_mean)
+    cc_max[~(sp > 0) | ~(var_mean > 0)] = np.nan
+    return cc_max
+
+
 def _chunk_metrics(y: np.ndarray, p: np.ndarray, per_trial: bool, null: np.ndarray) -> dict[str, np.ndarray]:
     """All per-neuron metrics for one chunk. ``y`` [I, K, T, n]; ``p`` [I, K, T, n] or [I, T, n].
 
@@ -228,17 +264,14 @@ def _chunk_metrics(y: np.ndarray, p: np.ndarray, per_trial: bool, null: np.ndarr
     out["trial_avg_r"] = _corr(ybar, pbar, axis=0)
 
     if k >= 2:
-        # Schoppe et al. 2016 signal power (ddof 0 throughout; the ratios do not depend on it)
-        trial_var = yt.var(axis=1)  # [K, n]
+        # Schoppe et al. 2016 as calc_CCnorm.m: SP from variances over T - 1, Var(mean) over T
+        trial_var = yt.var(axis=1)  # [K, n], over m (ddof 0)
         var_sum = ysum.var(axis=0)
-        sp = (var_sum - trial_var.sum(axis=0)) / (k * (k - 1))
+        sp = _signal_power(var_sum, trial_var.sum(axis=0), k, m)
         var_mean = var_sum / (k * k)
+        out["cc_max"] = _cc_max(sp, var_mean)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cc_max = np.sqrt(sp / var_mean)
-        cc_max[~(sp > 0) | ~(var_mean > 0)] = np.nan
-        out["cc_max"] = cc_max
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["cc_norm"] = out["trial_avg_r"] / cc_max
+            out["cc_norm"] = out["trial_avg_r"] / out["cc_max"]
 
         # Sensorium FEV / FEVE; conditions are (image, time bin), repeats are trials
         sq = np.einsum("kmn,kmn->n", yt, yt)
@@ -257,7 +290,8 @@ def _chunk_metrics(y: np.ndarray, p: np.ndarray, per_trial: bool, null: np.ndarr
             out["feve"] = np.where(ok, 1.0 - (mse - noise) / explainable, np.nan)
 
         loo = (ysum - yt) / (k - 1)
-        out["oracle_r"] = _nanmean0(_corr(yt, loo, axis=1))
+        out["oracle_r_loo_mean"] = _nanmean0(_corr(yt, loo, axis=1))
+        out["oracle_r_jackknife"] = _corr(yt.reshape(k * m, n), loo.reshape(k * m, n), axis=0)
     else:
         for name in NEEDS_REPEATS:
             out[name] = np.full(n, np.nan)
@@ -339,9 +373,7 @@ def pooled_cc_from_sums(k: int, n: int, s: np.ndarray, s2: np.ndarray, r: np.nda
         cc_abs[flat] = np.nan
         if k >= 2:
             sum_var = r2 / n - ((r / n) ** 2).sum(axis=1)
-            sig = (var_s - sum_var) / (k * (k - 1))
-            cc_max = np.sqrt(sig / var_m)
-            cc_max[~(sig > 0) | ~(var_m > 0)] = np.nan
+            cc_max = _cc_max(_signal_power(var_s, sum_var, k, int(n)), var_m)
         else:
             cc_max = np.full_like(cc_abs, np.nan)
         cc_norm = cc_abs / cc_max
@@ -449,7 +481,8 @@ def _classify_undefined(
         "fev": "no explainable variance (total <= noise variance)",
         "feve": "no explainable variance (total <= noise variance)",
         "single_trial_r": "no trial with variance in both data and prediction",
-        "oracle_r": "no trial with variance in both the trial and the other trials' mean",
+        "oracle_r_loo_mean": "no trial with variance in both the trial and the other trials' mean",
+        "oracle_r_jackknife": "no variance in the trials or the other trials' means",
     }
     uses_pred = {"single_trial_r", "trial_avg_r", "cc_norm"}
     out: dict[str, dict[str, int]] = {}
@@ -554,7 +587,10 @@ def _summary_rows(results: dict[str, MetricResult], groups: list[tuple[str, str,
                 "n": int(sel.sum()),
             }
             for name in PER_NEURON_METRICS:
-                med, mean, n_ok = _stats(res.per_neuron[name][idx])
+                values = res.per_neuron[name][idx]
+                if name == "feve":  # Sensorium: only neurons with enough explainable variance
+                    values = values[res.per_neuron["fev"][idx] > FEV_THRESHOLD]
+                med, mean, n_ok = _stats(values)
                 row[f"{name}_median"], row[f"{name}_mean"], row[f"{name}_n"] = med, mean, n_ok
             row["co_bps"] = res.co_bps(idx)
             # the baseline's own pooled statistics equal the model result's baseline_pooled_stats
@@ -588,7 +624,8 @@ def summarize(
     ``observed_mask``: bool per neuron. For the model and for the constant per-neuron mean-rate
     baseline (``baseline_rates``, default each neuron's mean over ``data``) each row holds, per
     per-neuron metric, ``<metric>_median``, ``<metric>_mean`` and ``<metric>_n`` (neurons where it
-    is defined), plus the group's pooled ``co_bps`` and the thesis pooled ``thesis_cc_*`` (means
+    is defined; for ``feve`` only the neurons with FEV > :data:`FEV_THRESHOLD`, Sensorium's rule),
+    plus the group's pooled ``co_bps`` and the thesis pooled ``thesis_cc_*`` (means
     over images, computed on the group's neurons). Groups without neurons are left out; an
     ``all``/``all`` row covers every neuron. ``baselines``: further named predictions (e.g. the
     training-window baselines of :mod:`corticalrnn.baselines`), each a predictor of its own; with a
@@ -688,6 +725,21 @@ class _Moments:
             zero = (va <= _REL_ZERO * self.raw[a]) | (vb <= _REL_ZERO * self.raw[b])
         else:
             zero = ~(np.sqrt(va * vb) > 0)
+        return np.where(zero, np.nan, r)
+
+    def pooled_corr(self, a: str, b: str) -> np.ndarray:
+        """Pearson r of ``a`` and ``b`` over the reduced samples *and* the kept leading axis (trials)
+        pooled, with :func:`_corr`'s zero-variance rule; both variables must have the same ``[K, n]``
+        statistics (the per-trial moments combined as Chan et al. do)."""
+        n = self.n
+        ma, mb = self.mean[a], self.mean[b]
+        ga, gb = ma.mean(axis=0), mb.mean(axis=0)
+        va = self.css[a].sum(axis=0) + n * ((ma - ga) ** 2).sum(axis=0)
+        vb = self.css[b].sum(axis=0) + n * ((mb - gb) ** 2).sum(axis=0)
+        cov = self.cross[(a, b)].sum(axis=0) + n * ((ma - ga) * (mb - gb)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = cov / np.sqrt(va * vb)
+        zero = (va <= _REL_ZERO * self.raw[a].sum(axis=0)) | (vb <= _REL_ZERO * self.raw[b].sum(axis=0))
         return np.where(zero, np.nan, r)
 
 
@@ -874,11 +926,7 @@ class StreamingSummary:
         if k >= 2:
             trial_var = tr.css["y"] / m
             var_sum = av.css["ysum"] / m
-            sp = (var_sum - trial_var.sum(axis=0)) / (k * (k - 1))
-            var_mean = var_sum / (k * k)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cc_max = np.sqrt(sp / var_mean)
-            cc_max[~(sp > 0) | ~(var_mean > 0)] = np.nan
+            cc_max = _cc_max(_signal_power(var_sum, trial_var.sum(axis=0), k, m), var_sum / (k * k))
             pn["cc_max"] = cc_max
             with np.errstate(invalid="ignore", divide="ignore"):
                 pn["cc_norm"] = pn["trial_avg_r"] / cc_max
@@ -890,7 +938,8 @@ class StreamingSummary:
             with np.errstate(invalid="ignore", divide="ignore"):
                 pn["fev"] = np.where(ok, explainable / total, np.nan)
                 pn["feve"] = np.where(ok, 1.0 - (mse - noise) / explainable, np.nan)
-            pn["oracle_r"] = _nanmean0(tr.corr("y", "loo"))
+            pn["oracle_r_loo_mean"] = _nanmean0(tr.corr("y", "loo"))
+            pn["oracle_r_jackknife"] = tr.pooled_corr("y", "loo")
         else:
             for metric in NEEDS_REPEATS:
                 pn[metric] = np.full(self.n_n, np.nan)

@@ -35,16 +35,42 @@ def _var(a: list[float], ddof: int = 0) -> float:
     return sum((x - m) ** 2 for x in a) / (len(a) - ddof)
 
 
-def _schoppe(trials: list[list[float]], pred: list[float]) -> tuple[float, float, float]:
-    """CC_abs, CC_max, CC_norm of Schoppe et al. 2016 for N trials of one response vector."""
+def _schoppe(trials: list[list[float]], pred: list[float], sp_ddof: int = 1) -> tuple[float, float, float]:
+    """CC_abs, CC_max, CC_norm for N trials of one response vector as Schoppe et al.'s reference code
+    computes them, line by line (calc_CCnorm.m, github.com/OSchoppe/CCnorm): Vy, Vyhat, Cyyhat divide by
+    T; SP uses MATLAB's ``var`` (divides by T - 1); CCnorm = Cyyhat / sqrt(SP * Vyhat).
+    ``sp_ddof=0``: the same formula with one normalisation throughout (our definition before)."""
     n = len(trials)
-    m = len(trials[0])
-    total = [sum(t[j] for t in trials) for j in range(m)]
-    mean = [x / n for x in total]
-    sp = (_var(total) - sum(_var(t) for t in trials)) / (n * (n - 1))
-    cc_abs = _r(mean, pred)
-    cc_max = math.sqrt(sp / _var(mean))
-    return cc_abs, cc_max, cc_abs / cc_max
+    t = len(trials[0])
+    y = [sum(tr[j] for tr in trials) / n for j in range(t)]
+    ey, eyhat = sum(y) / t, sum(pred) / t
+    vy = sum((a - ey) ** 2 for a in y) / t
+    vyhat = sum((b - eyhat) ** 2 for b in pred) / t
+    cyyhat = sum((a - ey) * (b - eyhat) for a, b in zip(y, pred)) / t
+    total = [sum(tr[j] for tr in trials) for j in range(t)]
+    sp = (_var(total, sp_ddof) - sum(_var(tr, sp_ddof) for tr in trials)) / (n * (n - 1))
+    cc_abs = cyyhat / math.sqrt(vy * vyhat)
+    cc_norm = cyyhat / math.sqrt(sp * vyhat)
+    cc_max = math.sqrt(sp / vy)
+    return cc_abs, cc_max, cc_norm
+
+
+def _np_oracle_jackknife(y: np.ndarray, j: int, eps: float = 0.0) -> float:
+    """neuralpredictors' ``compute_oracle_corr`` (``oracle_corr_jackknife``) for neuron j, naively: per
+    image the rows (trials x time bins) and their leave-one-out means, stacked over images, one
+    ``corr`` (std with ddof 0 plus ``eps``, mean of the standardised product)."""
+    n_img, k, n_t, _ = y.shape
+    rows, oracle = [], []
+    for i in range(n_img):
+        for kk in range(k):
+            for t in range(n_t):
+                rows.append(float(y[i, kk, t, j]))
+                oracle.append(sum(float(y[i, o, t, j]) for o in range(k) if o != kk) / (k - 1))
+    m = len(rows)
+    ma, mb = sum(rows) / m, sum(oracle) / m
+    sa = math.sqrt(sum((a - ma) ** 2 for a in rows) / m) + eps
+    sb = math.sqrt(sum((b - mb) ** 2 for b in oracle) / m) + eps
+    return sum((a - ma) / sa * (b - mb) / sb for a, b in zip(rows, oracle)) / m
 
 
 def _naive_neuron(y: np.ndarray, p: np.ndarray, j: int) -> dict[str, float]:
@@ -68,7 +94,8 @@ def _naive_neuron(y: np.ndarray, p: np.ndarray, j: int) -> dict[str, float]:
     for kk in range(k):
         others = [sum(trial[o][m] for o in range(k) if o != kk) / (k - 1) for m in range(len(trial[kk]))]
         oracle.append(_r(trial[kk], others))
-    out["oracle_r"] = sum(oracle) / k
+    out["oracle_r_loo_mean"] = sum(oracle) / k
+    out["oracle_r_jackknife"] = _np_oracle_jackknife(y, j)
     lam0 = sum(allv) / len(allv)
     gain = 0.0
     for tr, pt in zip(trial, ptrial):
@@ -87,11 +114,12 @@ def _poisson_data(rng: np.random.Generator, n_img=3, k=6, n_t=8, n=5, scale=2.0)
 # ------------------------------------------------------------------ hand-computed example
 #
 # One image, two trials of three bins, one neuron: R1 = [1, 2, 3], R2 = [1, 0, 2].
-# Sum = [2, 2, 5]: Var = 2 (ddof 0). Var(R1) = Var(R2) = 2/3. SP = (2 - 4/3) / (2*1) = 1/3.
-# Mean = [1, 1, 2.5]: Var = 0.5. CC_max = sqrt((1/3) / 0.5) = sqrt(2/3).
-# Prediction P = [0, 1, 2]: r(mean, P) = 1.5 / sqrt(1.5 * 2) = sqrt(3)/2 = CC_abs.
-# CC_norm = (sqrt(3)/2) / sqrt(2/3) = 3 / (2 sqrt 2).
-# single-trial r: r(R1, P) = 1, r(R2, P) = 0.5 -> 0.75.  Oracle: r(R1, R2) = 0.5 both ways -> 0.5.
+# Schoppe's reference code (MATLAB var: ddof 1 in SP): Sum = [2, 2, 5]: var = 3; var(R1) = var(R2) = 1;
+# SP = (3 - 2) / (2*1) = 1/2. Mean = [1, 1, 2.5]: Vy (over T) = 0.5. CC_max = sqrt(0.5 / 0.5) = 1.
+# (ddof 0 throughout would give SP = 1/3, CC_max = sqrt(2/3): the factor sqrt(T / (T - 1)).)
+# Prediction P = [0, 1, 2]: r(mean, P) = 1.5 / sqrt(1.5 * 2) = sqrt(3)/2 = CC_abs = CC_norm.
+# single-trial r: r(R1, P) = 1, r(R2, P) = 0.5 -> 0.75.  Oracle: r(R1, R2) = 0.5 both ways -> 0.5;
+# pooled over both trials (neuralpredictors): r([1,2,3,1,0,2], [1,0,2,1,2,3]) = 0.5 / 5.5 = 1/11.
 # FEVE: per-bin trial variances (ddof 1) 0, 2, 0.5 -> noise 5/6; total variance of the six values
 # (ddof 1) 5.5/5 = 1.1; MSE = (1+1+1+1+1+0)/6 = 5/6 -> FEVE = 1 - 0/(1.1 - 5/6) = 1;
 # FEV = (1.1 - 5/6)/1.1 = 8/33. With P = 0: MSE = 19/6 -> FEVE = 1 - (14/6)/(4/15) = -7.75.
@@ -105,16 +133,17 @@ def test_hand_example_correlations_and_ccnorm() -> None:
     m = {k: float(v[0]) for k, v in res.per_neuron.items()}
     assert m["single_trial_r"] == pytest.approx(0.75, abs=1e-12)
     assert m["trial_avg_r"] == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
-    assert m["cc_max"] == pytest.approx(math.sqrt(2 / 3), abs=1e-12)
-    assert m["cc_norm"] == pytest.approx(3 / (2 * math.sqrt(2)), abs=1e-12)
-    assert m["oracle_r"] == pytest.approx(0.5, abs=1e-12)
+    assert m["cc_max"] == pytest.approx(1.0, abs=1e-12)
+    assert m["cc_norm"] == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
+    assert m["oracle_r_loo_mean"] == pytest.approx(0.5, abs=1e-12)
+    assert m["oracle_r_jackknife"] == pytest.approx(1 / 11, abs=1e-12)
     assert m["feve"] == pytest.approx(1.0, abs=1e-12)
     assert m["fev"] == pytest.approx(8 / 33, abs=1e-12)
     zero = compute_metrics(HAND_Y, np.zeros((1, 3, 1)))
     assert zero.per_neuron["feve"][0] == pytest.approx(-7.75, abs=1e-12)
     # one neuron, one image: the thesis' pooled CC is the per-neuron CC
-    assert res.per_image["thesis_cc_norm"][0] == pytest.approx(3 / (2 * math.sqrt(2)), abs=1e-12)
-    assert res.per_image["thesis_cc_max"][0] == pytest.approx(math.sqrt(2 / 3), abs=1e-12)
+    assert res.per_image["thesis_cc_norm"][0] == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
+    assert res.per_image["thesis_cc_max"][0] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_hand_example_bits_per_spike() -> None:
@@ -211,12 +240,13 @@ def test_true_rate_reaches_ceilings() -> None:
     assert np.all(np.abs(cc - 1) < 0.05), cc
     assert np.all(np.abs(res.per_neuron["feve"] - 1) < 0.1)
     # the leave-one-out mean is a noisy estimate of the rate: its r is a lower bound on the truth's
-    assert np.all(res.per_neuron["oracle_r"] <= res.per_neuron["single_trial_r"] + 1e-9)
+    assert np.all(res.per_neuron["oracle_r_loo_mean"] <= res.per_neuron["single_trial_r"] + 1e-9)
     assert res.pooled["co_bps"] > 0
     # predicting each trial with the mean of the other trials gives exactly the oracle correlation
     loo = (y.sum(axis=1, keepdims=True) - y) / (y.shape[1] - 1)
     res_loo = compute_metrics(y, loo)
-    np.testing.assert_allclose(res_loo.per_neuron["single_trial_r"], res.per_neuron["oracle_r"], rtol=1e-12)
+    np.testing.assert_allclose(res_loo.per_neuron["single_trial_r"], res.per_neuron["oracle_r_loo_mean"],
+                               rtol=1e-12)
 
 
 def test_thesis_pooled_cc_rewards_mean_rate() -> None:
@@ -238,9 +268,10 @@ def test_single_trial_skips_repeat_metrics() -> None:
     rng = np.random.default_rng(8)
     rate, y = _poisson_data(rng, k=1)
     res = compute_metrics(y, rate)
-    for name in ("cc_max", "cc_norm", "fev", "feve", "oracle_r", "thesis_cc_max", "thesis_cc_norm"):
+    for name in ("cc_max", "cc_norm", "fev", "feve", "oracle_r_loo_mean", "oracle_r_jackknife",
+                 "thesis_cc_max", "thesis_cc_norm"):
         assert "2 trials" in res.skipped[name]
-    for name in ("cc_max", "cc_norm", "feve", "oracle_r"):
+    for name in ("cc_max", "cc_norm", "feve", "oracle_r_loo_mean", "oracle_r_jackknife"):
         assert np.isnan(res.per_neuron[name]).all()
         assert name not in res.undefined
     assert np.isfinite(res.per_neuron["single_trial_r"]).all()
@@ -313,7 +344,9 @@ def test_summary_table_per_population_and_group() -> None:
     idx = np.array([7, 8, 9])
     assert row["n"] == 3
     assert row["trial_avg_r_median"] == pytest.approx(float(np.median(full.per_neuron["trial_avg_r"][idx])))
-    assert row["feve_mean"] == pytest.approx(float(np.mean(full.per_neuron["feve"][idx])))
+    above = idx[full.per_neuron["fev"][idx] > 0.15]
+    assert row["feve_n"] == above.size
+    assert row["feve_mean"] == pytest.approx(float(np.mean(full.per_neuron["feve"][above])))
     assert row["co_bps"] == pytest.approx(full.co_bps(idx))
     thesis = pooled_image_cc(y[..., idx], pred[..., idx])
     assert row["thesis_cc_norm"] == pytest.approx(float(np.mean(thesis["thesis_cc_norm"])))
@@ -339,3 +372,60 @@ def test_negative_prediction_is_noted_and_clipped() -> None:
     assert any("negative" in n for n in res.notes)
     assert np.isfinite(res.per_neuron["bits_per_spike"][0])  # clipped at 1e-9: very bad, but finite
     assert res.per_neuron["bits_per_spike"][0] < -1
+
+
+# ------------------------------------------------------------------ citable definitions
+
+
+def test_cc_max_is_schoppes_reference_code_not_one_ddof() -> None:
+    """CC_max / CC_norm equal calc_CCnorm.m (naive transliteration) to rounding; the one-ddof formula
+    (our definition before) is sqrt((T - 1) / T) of it: 0.24 % low for T = 208 bins."""
+    rng = np.random.default_rng(11)
+    rate, y = _poisson_data(rng, n_img=26, k=5, n_t=8, n=4)
+    res = compute_metrics(y, rate)
+    t = 26 * 8
+    for j in range(y.shape[-1]):
+        trials = [[float(v) for v in y[:, kk, :, j].ravel()] for kk in range(y.shape[1])]
+        pred = [float(v) for v in rate[..., j].ravel()]
+        cc_abs, cc_max, cc_norm = _schoppe(trials, pred)
+        assert res.per_neuron["cc_max"][j] == pytest.approx(cc_max, rel=1e-12)
+        assert res.per_neuron["cc_norm"][j] == pytest.approx(cc_norm, rel=1e-12)
+        assert res.per_neuron["trial_avg_r"][j] == pytest.approx(cc_abs, rel=1e-12)
+        one_ddof = _schoppe(trials, pred, sp_ddof=0)[1]
+        assert one_ddof / cc_max == pytest.approx(math.sqrt((t - 1) / t), rel=1e-12)
+        assert 100 * (1 - one_ddof / cc_max) == pytest.approx(0.2407, abs=1e-4)
+
+
+def test_oracle_variants_named_for_their_definitions() -> None:
+    """oracle_r_jackknife is neuralpredictors' compute_oracle_corr (naive loops; with its eps=1e-8 on the
+    standard deviations to 1e-7), oracle_r_loo_mean the per-trial LOO r averaged; they differ."""
+    rng = np.random.default_rng(12)
+    rate, y = _poisson_data(rng, n_img=6, k=4, n_t=5, n=3)
+    y[:, 1] += rng.poisson(0.7, size=y[:, 1].shape)  # one trial with a higher rate: pooling differs
+    res = compute_metrics(y, rate)
+    for j in range(y.shape[-1]):
+        assert res.per_neuron["oracle_r_jackknife"][j] == pytest.approx(_np_oracle_jackknife(y, j), rel=1e-12)
+        assert res.per_neuron["oracle_r_jackknife"][j] == pytest.approx(
+            _np_oracle_jackknife(y, j, eps=1e-8), abs=1e-7)
+    diff = res.per_neuron["oracle_r_loo_mean"] - res.per_neuron["oracle_r_jackknife"]
+    assert np.all(np.abs(diff) > 1e-4), diff
+
+
+def test_feve_summary_uses_sensorium_fev_threshold() -> None:
+    """Summary FEVE statistics cover only neurons with FEV > 0.15 (count in feve_n); FEV over all."""
+    from corticalrnn.metrics import FEV_THRESHOLD
+
+    assert FEV_THRESHOLD == 0.15
+    rng = np.random.default_rng(13)
+    rate, y = _poisson_data(rng, n_img=8, k=6, n_t=6, n=6, scale=4.0)
+    y[..., 4:] = rng.poisson(1.0, size=y[..., 4:].shape)  # pure noise: FEV ~ 0, FEVE of noise
+    pred = rate * rng.uniform(0.8, 1.2, size=rate.shape)
+    rows = summarize(y, pred, ["V1_Exc_L4"] * 6, np.ones(6, bool), progress=False)
+    full = rows.results["model"].per_neuron
+    above = full["fev"] > 0.15
+    assert above[:4].all() and not above[4:].any()
+    row = next(r for r in rows if (r["population"], r["neurons"], r["predictor"]) == ("all", "all", "model"))
+    assert row["feve_n"] == 4 and row["fev_n"] == int(np.isfinite(full["fev"]).sum())
+    assert row["feve_median"] == pytest.approx(float(np.median(full["feve"][:4])))
+    assert row["feve_mean"] == pytest.approx(float(np.mean(full["feve"][:4])))
+    assert row["fev_mean"] == pytest.approx(float(np.nanmean(full["fev"])))

@@ -117,3 +117,25 @@ def test_streaming_rejects_bad_chunks():
         s.update(data, bad)
     with pytest.raises(DataMismatchError, match="no images"):
         StreamingSummary(LABELS, observed, 3, 9, baseline_rates=np.ones(len(LABELS))).summary()
+
+
+@pytest.mark.parametrize("per_trial", [True, False])
+def test_streaming_new_definitions_equal_summarize(per_trial):
+    """CC_max (Schoppe's reference code), both oracles and the FEV-thresholded FEVE statistics, with
+    pure-noise neurons below the threshold and trials of different mean rate (pooled oracle differs)."""
+    data, pred, observed, rng = _data(5, per_trial, seed=9, n_img=8, n_t=6)
+    data[..., 10:13] = rng.poisson(1.0, size=data[..., 10:13].shape)  # pure noise: FEV below 0.15
+    louder = [0, 1, 2, 4, 6, 8]  # not the silent / constant neurons (SP would be exactly 0: rounding)
+    data[:, 2, :, louder] += rng.poisson(0.5, size=data[:, 2, :, louder].shape)  # one louder trial
+    rates = data.mean(axis=(0, 1, 2), dtype=np.float64)
+    ref = summarize(data, pred, LABELS, observed, progress=False)
+    fev = ref.results["model"].per_neuron["fev"]
+    assert not (fev[10:13] > 0.15).any() and (fev > 0.15).sum() >= 8  # NaN: no explainable variance
+    got = _stream(data, pred, observed, (3, 1, 4), baseline_rates=rates).summary()
+    _same_rows(ref, got)
+    for metric in ("cc_max", "cc_norm", "oracle_r_loo_mean", "oracle_r_jackknife", "fev", "feve"):
+        np.testing.assert_allclose(got.results["model"].per_neuron[metric],
+                                   ref.results["model"].per_neuron[metric], rtol=TOL, atol=TOL,
+                                   err_msg=metric)
+    row = next(r for r in got if (r["population"], r["neurons"], r["predictor"]) == ("all", "all", "model"))
+    assert row["feve_n"] == int((fev > 0.15).sum()) < row["fev_n"]
