@@ -350,3 +350,10 @@ def test_tied_hidden_rows_follow_observed_rows(storage):
     assert model.sign_violations() == dict.fromkeys(model.weights, 0)
     with pytest.raises(DataMismatchError, match="observed"):
         CorticalRNN(cfg, SIZES, pos, props)
+
+
+def test_gabor_without_lgn_positions_is_a_clear_error():
+    pos, props = identity()
+    del pos["X_ON"], pos["X_OFF"]
+    with pytest.raises(DataMismatchError, match="positions of the LGN inputs"):
+        CorticalRNN(ModelConfig(input_connectivity="gabor"), SIZES, pos, props)

@@ -205,6 +205,13 @@ class CorticalRNN(nn.Module):
                                                np.float64) for s in posts])
                  for k in ("ori", "phase", "frequency", "size", "aspect_ratio")}
         row_pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(posts)])
+        missing = [s for s in pres if ctx.positions is None or
+                   s not in {k.replace("L23", "L2/3") for k in ctx.positions}]
+        if missing:
+            raise DataMismatchError(
+                f"model: input_connectivity='gabor' needs the positions of the LGN inputs "
+                f"({', '.join(missing)} have none in the store; the thesis .npz layout records none): use "
+                "input_connectivity='dense' or 'retinotopic', or extract the Mozaik datastores, which do")
         lgn_xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in pres])
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
         size = cfg.rf_size or default_rf_size(lgn_xy)
