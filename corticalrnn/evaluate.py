@@ -30,28 +30,38 @@ import numpy as np
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 
-# columns of the printed table: (row key, header)
+# columns of the printed table: (row key, header); "med" = median over the group's neurons, "pooled" =
+# one value from the group's neurons together (bits/spike: sum of gains / sum of spikes; thesis_CC: all
+# neurons and bins of an image pooled, mean over images)
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("population", "population"), ("neurons", "neurons"), ("predictor", "predictor"), ("n", "n"),
-    ("single_trial_r_median", "r_single"), ("trial_avg_r_median", "r_trialavg"),
-    ("cc_norm_median", "CC_norm"), ("feve_median", "FEVE"), ("oracle_r_median", "r_oracle"),
-    ("co_bps", "bits/spike"), ("thesis_cc_abs", "thesis_CC_abs"), ("thesis_cc_norm", "thesis_CC_norm"),
+    ("single_trial_r_median", "r_single med"), ("trial_avg_r_median", "r_trialavg med"),
+    ("cc_norm_median", "CC_norm med"), ("fev_median", "FEV med"),
+    ("feve_median", "FEVE med (FEV>0.15)"), ("feve_n", "n FEV>0.15"),
+    ("oracle_r_loo_mean_median", "r_oracle LOO med"), ("co_bps", "bits/spike pooled"),
+    ("thesis_cc_abs", "thesis_CC_abs pooled"), ("thesis_cc_norm", "thesis_CC_norm pooled"),
 )
+TABLE_CAPTION = ("med: median over the group's neurons; pooled: one value from the group's neurons together\n"
+                 "(bits/spike: sum of log-likelihood gains / sum of spikes; thesis_CC: every neuron and bin\n"
+                 "of an image pooled, mean over images); FEVE: over neurons with FEV > 0.15 (Sensorium),\n"
+                 "counted in 'n FEV>0.15'; r_oracle LOO: r of each trial with the mean of the other trials,\n"
+                 "averaged over trials (neuralpredictors' pooled variant: oracle_r_jackknife in report.json)")
 TRUTH_COLUMNS: tuple[str, ...] = ("population", "neurons", "n", "r_model_truth_median",
                                   "r_population_truth_median", "r_psth_truth_median", "r_data_truth_median",
                                   "r_model_truth_imgspec_median", "r_data_truth_imgspec_median")
-# the model beside the baselines and ceilings, per population x observed / hidden (medians over neurons;
-# bits/spike pooled over the group's neurons)
+# the model beside the baselines and ceilings, per population x observed / hidden (med: medians over
+# neurons; bits/spike pooled over the group's neurons)
 COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("model", "trial_avg_r_median", "r_avg model"), ("population", "trial_avg_r_median", "r_avg pop"),
-    ("psth", "trial_avg_r_median", "r_avg psth"), ("model", "single_trial_r_median", "r_1 model"),
-    ("population", "single_trial_r_median", "r_1 pop"), ("model", "cc_norm_median", "CC_norm model"),
-    ("population", "cc_norm_median", "CC_norm pop"), ("model", "co_bps", "bits/spike model (pooled)"),
-    ("population", "co_bps", "bits/spike pop (pooled)"),
-    ("model", "bps_vs_population", "model-pop bits/spike"),
-    ("model", "cc_max_median", "CC_max (ceiling of r_avg)"),
-    ("model", "oracle_r_median", "r_oracle (ceiling of r_1 for trial-blind predictors)"),
-    ("model", "split_half_r_median", "split-half r"),
+    ("model", "trial_avg_r_median", "r_avg model med"), ("population", "trial_avg_r_median", "r_avg pop med"),
+    ("psth", "trial_avg_r_median", "r_avg psth med"), ("model", "single_trial_r_median", "r_1 model med"),
+    ("population", "single_trial_r_median", "r_1 pop med"), ("model", "cc_norm_median", "CC_norm model med"),
+    ("population", "cc_norm_median", "CC_norm pop med"), ("model", "co_bps", "bits/spike model pooled"),
+    ("population", "co_bps", "bits/spike pop pooled"),
+    ("model", "bps_vs_population", "model-pop bits/spike pooled"),
+    ("model", "cc_max_median", "CC_max med (ceiling of r_avg)"),
+    ("model", "oracle_r_loo_mean_median",
+     "r_oracle LOO med (ceiling of r_1 for trial-blind predictors)"),
+    ("model", "split_half_r_median", "split-half r med"),
 )
 
 
@@ -101,7 +111,7 @@ def format_metrics_table(rows: list[dict[str, Any]]) -> str:
     from corticalrnn.tables import format_table
 
     return format_table([{h: r.get(k, "") for k, h in TABLE_COLUMNS} for r in rows],
-                        [h for _, h in TABLE_COLUMNS])
+                        [h for _, h in TABLE_COLUMNS], drop_empty=True)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -521,7 +531,10 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     t_start = time.perf_counter()
     checkpoint = Path(checkpoint)
     dev = resolve_device(device, cpu_hint="--device cpu (API: device=\"cpu\")")
-    model, ck = model_from_checkpoint(checkpoint, dev, weights=weights)
+    st = store if hasattr(store, "windows") else open_store(store)
+    # the checkpoint's declared sizes, neuron ids, bin size and positions are checked against the store
+    # (and a memory bound) before the model is built
+    model, ck = model_from_checkpoint(checkpoint, dev, weights=weights, store=st)
     t_loaded = time.perf_counter()
     weights_used = "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw"
     for key in ("model", "ema", "optimizer", "scheduler", "scaler"):  # in the model now; free the copies
@@ -531,7 +544,6 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
 
         print(f"evaluate: {describe(dev, ck.get('precision', 'fp32') if dev.type == 'cuda' else 'fp32')}",
               file=sys.stderr, flush=True)
-    st = store if hasattr(store, "windows") else open_store(store)
     if float(st.bin_ms) != float(ck["spec"]["bin_ms"]):
         raise DataMismatchError(f"{st.path}: {st.bin_ms} ms bins, but {checkpoint} was trained on "
                                 f"{ck['spec']['bin_ms']} ms bins")
@@ -660,12 +672,12 @@ def print_result(res: EvalResult, file: Any = None) -> None:
     if len(shown) > 12:
         shown = f"{len(shown)} ({', '.join(map(str, shown[:5]))}, ..., {shown[-1]})"
     print(f"test images {shown}, {r['trials_per_image']} trial(s) each, "
-          f"{r['n_bins']} bins of {r['bin_ms']} ms; medians over neurons; model vs mean-rate baseline",
-          file=file)
+          f"{r['n_bins']} bins of {r['bin_ms']} ms; model vs mean-rate baseline", file=file)
+    print(TABLE_CAPTION, file=file)
     print(res.table(), file=file)
     if r.get("comparison") and any("r_avg pop" in c for c in r["comparison"]):
         print("\nmodel beside the time-course baselines (from training windows) and the ceilings:", file=file)
-        print(format_table(r["comparison"]), file=file)
+        print(format_table(r["comparison"], drop_empty=True), file=file)
     if res.skipped:
         print("skipped metrics:", file=file)
         for name, why in res.skipped.items():
@@ -675,7 +687,7 @@ def print_result(res: EvalResult, file: Any = None) -> None:
     if res.truth_rows:
         print("\ncomparison with the generator's true rates (Pearson r over images x time, median):",
               file=file)
-        print(format_table(res.truth_rows, list(TRUTH_COLUMNS)), file=file)
+        print(format_table(res.truth_rows, list(TRUTH_COLUMNS), drop_empty=True), file=file)
     if res.report_path is not None:
         print(f"\nreport: {res.report_path}", file=file)
         if res.figures:

@@ -121,7 +121,7 @@ def test_evaluate_single_trial_store_says_what_is_skipped(trained):
     one = write_store(d / "one.zarr", [300, 301], 1, seed=2)
     res = evaluate(d / "run" / "best.pt", one, None, device="cpu", progress=False)
     assert "cc_norm" in res.skipped and "trials" in res.skipped["cc_norm"]
-    assert "oracle_r" in res.skipped and "feve" in res.skipped
+    assert {"oracle_r_loo_mean", "oracle_r_jackknife", "feve"} <= set(res.skipped)
 
 
 def test_evaluate_never_uses_training_images(trained):
@@ -268,3 +268,71 @@ def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
     saved = open_predictions(tmp_path / "p16.npy")
     assert saved.rates.dtype == np.float16
     np.testing.assert_allclose(saved.rates, res.prediction, rtol=1e-3, atol=1e-4)
+
+
+def _crafted_checkpoint(src: Path, dst: Path, n: int, consistent_subset: bool) -> Path:
+    """``src`` with V1_Exc_L4 declared as ``n`` neurons (ids 10**6 ..), the subset changed too or not."""
+    import torch
+
+    from corticalrnn.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(src)
+    ids = np.arange(n, dtype=np.int64) + 10**6
+    ck["spec"]["sizes"]["V1_Exc_L4"] = n
+    ck["spec"]["neuron_ids"]["V1_Exc_L4"] = torch.as_tensor(ids)
+    if consistent_subset:
+        ck["subset"]["sheets"]["V1_Exc_L4"] = {"modelled": ids.tolist(), "observed": ids[:10].tolist()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dst, {k: v for k, v in ck.items() if k not in ("format", "version")})
+    return dst
+
+
+@pytest.mark.parametrize("consistent_subset", [False, True])
+def test_crafted_checkpoint_sizes_refused_before_the_model_is_built(trained, tmp_path, monkeypatch,
+                                                                     consistent_subset):
+    """A checkpoint declaring 60,000 L4 E neurons (a 13.4 GiB dense model) fails on the store / its own
+    subset before anything is allocated, through evaluate and through Experiment.evaluate."""
+    import corticalrnn.train.setup as setup
+    from corticalrnn.evaluate import evaluate
+    from corticalrnn.experiment import Experiment
+
+    d, _, _ = trained
+    bad = _crafted_checkpoint(d / "run" / "best.pt", tmp_path / "run" / "best.pt", 60_000, consistent_subset)
+
+    def never(*a, **k):
+        raise AssertionError("the model was built from an unchecked checkpoint")
+
+    monkeypatch.setattr(setup, "build_model", never)
+    match = r"test\.zarr.*lacks" if consistent_subset else "differ from its neuron subset"
+    with pytest.raises(DataMismatchError, match=match):
+        evaluate(bad, d / "test.zarr", None, device="cpu", progress=False)
+    exp = Experiment(d / "train.zarr", test_store=d / "test.zarr", workdir=tmp_path / "exp",
+                     config=d / "run" / "config.toml")
+    with pytest.raises(DataMismatchError, match=match):
+        exp.evaluate(bad, figures=False, progress=False)
+
+
+def test_checkpoint_spec_checks_and_memory_bound(trained, tmp_path):
+    from corticalrnn.errors import SchemaError
+    from corticalrnn.store import open_store
+    from corticalrnn.train.checkpoint import load_checkpoint
+    from corticalrnn.train.setup import check_checkpoint, model_bytes_lower_bound
+
+    d, _, subset = trained
+    ck = load_checkpoint(d / "run" / "best.pt")
+    assert check_checkpoint(ck, "best.pt", open_store(d / "test.zarr")).sizes() == subset.sizes()
+    # 2,000,000 neurons: at least 4 * (2e6)^2 bytes = 14.6 TiB, more than any machine here
+    huge = load_checkpoint(_crafted_checkpoint(d / "run" / "best.pt", tmp_path / "huge.pt", 2_000_000, True))
+    assert model_bytes_lower_bound(huge["spec"]) >= 4 * 2_000_000**2
+    with pytest.raises(DataMismatchError, match=r"huge\.pt: the model it declares .* needs at least .*TiB"):
+        check_checkpoint(huge, "huge.pt")
+    for value in (-1, 1.5, "10", True, 10**9):
+        ck["spec"]["sizes"]["V1_Inh_L4"] = value
+        with pytest.raises(SchemaError, match="neurons for V1_Inh_L4"):
+            check_checkpoint(ck, "x.pt")
+    ck["spec"]["sizes"]["V1_Inh_L4"] = subset.sizes()["V1_Inh_L4"] + 1
+    with pytest.raises(DataMismatchError, match="lists .* neuron ids"):
+        check_checkpoint(ck, "x.pt")
+    ck["spec"]["sizes"] = {"V1_Foo": 3}
+    with pytest.raises(SchemaError, match="x.pt: checkpoint spec"):
+        check_checkpoint(ck, "x.pt")

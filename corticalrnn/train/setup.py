@@ -141,16 +141,118 @@ def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
                        _observed_mask(spec))
 
 
+MAX_SHEET_SIZE = 10_000_000  # neurons of one sheet in a checkpoint's spec (Mozaik's V1: ~10^5)
+
+
+def model_bytes_lower_bound(spec: dict[str, Any]) -> int:
+    """Bytes a model of ``spec`` certainly allocates: one float32 copy of its dense weight matrices
+    (V1 x (V1 + input); V1 x input only with ``weight_storage = "sparse"``). The real footprint is a few
+    times this; the bound only refuses what cannot fit at all."""
+    from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS, normalize_sheet_name
+
+    sizes = {normalize_sheet_name(k): int(v) for k, v in spec["sizes"].items()}
+    n_v1 = sum(v for k, v in sizes.items() if k in V1_SHEETS)
+    n_in = sum(v for k, v in sizes.items() if k in INPUT_SHEETS)
+    sparse = (spec.get("model_config") or {}).get("weight_storage") == "sparse"
+    return 4 * n_v1 * (n_in + (0 if sparse else n_v1))
+
+
+def _memory_available(device: torch.device) -> tuple[int | None, str]:
+    """Total memory of ``device`` in bytes (None: unknown) and its name for messages."""
+    import os
+
+    if device.type == "cuda" and torch.cuda.is_available():
+        try:
+            return int(torch.cuda.mem_get_info(device)[1]), f"GPU memory of {device}"
+        except Exception:  # noqa: BLE001 - a query that fails leaves the bound unchecked
+            return None, str(device)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")), "this machine's memory"
+    except (ValueError, OSError, AttributeError):
+        return None, "memory"
+
+
+def check_checkpoint(ck: dict[str, Any], path: str | Path, store: Any = None,
+                     device: str | torch.device = "cpu") -> Any:
+    """Check what a checkpoint declares before anything is allocated from it; returns its
+    :class:`~corticalrnn.subsets.NeuronSubset` (None when it holds none).
+
+    The spec's ``sizes`` must be sheet names with counts in ``0 .. MAX_SHEET_SIZE``, equal to the
+    number of its ``neuron_ids`` per sheet and to the checkpoint's subset (same ids); with ``store``,
+    the store must hold every one of those neurons, with the same bin size and positions
+    (:func:`check_store_fits`); and a lower bound of the model's memory
+    (:func:`model_bytes_lower_bound`) must fit ``device``. Raises :class:`DataMismatchError` (or
+    ``SchemaError`` for a malformed spec) naming the checkpoint."""
+    from corticalrnn.errors import SchemaError
+    from corticalrnn.sheets import normalize_sheet_name
+    from corticalrnn.subsets import NeuronSubset
+    from corticalrnn.tables import human_bytes
+
+    spec = ck.get("spec")
+    sizes = spec.get("sizes") if isinstance(spec, dict) else None
+    if not isinstance(sizes, dict) or not sizes:
+        raise SchemaError(f"{path}: checkpoint spec has no neuron counts ('sizes')")
+    declared: dict[str, int] = {}
+    for name, n in sizes.items():
+        try:
+            sheet = normalize_sheet_name(str(name))
+        except ValueError as exc:
+            raise SchemaError(f"{path}: checkpoint spec: {exc}") from None
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= int(n) <= MAX_SHEET_SIZE:
+            raise SchemaError(f"{path}: checkpoint spec declares {n!r} neurons for {sheet} (expected an "
+                              f"integer 0 .. {MAX_SHEET_SIZE:,})")
+        declared[sheet] = int(n)
+    ids = spec.get("neuron_ids") or {}
+    for sheet, n in declared.items():
+        got = ids.get(sheet)
+        count = None if got is None else int(np.asarray(got.cpu() if hasattr(got, "cpu") else got).size)
+        if count != n:
+            raise DataMismatchError(f"{path}: checkpoint spec declares {n:,} {sheet} neurons but lists "
+                                    f"{'no' if count is None else f'{count:,}'} neuron ids for it")
+    subset = None
+    if ck.get("subset") is not None:
+        subset = NeuronSubset.from_json_dict(ck["subset"], f"{path} (subset)")
+        if subset.sizes() != declared:
+            raise DataMismatchError(f"{path}: the model's declared sizes {declared} differ from its neuron "
+                                    f"subset's {subset.sizes()}")
+        for sheet, sub in subset.sheets.items():
+            spec_ids = np.asarray(ids[sheet].cpu() if hasattr(ids[sheet], "cpu") else ids[sheet])
+            if not np.array_equal(spec_ids, np.asarray(sub.modelled)):
+                raise DataMismatchError(f"{path}: the model's {sheet} neuron ids differ from its subset's")
+    if store is not None:
+        if subset is not None:
+            subset.indices(store, "modelled", name=str(store.path))  # names missing sheets/ids
+            check_store_fits(spec, subset, store, path)
+        else:
+            for sheet in declared:
+                want = np.asarray(ids[sheet].cpu() if hasattr(ids[sheet], "cpu") else ids[sheet])
+                have = store.neuron_ids(sheet) if sheet in store.sheets else np.zeros(0, np.int64)
+                missing = want[~np.isin(want, have)]
+                if missing.size:
+                    raise DataMismatchError(f"{store.path}: lacks {missing.size:,} of the {sheet} neurons "
+                                            f"of {path} (e.g. {missing[:5].tolist()})")
+    need = model_bytes_lower_bound(spec)
+    have_bytes, where = _memory_available(torch.device(device))
+    if have_bytes is not None and need > have_bytes:
+        raise DataMismatchError(f"{path}: the model it declares ({sum(declared.values()):,} neurons) needs "
+                                f"at least {human_bytes(need)}, more than the {human_bytes(have_bytes)} "
+                                f"of {where}")
+    return subset
+
+
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                          weights: str = "auto") -> tuple[Any, dict[str, Any]]:
+                          weights: str = "auto", store: Any = None) -> tuple[Any, dict[str, Any]]:
     """Rebuild the trained model of a checkpoint (EMA weights when present unless ``weights="raw"``).
 
-    Returns ``(model, checkpoint_dict)``; the model is in eval mode on ``device``.
+    Before building, :func:`check_checkpoint` checks the declared sizes (against ``store`` too, when
+    given) and a memory bound. Returns ``(model, checkpoint_dict)``; the model is in eval mode on
+    ``device``.
     """
     from corticalrnn.train.checkpoint import load_checkpoint, load_state_strict
 
     ck = load_checkpoint(path)
     device = torch.device(device)
+    check_checkpoint(ck, path, store, device)
     model = build_model(ck["spec"], "fp32" if device.type == "cpu" else ck.get("precision", "fp32"))
     state = ck["model"]
     if weights == "auto" and ck.get("ema") is not None:
