@@ -3,13 +3,20 @@
 Each subcommand lives in the module that owns its work and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only for the
 subcommand that runs, so ``corticalrnn extract`` works without torch installed.
+
+Errors: a :class:`~corticalrnn.errors.CorticalRNNError` prints its message; any other exception
+from a subcommand (a ``ValueError`` or ``OSError`` from numpy, zarr, h5py, torch ...) prints one line
+naming the command and the exception, exit status 1; the traceback only with ``--debug`` (before or
+after the command) or the environment variable ``CORTICALRNN_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +39,29 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 EXTRAS: dict[str, str] = {"torch": "train", "matplotlib": "train", "threadpoolctl": "train",
                           "neo": "neo", "quantities": "neo", "pynwb": "nwb", "hdmf": "nwb",
                           "nwbinspector": "nwb"}
+
+
+DEBUG_ENV = "CORTICALRNN_DEBUG"
+DEBUG_HELP = f"show the full traceback of an unexpected error (also: {DEBUG_ENV}=1)"
+
+
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` given, or ``CORTICALRNN_DEBUG`` set to anything but empty / 0 / false / no."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return env or bool(getattr(args, "debug", False))
+
+
+def unexpected_error_message(command: str | None, exc: BaseException, limit: int = 400) -> str:
+    """One line for an exception that is not a CorticalRNNError: command, type, first line of the
+    message (shortened to ``limit`` characters) and how to see the traceback."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    where = f"corticalrnn {command}" if command else "corticalrnn"
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return (f"{where}: error: {what} (unexpected; rerun with --debug or {DEBUG_ENV}=1 for the traceback, "
+            f"and please report it if the input looks right)")
 
 
 class MissingDependency(SystemExit):
@@ -70,10 +100,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     from corticalrnn import __version__
 
     parser.add_argument("--version", action="version", version=f"corticalrnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (_module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        # SUPPRESS: an absent sub-level flag must not reset a top-level --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         if name == chosen:
             mod = import_subcommand(name)
             mod.add_arguments(p)
@@ -93,20 +126,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from corticalrnn.errors import CorticalRNNError
 
+    debug = debug_requested(args)
     try:
         return int(args._run(args) or 0)
     except CorticalRNNError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"corticalrnn {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # an optional dependency imported lazily by the command
-        msg = missing_dependency_message(args.command, exc)
-        if msg is None:
-            raise
-        print(msg, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # any other library error: one line, the traceback only on request
+        msg = (missing_dependency_message(args.command, exc) if isinstance(exc, ModuleNotFoundError)
+               else None)  # an optional dependency imported lazily by the command
+        if msg is not None:
+            print(msg, file=sys.stderr)
+            return 1
+        if debug:
+            raise
+        print(unexpected_error_message(args.command, exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
