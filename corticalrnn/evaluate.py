@@ -102,6 +102,8 @@ class EvalResult:
     per_neuron: dict[str, np.ndarray]
     prediction: np.ndarray
     test: TestData
+    # every per-neuron metric of every predictor, one entry per column (corticalrnn.results)
+    neurons: dict[str, np.ndarray] = field(default_factory=dict)
 
     def table(self) -> str:
         return format_metrics_table(self.rows)
@@ -409,40 +411,70 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
                  observed: np.ndarray, ids: np.ndarray, per_neuron: dict[str, np.ndarray],
                  skipped: dict[str, str], bin_ms: float, log_rows: list[dict[str, Any]],
                  truth: np.ndarray | None, rate: np.ndarray | None = None,
-                 scatter: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path]:
+                 scatter: tuple[np.ndarray, np.ndarray] | None = None, *,
+                 window: dict[str, Any] | None = None, neurons: dict[str, np.ndarray] | None = None,
+                 run_dir: Path | None = None, best_step: int | None = None) -> list[Path]:
     """Rasters/PSTHs (one observed and one hidden example neuron per population) of the kept image
-    with the most spikes, metric histograms per population observed vs hidden, learning curves, truth
-    scatter. ``test``/``pred``/``truth`` hold the kept images; ``rate``: per-neuron mean count over
-    every test image (default: over the kept ones); ``scatter``: (trial-averaged prediction, true
-    rates) ``[images, T, N]`` for the scatter (default: the kept images)."""
+    with the most spikes, metric histograms per population observed vs hidden (with the baselines'
+    medians as reference lines), learning curves, truth scatter. ``test``/``pred``/``truth`` hold the
+    kept images; ``rate``: per-neuron mean count over every test image (default: over the kept ones);
+    ``scatter``: (trial-averaged prediction, true rates) ``[images, T, N]`` for the scatter (default:
+    the kept images); ``window``: the store's ``window_def`` (time from image onset, image shaded);
+    ``neurons``: the per-neuron table (:mod:`corticalrnn.results`; reference lines and r);
+    ``run_dir``: where the learning curves go (default ``out_dir``)."""
     from corticalrnn import plots
     from corticalrnn.sheets import V1_SHEETS, population_label
 
+    window = window or {}
+    neurons = neurons or {}
     figs: list[Path] = []
     img = int(np.argmax(test.v1.sum(axis=(1, 2, 3))))  # the (kept) test image with the most spikes
     sheets = [s for s in V1_SHEETS if (labels == s).any()]
-    examples = [(j, f"{population_label(s)} {g}\n#{int(ids[j])}")
+    r_avg = per_neuron.get("trial_avg_r")
+
+    def example_label(s: str, g: str, j: int) -> str:
+        r = "" if r_avg is None or not np.isfinite(r_avg[j]) else f"\nr_avg {r_avg[j]:.2f}"
+        return f"{population_label(s)} {g}\n#{int(ids[j])}{r}"
+
+    examples = [(j, example_label(s, g, j))
                 for s in sheets for j, g in example_neurons(test.v1, labels, observed, s, 1, rate)]
     if examples:
+        stim = window.get("stimulus_ms")
         figs.append(plots.raster_psth(
             test.v1[img], pred[img], [j for j, _ in examples], [lab for _, lab in examples], bin_ms,
             out_dir / "raster_psth.png",
-            title=f"image {int(test.kept_image_ids[img])}: data vs model ({test.v1.shape[1]} trials)",
-            truth=None if truth is None else truth[img]))
+            title=f"test image {int(test.kept_image_ids[img])} (most spikes): data vs model, "
+                  f"{test.v1.shape[1]} trials; r_avg: the neuron's r over all test images",
+            truth=None if truth is None else truth[img], t0_ms=float(window.get("t0_ms", 0.0)),
+            stimulus_ms=None if stim is None else float(stim)))
     for metric in ("trial_avg_r", "cc_norm", "bits_per_spike"):
         if metric in skipped or metric not in per_neuron:
             continue
         values = {population_label(s): {"observed": per_neuron[metric][(labels == s) & observed],
                                         "hidden": per_neuron[metric][(labels == s) & ~observed]}
                   for s in sheets}
-        figs.append(plots.metric_histograms(values, metric, out_dir / f"hist_{metric}.png"))
+        present = [q for q in ("population", "psth", "baseline") if f"{q}_{metric}" in neurons]
+        refs = {population_label(s): {q: _nanmedian(neurons[f"{q}_{metric}"][labels == s]) for q in present}
+                for s in sheets}
+        figs.append(plots.metric_histograms(values, metric, out_dir / f"hist_{metric}.png", references=refs))
     if log_rows:
-        figs.append(plots.learning_curves(log_rows, out_dir / "learning_curves.png"))
+        folder = out_dir if run_dir is None else run_dir
+        try:
+            figs.append(plots.learning_curves(log_rows, folder / "learning_curves.png", best_step=best_step))
+        except OSError:  # a read-only run folder: beside the report instead
+            figs.append(plots.learning_curves(log_rows, out_dir / "learning_curves.png", best_step=best_step))
     if truth is not None:
         pm, tr = scatter if scatter is not None else (pred.mean(1), truth)
-        figs.append(plots.truth_scatter({population_label(s): pm[..., labels == s] for s in sheets},
-                                        {population_label(s): tr[..., labels == s] for s in sheets},
-                                        out_dir / "truth_scatter.png", bin_ms))
+        groups = {"observed": observed, "hidden": ~observed}
+        r_truth = neurons.get("model_r_truth")
+        r_med = None if r_truth is None else {
+            population_label(s): {g: _nanmedian(r_truth[(labels == s) & m]) for g, m in groups.items()}
+            for s in sheets}
+        figs.append(plots.truth_scatter(
+            {population_label(s): {g: pm[..., (labels == s) & m] for g, m in groups.items()} for s in sheets},
+            {population_label(s): {g: tr[..., (labels == s) & m] for g, m in groups.items()} for s in sheets},
+            out_dir / "truth_scatter.png", bin_ms,
+            r=r_med))
     return figs
 
 
@@ -616,7 +648,14 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     _add_group_medians(rows, acc.split_half_r(), "split_half_r_median", labels, observed)
     skipped = dict(summary.skipped)
     per = summary.results["model"].per_neuron
-    truth_rows_ = None if truth is None else truth_rows(acc.truth_r(), labels, observed)
+    truth_r = None if truth is None else acc.truth_r()
+    truth_rows_ = None if truth_r is None else truth_rows(truth_r, labels, observed)
+    from corticalrnn.results import per_neuron_table
+
+    neuron_table, neuron_columns = per_neuron_table(
+        ids, labels, observed, summary.results, spikes=summary.results["model"].n_spikes,
+        rate_hz=acc.spike_rates() * (1000.0 / float(st.bin_ms)), split_half_r=acc.split_half_r(),
+        truth_r=truth_r)
 
     shapes = [(k, n_t, n_v1), (k, n_t, n_in), (k, n_t, n_v1)] + ([] if truth is None else [(n_t, n_v1)])
     kept, arrays = keeper.stacked(shapes)
@@ -654,12 +693,33 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
         if figures and len(kept):
             scatter = (np.stack(scatter_pm), np.stack(scatter_truth)) if scatter_pm else None
             figs = make_figures(out, test, pred_kept, labels, observed, ids, per, skipped, st.bin_ms,
-                                log_rows, truth_kept, rate=acc.spike_rates(), scatter=scatter)
-        report["figures"] = [f.name for f in figs]
+                                log_rows, truth_kept, rate=acc.spike_rates(), scatter=scatter,
+                                window=dict(st.window_def), neurons=neuron_table, run_dir=checkpoint.parent,
+                                best_step=ck["progress"].get("best_step"))
         from corticalrnn.jsonio import write_json
+        from corticalrnn.results import relative_name, write_per_neuron
+
+        report["figures"] = [relative_name(f, out) for f in figs]
+        files = {"report": "report.json", **write_per_neuron(out, neuron_table)}
+        if writer is not None:
+            files["predictions"] = relative_name(writer.npy, out)
+            files["predictions_index"] = relative_name(writer.json, out)
+        report["files"] = files
+        report["per_neuron_columns"] = neuron_columns
 
         report_path = write_json(out / "report.json", report)
-    return EvalResult(rows, skipped, truth_rows_, report, report_path, figs, per, pred_kept, test)
+    return EvalResult(rows, skipped, truth_rows_, report, report_path, figs, per, pred_kept, test,
+                      neuron_table)
+
+
+def load_results(eval_dir: str | Path, frame: bool | None = None) -> Any:
+    """An evaluation folder read back: ``report, table = load_results(d)``; the table has one row
+    per neuron with every per-neuron metric of the model and each baseline (a pandas DataFrame when
+    pandas is importable, else a dict of numpy arrays); ``.predictions()`` opens the saved
+    predictions. See :mod:`corticalrnn.results`."""
+    from corticalrnn.results import load_results as _load
+
+    return _load(eval_dir, frame)
 
 
 def print_result(res: EvalResult, file: Any = None) -> None:
@@ -690,6 +750,10 @@ def print_result(res: EvalResult, file: Any = None) -> None:
         print(format_table(res.truth_rows, list(TRUTH_COLUMNS), drop_empty=True), file=file)
     if res.report_path is not None:
         print(f"\nreport: {res.report_path}", file=file)
+        tables = [v for k, v in (r.get("files") or {}).items() if k.startswith("per_neuron")]
+        if tables:
+            print(f"per-neuron metrics: {', '.join(str(res.report_path.parent / t) for t in tables)} "
+                  f"(corticalrnn.evaluate.load_results)", file=file)
         if res.figures:
             print(f"figures: {', '.join(str(f) for f in res.figures)}", file=file)
     if r.get("predictions"):

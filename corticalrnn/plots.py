@@ -33,88 +33,177 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+STIM_COLOR = "#fff2b3"  # shading of the interval the image is shown
+REF_STYLES = {"population": ("dimgrey", "--", "population baseline"),
+              "psth": ("dimgrey", ":", "PSTH baseline"), "baseline": ("dimgrey", "-.", "mean-rate baseline")}
+METRIC_LABELS = {
+    "trial_avg_r": "r with the trial-averaged response (r_avg)",
+    "single_trial_r": "r with single trials (r_1)",
+    "cc_norm": "CC_norm = r_avg / CC_max",
+    "cc_max": "CC_max (ceiling of r_avg)",
+    "bits_per_spike": "bits/spike (log-likelihood gain over the mean rate)",
+    "feve": "FEVE (fraction of explainable variance explained)",
+    "fev": "FEV (fraction of explainable variance)",
+}
+
+
+def _shade_stimulus(ax: plt.Axes, stimulus_ms: float | None) -> None:
+    """Shade ``[0, stimulus_ms]`` (the image) and mark the onset; just the onset when the duration is
+    unknown."""
+    if stimulus_ms is not None and stimulus_ms > 0:
+        ax.axvspan(0.0, stimulus_ms, color=STIM_COLOR, zorder=0, lw=0)
+    ax.axvline(0.0, color="goldenrod", lw=0.8, zorder=0.5)
+
+
 def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labels: Sequence[str],
                 bin_ms: float, path: str | Path, title: str = "",
-                truth: np.ndarray | None = None) -> Path:
+                truth: np.ndarray | None = None, t0_ms: float = 0.0,
+                stimulus_ms: float | None = None) -> Path:
     """Rows of example neurons: spike-count raster over trials (data) and PSTH data vs prediction.
 
     ``data`` and ``pred`` are ``[trials, T, N]`` (counts per bin and expected counts per bin) for
     one image; ``truth`` (optional, ``[T, N]``) is the generator's true expected count per bin.
-    Rates are shown in spikes/s.
+    Time is in ms from image onset: the window starts at ``t0_ms`` (negative: part of the blank
+    before); ``[0, stimulus_ms]`` (the image) is shaded. Rates are shown in spikes/s; the rasters
+    share one colour scale (spikes per bin, colour bar).
     """
     n = len(neurons)
-    fig, axes = plt.subplots(n, 2, figsize=(10, 1.5 * n + 0.8), squeeze=False, layout="constrained",
-                             gridspec_kw={"width_ratios": [1, 1.3]})
-    t = (np.arange(data.shape[1]) + 0.5) * bin_ms
+    k, n_t = data.shape[0], data.shape[1]
+    fig, axes = plt.subplots(n, 2, figsize=(11, 1.5 * n + 1.0), squeeze=False, layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1.3]}, sharex=True)
+    edges = t0_ms + np.arange(n_t + 1) * bin_ms
+    t = (edges[:-1] + edges[1:]) / 2
     hz = 1000.0 / bin_ms
+    vmax = max(1.0, float(max((data[:, :, j].max() for j in neurons), default=1.0)))
+    cmap = matplotlib.colormaps["Greys"].resampled(int(vmax) + 1) if vmax <= 12 else "Greys"
+    im = None
     for row, (j, label) in enumerate(zip(neurons, labels)):
         ax_r, ax_p = axes[row]
         counts = data[:, :, j]
-        ax_r.imshow(counts, aspect="auto", interpolation="nearest", cmap="Greys",
-                    extent=(0, data.shape[1] * bin_ms, counts.shape[0], 0), vmin=0,
-                    vmax=max(1.0, float(counts.max())))
-        ax_r.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        im = ax_r.imshow(counts, aspect="auto", interpolation="nearest", cmap=cmap,
+                         extent=(edges[0], edges[-1], k + 0.5, 0.5), vmin=-0.5 if vmax <= 12 else 0,
+                         vmax=vmax + 0.5 if vmax <= 12 else vmax)
+        if stimulus_ms is not None and stimulus_ms > 0:
+            for x in (0.0, stimulus_ms):
+                ax_r.axvline(x, color="goldenrod", lw=1.0)
+        else:
+            ax_r.axvline(0.0, color="goldenrod", lw=1.0)
+        ax_r.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=4))
         ax_r.set_ylabel(f"{label}\ntrial", fontsize=8)
-        ax_p.plot(t, counts.mean(0) * hz, color=DATA_COLOR, lw=1.2, label="data (trial mean)")
-        ax_p.plot(t, pred[:, :, j].mean(0) * hz, color=PRED_COLOR, lw=1.2, label="model (trial mean)")
+        _shade_stimulus(ax_p, stimulus_ms)
+        ax_p.step(edges, np.append(counts.mean(0), counts.mean(0)[-1]) * hz, where="post",
+                  color=DATA_COLOR, lw=1.0, label="data (trial mean)")
+        ax_p.plot(t, pred[:, :, j].mean(0) * hz, color=PRED_COLOR, lw=1.6, label="model (trial mean)")
         if truth is not None:
-            ax_p.plot(t, truth[:, j] * hz, color=TRUTH_COLOR, lw=1.0, ls="--", label="true rate")
-        ax_p.set_ylabel("spikes/s", fontsize=8)
+            ax_p.plot(t, truth[:, j] * hz, color=TRUTH_COLOR, lw=1.2, ls="--", label="true rate")
+        ax_p.set_ylabel("rate (spikes/s)", fontsize=8)
+        ax_p.set_ylim(bottom=0)
         if row == 0:
-            ax_r.set_title("data raster", fontsize=9)
-            ax_p.set_title("PSTH", fontsize=9)
-            ax_p.legend(fontsize=7, loc="upper right")
-    axes[-1, 0].set_xlabel("time (ms)")
-    axes[-1, 1].set_xlabel("time (ms)")
+            ax_r.set_title("data: spike counts per trial", fontsize=9)
+            ax_p.set_title("PSTH (shaded: image shown)", fontsize=9)
+            ax_p.legend(fontsize=7, loc="upper right", ncol=3 if truth is not None else 2)
+    ax_r.set_xlim(edges[0], edges[-1])
+    axes[-1, 0].set_xlabel("time from image onset (ms)")
+    axes[-1, 1].set_xlabel("time from image onset (ms)")
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes[:, 0], location="left", shrink=0.5, pad=0.02, aspect=30)
+        cb.set_label(f"spikes per {bin_ms:g} ms bin", fontsize=8)
+        cb.ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        cb.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: str, path: str | Path,
-                      baseline: Mapping[str, float] | None = None) -> Path:
-    """One panel per population: histogram of a per-neuron metric, observed vs hidden.
+def _shown_range(values: Sequence[np.ndarray], refs: Sequence[float], metric: str) -> tuple[float, float]:
+    """One x range for every panel: the 1st..99th percentile of all values (and the reference
+    lines), so that an outlier does not squash the rest; correlations stay within [-1, 1]."""
+    allv = np.concatenate([np.asarray(v, float).ravel() for v in values] + [np.zeros(0)])
+    allv = allv[np.isfinite(allv)]
+    if not allv.size:
+        return (-1.0, 1.0)
+    lo, hi = np.percentile(allv, [1, 99]) if allv.size >= 50 else (allv.min(), allv.max())
+    finite_refs = [r for r in refs if np.isfinite(r)]
+    lo, hi = min([lo, *finite_refs]), max([hi, *finite_refs])
+    if metric.endswith("_r") or metric == "cc_max":
+        lo, hi = max(lo, -1.0), min(hi, 1.0)
+    if metric == "bits_per_spike":
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = 0.04 * (hi - lo) if hi > lo else 0.5
+    return float(lo - pad), float(hi + pad)
 
-    ``values[population][group]`` with group ``observed``/``hidden``; ``baseline[population]``
-    (optional) draws the mean-rate baseline's median as a dashed line.
+
+def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: str, path: str | Path,
+                      baseline: Mapping[str, float] | None = None,
+                      references: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """One panel per population: histogram of a per-neuron metric, observed vs hidden, on one x range
+    and one set of bins for every panel (values outside it are counted in the edge bins and noted).
+
+    ``values[population][group]`` with group ``observed``/``hidden``; each group's median is a solid
+    line in its colour. ``references[population][predictor]`` (``population``, ``psth``,
+    ``baseline``): the median of that baseline predictor, drawn as a grey reference line;
+    ``baseline[population]`` is the older spelling of ``references[population]["baseline"]``.
     """
     pops = list(values)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.2 * len(pops), 2.8), squeeze=False,
-                             layout="constrained")
+    refs: dict[str, dict[str, float]] = {p: dict((references or {}).get(p, {})) for p in pops}
+    for p, v in (baseline or {}).items():
+        refs.setdefault(p, {})["baseline"] = v
+    lo, hi = _shown_range([v for g in values.values() for v in g.values()],
+                          [x for r in refs.values() for x in r.values()], metric)
+    bins = np.linspace(lo, hi, 26)
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.3 * len(pops), 3.2), squeeze=False,
+                             layout="constrained", sharex=True)
     for ax, pop in zip(axes[0], pops):
-        groups = values[pop]
-        finite = [np.asarray(v, float)[np.isfinite(v)] for v in groups.values()]
-        allv = np.concatenate(finite) if finite else np.zeros(0)
-        bins = np.linspace(allv.min(), allv.max(), 25) if allv.size and allv.min() < allv.max() else 10
-        for (group, v), color in zip(groups.items(), (OBS_COLOR, HID_COLOR)):
+        outside = 0
+        for (group, v), color in zip(values[pop].items(), (OBS_COLOR, HID_COLOR)):
             v = np.asarray(v, float)
             v = v[np.isfinite(v)]
-            if v.size:
-                ax.hist(v, bins=bins, alpha=0.55, color=color,
-                        label=f"{group} (n={v.size}, median {np.median(v):.2f})")
-        if baseline and pop in baseline and np.isfinite(baseline[pop]):
-            ax.axvline(baseline[pop], color="grey", ls="--", lw=1, label="mean-rate baseline")
+            if not v.size:
+                continue
+            outside += int(((v < lo) | (v > hi)).sum())
+            ax.hist(np.clip(v, bins[0] + 1e-12, bins[-1] - 1e-12), bins=bins, alpha=0.5, color=color,
+                    label=f"{group}: median {np.median(v):.2f} (n={v.size})")
+            ax.axvline(float(np.median(v)), color=color, lw=1.6)
+        for name, x in refs.get(pop, {}).items():
+            if np.isfinite(x) and name in REF_STYLES:
+                c, ls, text = REF_STYLES[name]
+                ax.axvline(x, color=c, ls=ls, lw=1.2, label=f"{text}: median {x:.2f}")
+        if metric == "bits_per_spike":
+            ax.axvline(0.0, color="black", lw=0.6)
+        if outside:
+            ax.text(0.02, 0.98, f"{outside} outside the range,\ncounted in the edge bins",
+                    transform=ax.transAxes, fontsize=6, va="top", color="dimgrey")
+        ax.set_xlim(lo, hi)
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(pop, fontsize=9)
-        ax.set_xlabel(metric, fontsize=8)
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=8)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper right" if metric != "bits_per_spike" else "upper left",
+                      framealpha=0.8)
     axes[0, 0].set_ylabel("neurons")
+    fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} per neuron; lines: medians", fontsize=9)
     return _save(fig, path)
 
 
-def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Training and validation loss (and hidden-neuron validation loss) against the step."""
-    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path,
+                    best_step: int | None = None) -> Path:
+    """Training and validation loss (and hidden-neuron validation loss) against the step; the step of
+    the kept checkpoint (``best_step``) as a vertical line."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
     train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
     val = [(r["step"], r["loss"]) for r in rows if r.get("split") == "val"]
     hid = [(r["step"], r["loss_hidden"]) for r in rows if r.get("split") == "val" and "loss_hidden" in r]
-    for pts, label, style in ((train, "train (observed)", "-"), (val, "validation (observed)", "o-"),
-                              (hid, "validation (hidden)", "s--")):
+    for pts, label, style, color in ((train, "train (observed neurons)", "-", "#7f7f7f"),
+                                     (val, "validation (observed neurons)", "o-", OBS_COLOR),
+                                     (hid, "validation (hidden neurons)", "s--", HID_COLOR)):
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, style, ms=3, lw=1, label=label)
-    ax.set_xlabel("step")
+            ax.plot(x, y, style, ms=3, lw=1, label=label, color=color)
+    if best_step is not None:
+        ax.axvline(best_step, color="black", ls=":", lw=1, label=f"best checkpoint (step {best_step})")
+    ax.set_xlabel("training step")
     ax.set_ylabel("loss (Poisson NLL per bin)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     if not (train or val):
@@ -122,22 +211,56 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path
     return _save(fig, path)
 
 
-def truth_scatter(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], path: str | Path,
-                  bin_ms: float) -> Path:
-    """Per population: trial-averaged predicted rate vs the generator's true rate (all bins)."""
+def truth_scatter(pred: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np.ndarray],
+                  truth: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np.ndarray], path: str | Path,
+                  bin_ms: float, r: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """Per population: trial-averaged predicted rate vs the generator's true rate (every bin of the
+    images given), observed and hidden neurons in their colours, each with its r in the legend.
+
+    ``pred[population][group]`` and ``truth[population][group]`` (group ``observed``/``hidden``;
+    a plain array per population is one group ``neurons``) are expected counts per bin, shown in
+    spikes/s on equal x and y ranges with the identity line. ``r[population][group]``: the number
+    to print (e.g. the median over neurons of the per-neuron r with the true rate); default: Pearson
+    r over the points shown.
+    """
     pops = list(pred)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.0 * len(pops), 3.0), squeeze=False,
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.3 * len(pops), 3.5), squeeze=False,
                              layout="constrained")
     hz = 1000.0 / bin_ms
+    rng = np.random.default_rng(0)
     for ax, pop in zip(axes[0], pops):
-        p, t = np.ravel(pred[pop]) * hz, np.ravel(truth[pop]) * hz
-        if p.size > 20000:
-            sel = np.random.default_rng(0).choice(p.size, 20000, replace=False)
-            p, t = p[sel], t[sel]
-        ax.scatter(t, p, s=2, alpha=0.3)
-        hi = float(max(t.max(initial=1), p.max(initial=1)))
-        ax.plot([0, hi], [0, hi], color="grey", lw=0.8)
+        pg = pred[pop] if isinstance(pred[pop], Mapping) else {"neurons": pred[pop]}
+        tg = truth[pop] if isinstance(truth[pop], Mapping) else {"neurons": truth[pop]}
+        hi = 1.0
+        for group, color in zip(pg, (OBS_COLOR, HID_COLOR)):
+            p, t = np.ravel(pg[group]) * hz, np.ravel(tg[group]) * hz
+            if not p.size:
+                continue
+            value = (r or {}).get(pop, {}).get(group)
+            if value is None:
+                value = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+                what = "r"
+            else:
+                what = "median r"
+            if p.size > 10000:
+                sel = rng.choice(p.size, 10000, replace=False)
+                p, t = p[sel], t[sel]
+            ax.scatter(t, p, s=2, alpha=0.3, color=color, rasterized=True,
+                       label=f"{group}: {what} {value:.2f}")
+            hi = max(hi, float(np.percentile(t, 99.9)), float(np.percentile(p, 99.9)))
+        hi *= 1.05
+        ax.plot([0, hi], [0, hi], color="grey", lw=0.8, label="identity")
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        ax.set_aspect("equal")
         ax.set_title(pop, fontsize=9)
         ax.set_xlabel("true rate (spikes/s)", fontsize=8)
-    axes[0, 0].set_ylabel("model rate (spikes/s)")
+        leg = ax.legend(fontsize=7, loc="upper left", markerscale=4)
+        for h in leg.legend_handles:
+            if hasattr(h, "set_alpha"):
+                h.set_alpha(1)
+    axes[0, 0].set_ylabel("model rate, trial mean (spikes/s)")
+    fig.suptitle(f"model vs the generator's true rate, {bin_ms:g} ms bins (r: median over neurons of "
+                 f"each neuron's r)" if r else f"model vs the generator's true rate, {bin_ms:g} ms bins",
+                 fontsize=9)
     return _save(fig, path)

@@ -270,6 +270,84 @@ def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
     np.testing.assert_allclose(saved.rates, res.prediction, rtol=1e-3, atol=1e-4)
 
 
+def test_evaluate_saves_per_neuron_results_and_loads_them_back(trained, tmp_path):
+    """per_neuron.csv (and .parquet with pyarrow) beside report.json: one row per neuron with every
+    per-neuron metric of the model and of each baseline; the report names the files (and the saved
+    predictions); load_results reads them back; the table's medians are the report's."""
+    from corticalrnn.evaluate import evaluate, load_results
+    from corticalrnn.metrics import PER_NEURON_METRICS
+
+    d, _, subset = trained
+    out = tmp_path / "e"
+    res = evaluate(d / "run" / "best.pt", d / "test.zarr", out, device="cpu", progress=False, figures=False,
+                   save_predictions=out / "pred.npy")
+    files = res.report["files"]
+    assert files["per_neuron_csv"] == "per_neuron.csv" and files["predictions"] == "pred.npy"
+    assert files["predictions_index"] == "pred.json"
+    saved = load_results(out, frame=False)
+    report, table = saved
+    assert report["files"] == files and set(report["per_neuron_columns"]) == set(table)
+    n = len(subset.v1_ids())
+    assert all(len(v) == n for v in table.values())
+    np.testing.assert_array_equal(table["neuron_id"], subset.v1_ids())
+    np.testing.assert_array_equal(table["observed"], subset.observed_mask())
+    assert set(table["population"]) == {"L4 E", "L4 I", "L2/3 E", "L2/3 I"}
+    for predictor in ("model", "psth", "population"):
+        for metric in PER_NEURON_METRICS:
+            assert f"{predictor}_{metric}" in table, (predictor, metric)
+    assert "baseline_bits_per_spike" in table and "baseline_trial_avg_r" not in table  # constant: r undefined
+    for key, v in res.neurons.items():
+        if v.dtype.kind == "f":
+            np.testing.assert_array_equal(table[key], v)  # round trip exact
+        else:
+            assert table[key].tolist() == v.tolist(), key
+    for row in res.rows:
+        if row["population"] == "all":
+            continue
+        sel = (table["population"] == row["population"])
+        sel &= table["observed"] if row["neurons"] == "observed" else ~table["observed"]
+        v = table[f"{row['predictor']}_cc_norm"] if f"{row['predictor']}_cc_norm" in table else None
+        if v is not None and row["neurons"] != "all":
+            v = v[sel]
+            assert np.isclose(np.median(v[np.isfinite(v)]), row["cc_norm_median"], rtol=1e-12, equal_nan=True)
+    assert saved.predictions().rates.shape == (3, 4, T, n)
+    pd = pytest.importorskip("pandas")
+    frame = load_results(out).per_neuron
+    assert isinstance(frame, pd.DataFrame) and len(frame) == n and frame["observed"].dtype == bool
+    none = load_results(d / "eval") if (d / "eval" / "report.json").exists() else None
+    assert none is None or none.file("predictions") is None
+
+
+def test_per_neuron_parquet_when_pyarrow_is_present(trained, tmp_path):
+    pytest.importorskip("pyarrow")
+    pd = pytest.importorskip("pandas")
+    from corticalrnn.evaluate import evaluate, load_results
+
+    d, _, _ = trained
+    res = evaluate(d / "run" / "best.pt", d / "test.zarr", tmp_path, device="cpu", progress=False,
+                   figures=False)
+    assert res.report["files"]["per_neuron_parquet"] == "per_neuron.parquet"
+    frame = load_results(tmp_path).per_neuron
+    csv = pd.read_csv(tmp_path / "per_neuron.csv")
+    assert list(frame.columns) == list(csv.columns)
+    pd.testing.assert_frame_equal(frame, csv, check_dtype=False)
+
+
+def test_per_neuron_table_truth_columns():
+    from types import SimpleNamespace
+
+    from corticalrnn.results import per_neuron_table
+
+    r = SimpleNamespace(per_neuron={"trial_avg_r": np.array([0.1, np.nan]), "cc_max": np.full(2, np.nan)})
+    cols, desc = per_neuron_table(np.array([5, 6]), np.array(["V1_Exc_L4", "V1_Inh_L2/3"]),
+                                  np.array([True, False]), {"model": r},
+                                  truth_r={"model": np.array([0.5, 0.6]), "baseline": np.full(2, np.nan),
+                                           "model_imgspec": np.array([0.2, 0.3])})
+    assert list(cols) == ["index", "neuron_id", "sheet", "population", "observed", "model_trial_avg_r",
+                          "model_r_truth", "model_r_truth_imgspec"]
+    assert cols["population"].tolist() == ["L4 E", "L2/3 I"] and "image" in desc["model_r_truth_imgspec"]
+
+
 def _crafted_checkpoint(src: Path, dst: Path, n: int, consistent_subset: bool) -> Path:
     """``src`` with V1_Exc_L4 declared as ``n`` neurons (ids 10**6 ..), the subset changed too or not."""
     import torch
