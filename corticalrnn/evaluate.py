@@ -557,16 +557,18 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     from corticalrnn.metrics import StreamingSummary
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
+    from corticalrnn.train.checkpoint import load_checkpoint
     from corticalrnn.train.setup import model_from_checkpoint, subset_windows
     from corticalrnn.train.trainer import read_log, resolve_device
 
     t_start = time.perf_counter()
     checkpoint = Path(checkpoint)
     dev = resolve_device(device, cpu_hint="--device cpu (API: device=\"cpu\")")
+    ck = load_checkpoint(checkpoint)  # first: arguments swapped are named as such
     st = store if hasattr(store, "windows") else open_store(store)
     # the checkpoint's declared sizes, neuron ids, bin size and positions are checked against the store
     # (and a memory bound) before the model is built
-    model, ck = model_from_checkpoint(checkpoint, dev, weights=weights, store=st)
+    model, ck = model_from_checkpoint(checkpoint, dev, weights=weights, store=st, ck=ck)
     t_loaded = time.perf_counter()
     weights_used = "ema" if (weights == "auto" and ck.get("ema") is not None) else "raw"
     for key in ("model", "ema", "optimizer", "scheduler", "scaler"):  # in the model now; free the copies

@@ -241,16 +241,17 @@ def check_checkpoint(ck: dict[str, Any], path: str | Path, store: Any = None,
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                          weights: str = "auto", store: Any = None) -> tuple[Any, dict[str, Any]]:
+                          weights: str = "auto", store: Any = None,
+                          ck: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Rebuild the trained model of a checkpoint (EMA weights when present unless ``weights="raw"``).
 
     Before building, :func:`check_checkpoint` checks the declared sizes (against ``store`` too, when
-    given) and a memory bound. Returns ``(model, checkpoint_dict)``; the model is in eval mode on
-    ``device``.
+    given) and a memory bound. ``ck``: the checkpoint already read with ``load_checkpoint(path)``.
+    Returns ``(model, checkpoint_dict)``; the model is in eval mode on ``device``.
     """
     from corticalrnn.train.checkpoint import load_checkpoint, load_state_strict
 
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path) if ck is None else ck
     device = torch.device(device)
     check_checkpoint(ck, path, store, device)
     model = build_model(ck["spec"], "fp32" if device.type == "cpu" else ck.get("precision", "fp32"))
