@@ -13,6 +13,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -101,7 +102,9 @@ def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labe
         if row == 0:
             ax_r.set_title("data: spike counts per trial", fontsize=9)
             ax_p.set_title("PSTH (shaded: image shown)", fontsize=9)
-            ax_p.legend(fontsize=7, loc="upper right", ncol=3 if truth is not None else 2)
+            handles, texts = ax_p.get_legend_handles_labels()
+            handles.append(matplotlib.patches.Patch(color=STIM_COLOR, label="image shown"))
+            fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles))
     ax_r.set_xlim(edges[0], edges[-1])
     axes[-1, 0].set_xlabel("time from image onset (ms)")
     axes[-1, 1].set_xlabel("time from image onset (ms)")
@@ -151,7 +154,7 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
     lo, hi = _shown_range([v for g in values.values() for v in g.values()],
                           [x for r in refs.values() for x in r.values()], metric)
     bins = np.linspace(lo, hi, 26)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.3 * len(pops), 3.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.4 * len(pops), 4.0), squeeze=False,
                              layout="constrained", sharex=True)
     for ax, pop in zip(axes[0], pops):
         outside = 0
@@ -178,8 +181,7 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
         ax.set_title(pop, fontsize=9)
         ax.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=8)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="upper right" if metric != "bits_per_spike" else "upper left",
-                      framealpha=0.8)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     axes[0, 0].set_ylabel("neurons")
     fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} per neuron; lines: medians", fontsize=9)
     return _save(fig, path)
@@ -224,7 +226,7 @@ def truth_scatter(pred: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np
     r over the points shown.
     """
     pops = list(pred)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.3 * len(pops), 3.5), squeeze=False,
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.3 * len(pops), 3.9), squeeze=False,
                              layout="constrained")
     hz = 1000.0 / bin_ms
     rng = np.random.default_rng(0)

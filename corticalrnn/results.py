@@ -11,6 +11,8 @@ neurons, ``corticalrnn.predictions``). Columns:
   ``population`` (``L4 E`` ...), ``observed`` (``true``: trained on; ``false``: hidden);
 - ``spikes`` (recorded test spikes), ``rate_hz`` (mean test rate), ``split_half_r`` (reliability of
   the recording itself);
+- the metrics that are properties of the recorded trials alone (equal for every predictor: ``cc_max``,
+  ``fev``, the oracle r), once, without a prefix;
 - ``<predictor>_<metric>`` for every predictor the evaluation scored (``model``; ``baseline``: the
   constant per-neuron mean rate; ``psth`` and ``population``: the time-course baselines of
   ``corticalrnn.baselines``) and every per-neuron metric of ``corticalrnn.metrics``
@@ -58,6 +60,10 @@ METRIC_TEXT = {
     "feve": "fraction of explainable variance explained (Sensorium)",
     "bits_per_spike": "Poisson log-likelihood gain over the neuron's test mean rate, bits per spike",
     "oracle_r": "leave-one-trial-out r (ceiling of single_trial_r for trial-blind predictors)",
+    "oracle_r_loo_mean": "leave-one-trial-out r of each trial with the mean of the others, averaged over "
+                         "trials (ceiling of single_trial_r for trial-blind predictors)",
+    "oracle_r_jackknife": "neuralpredictors' compute_oracle_corr: r over all trials pooled of each trial "
+                          "with the mean of the others",
 }
 _INT = ("index", "neuron_id", "spikes")
 _STR = ("sheet", "population")
@@ -90,10 +96,22 @@ def per_neuron_table(neuron_ids: np.ndarray, sheets: np.ndarray, observed: np.nd
         if values is not None:
             cols[name] = np.asarray(values, np.int64 if name == "spikes" else np.float64)
             desc[name] = text
+    # a metric equal for every predictor is a property of the recording (CC_max, FEV, the oracle): once
+    metric_names = list(dict.fromkeys(m for res in results.values() for m in res.per_neuron))
+    of_data = [m for m in metric_names if len(results) > 1 and all(
+        m in res.per_neuron for res in results.values()) and all(
+        np.array_equal(np.asarray(res.per_neuron[m], np.float64),
+                       np.asarray(next(iter(results.values())).per_neuron[m], np.float64), equal_nan=True)
+        for res in results.values())]
+    for metric in of_data:
+        v = np.asarray(next(iter(results.values())).per_neuron[metric], np.float64)
+        if v.shape == (n,) and np.isfinite(v).any():
+            cols[metric] = v
+            desc[metric] = f"{METRIC_TEXT.get(metric, metric)}; a property of the recorded trials"
     for predictor, res in results.items():
         for metric, values in res.per_neuron.items():
             v = np.asarray(values, np.float64)
-            if v.shape != (n,) or not np.isfinite(v).any():
+            if metric in of_data or v.shape != (n,) or not np.isfinite(v).any():
                 continue
             key = f"{predictor}_{metric}"
             cols[key] = v
@@ -101,7 +119,7 @@ def per_neuron_table(neuron_ids: np.ndarray, sheets: np.ndarray, observed: np.nd
                          f"{PREDICTOR_TEXT.get(predictor, predictor)}")
     for name, values in (truth_r or {}).items():
         v = np.asarray(values, np.float64)
-        if v.shape != (n,) or not np.isfinite(v).any():
+        if name in ("baseline", "mean_rate") or v.shape != (n,) or not np.isfinite(v).any():  # constant
             continue
         base, imgspec = (name[:-len("_imgspec")], True) if name.endswith("_imgspec") else (name, False)
         key = f"{base}_r_truth" + ("_imgspec" if imgspec else "")
