@@ -215,17 +215,17 @@ def headline(rows: list[dict[str, Any]], truth_rows: list[dict[str, Any]] | None
         if not m:
             continue
         row: dict[str, Any] = {"neurons": group, "n": sum(r["n"] for r in m),
-                               "r_trialavg": _weighted(m, "trial_avg_r_median"),
-                               "r_trialavg pop": _weighted(p, "trial_avg_r_median"),
-                               "CC_max": _weighted(m, "cc_max_median"),
-                               "CC_norm": _weighted(m, "cc_norm_median")}
+                               "r_trialavg med": _weighted(m, "trial_avg_r_median"),
+                               "r_trialavg pop med": _weighted(p, "trial_avg_r_median"),
+                               "CC_max med": _weighted(m, "cc_max_median"),
+                               "CC_norm med": _weighted(m, "cc_norm_median")}
         if truth_rows:
             t = [r for r in truth_rows if r["neurons"] == group and r["population"] != "all"]
-            row["r(true rate)"] = _weighted(t, "r_model_truth_median")
-            row["pop r(true rate)"] = _weighted(t, "r_population_truth_median")
-            row["image-specific r(true)"] = _weighted(t, "r_model_truth_imgspec_median")
-        row["bits/spike (pooled)"] = _weighted(m, "co_bps")
-        row["bits/spike vs pop"] = _weighted(m, "bps_vs_population")
+            row["r(true rate) med"] = _weighted(t, "r_model_truth_median")
+            row["pop r(true rate) med"] = _weighted(t, "r_population_truth_median")
+            row["image-specific r(true) med"] = _weighted(t, "r_model_truth_imgspec_median")
+        row["bits/spike pooled"] = _weighted(m, "co_bps")
+        row["bits/spike vs pop pooled"] = _weighted(m, "bps_vs_population")
         out.append(row)
     return out
 
@@ -244,6 +244,8 @@ def _weighted(rows: list[dict[str, Any]], key: str) -> float:
 
 
 HEADLINE_NOTE = """\
+med: per-population medians over neurons, averaged over populations weighted by neurons; pooled: per
+  population one value from all its neurons (sum of log-likelihood gains / sum of spikes), weighted alike.
 r_trialavg: Pearson r of the model's rate with the test trial average; 'pop' is the population
   baseline (mean time course of the population's observed neurons over the training windows), which
   knows no image; CC_max is the ceiling of r_trialavg that the trials' noise leaves (CC_norm = r / CC_max).
@@ -256,8 +258,8 @@ r_trialavg: Pearson r of the model's rate with the test trial average; 'pop' is 
 def format_headline(rows: list[dict[str, Any]]) -> str:
     from corticalrnn.tables import format_table
 
-    return ("headline (per-population medians, weighted by neurons):\n" + format_table(rows) + "\n"
-            + HEADLINE_NOTE)
+    return ("headline (med: per-population medians; pooled: per-population pooled bits/spike; both "
+            "weighted by neurons):\n" + format_table(rows, drop_empty=True) + "\n" + HEADLINE_NOTE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
