@@ -21,7 +21,9 @@ def test_bench_science_quick(tmp_path):
     for run in res["runs"]:
         pops = {(r["population"], r["neurons"]) for r in run["table"]}
         assert ("L4 E", "hidden") in pops and ("L2/3 I", "observed") in pops
-        assert all(k in run["table"][0] for k in ("r_avg model", "r_avg pop", "model-pop bits/spike",
-                                                  "imgspec r(true)"))
+        keys = [science._column("model", "trial_avg_r_median"),
+                science._column("population", "trial_avg_r_median"),
+                science._column("model", "bps_vs_population"), "imgspec r(true)"]
+        assert all(k in run["table"][0] for k in keys)
         assert len(run["criteria"]) == sum(1 for r in run["table"] if r["neurons"] == "hidden")
     assert {n["sheet"] for n in res["neighbours"]} == {"V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"}
