@@ -674,7 +674,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
         "weights": weights_used,
         "step": ck["progress"]["step"], "best_step": ck["progress"].get("best_step"),
         "test_images": imgs, "trials_per_image": int(k),
-        "n_windows": int(win.size), "n_bins": n_t,
+        "n_windows": int(win.size), "n_bins": n_t, "window": dict(st.window_def),
         "neurons": subset.summary(), "table": rows, "skipped_metrics": skipped,
         "undefined_counts": summary.undefined, "notes": notes,
         "truth": truth_rows_, "truth_file": None if truth is None else str(truth),

@@ -13,6 +13,17 @@ What goes where (NWB 2.x, readable by pynwb, DANDI, spikeinterface, neo's NWBIO)
   (rank among all recorded presentations), ``stimulus_start_time`` / ``stimulus_stop_time``, and
   ``stimulus`` (the Mozaik stimulus parameters as JSON).
 - **Epochs**: each ``blank_before`` / ``stimulus`` / ``blank_after`` interval, tagged so.
+- **From an evaluation** (``--evaluation EVAL_DIR``, a folder of ``corticalrnn evaluate``), processing
+  module ``misc`` (one of nwbinspector's recommended module names): table ``per_neuron_metrics``
+  (one row per modelled V1 neuron, every column of the evaluation's ``per_neuron.csv``
+  (:mod:`corticalrnn.results`), and ``unit``, the row of the neuron in ``units``) and, when the
+  evaluation saved its predictions (``--save-predictions``), TimeSeries ``predicted_rates``
+  (spikes/s, float32 ``[time, neurons]``; column j is row j of ``per_neuron_metrics``): the model's
+  free-running rate in every bin of every test window that comes from this spike file, at the bin's
+  start on the session timeline (``starting_time`` + ``rate`` when the windows lie back to back,
+  else ``timestamps``). A window is
+  matched to its presentation through the evaluation store's window table (the source file's
+  sha256 and presentation row); without the store, by image id and repeat.
 - **Session timeline**: presentations recorded back to back (consecutive ``order``) share their blank
   (Mozaik's blank after image *k* is the blank before image *k+1*; it is written once). Between
   presentations that were not consecutive (other stimuli were recorded in between and not extracted)
@@ -129,13 +140,119 @@ def _session_start(sf: Any) -> _dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
 
 
-def _identifier(path: Path) -> str:
-    """Deterministic per input file content (re-exporting the same file gives the same identifier)."""
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return str(uuid.UUID(h.hexdigest()[:32]))
+    return h.hexdigest()
+
+
+def _identifier(path: Path, digest: str | None = None) -> str:
+    """Deterministic per input file content (re-exporting the same file gives the same identifier)."""
+    return str(uuid.UUID((digest or _sha256(path))[:32]))
+
+
+def _prediction_presentations(sf: Any, digest: str, report: dict[str, Any], pred: Any
+                              ) -> tuple[np.ndarray, str]:
+    """For every predicted window ``[images, trials]``: its presentation row in spike file ``sf``
+    (-1: the window comes from another file), and how they were matched."""
+    from corticalrnn.store import open_store
+
+    pres_rows = -np.ones(pred.windows.shape, np.int64)
+    store_path = report.get("store")
+    try:
+        st = open_store(store_path) if store_path else None
+    except Exception:  # noqa: BLE001 - a moved or deleted store: match by image and repeat
+        st = None
+    if st is not None:
+        sources = [src.get("sha256") for src in st.sources]
+        src = np.asarray(st.windows.source, np.int64)[pred.windows]
+        row = np.asarray(st.windows.presentation, np.int64)[pred.windows]
+        mine = np.array([sources[int(i)] == digest for i in src.ravel()]).reshape(src.shape)
+        pres_rows[mine] = row[mine]
+        return pres_rows, f"matched through the window table of {store_path} (source sha256, presentation)"
+    key = {(int(i), int(t)): p for p, (i, t) in enumerate(zip(sf.presentations["image_id"],
+                                                              sf.presentations["trial"]))}
+    for a, img in enumerate(pred.image_ids):
+        for b, tr in enumerate(pred.trials[a]):
+            pres_rows[a, b] = key.get((int(img), int(tr)), -1)
+    return pres_rows, "matched by image id and repeat (the evaluation store was not available)"
+
+
+def add_evaluation(nwb: Any, eval_dir: str | Path, sf: Any, tl: Timeline, digest: str) -> dict[str, Any]:
+    """Add an evaluation's per-neuron metrics and (when saved) predicted rates to ``nwb`` (module
+    docstring); returns ``{"neurons": N, "windows": matched windows, "note": ...}``."""
+    from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
+    from pynwb import TimeSeries
+
+    from corticalrnn.results import load_results
+
+    saved = load_results(eval_dir, frame=False)
+    report, table = saved.report, saved.per_neuron
+    columns = report.get("per_neuron_columns") or {}
+    units = nwb.units
+    unit_row = {(str(sh), int(i)): r
+                for r, (sh, i) in enumerate(zip(units["sheet"].data, units["neuron_id"].data))}
+    rows = [unit_row.get((str(sh), int(i)), -1) for sh, i in zip(table["sheet"], table["neuron_id"])]
+    if min(rows, default=0) < 0:
+        missing = sorted({str(sh) for sh, r in zip(table["sheet"], rows) if r < 0})
+        raise CorticalRNNError(f"{eval_dir}: the evaluated neurons of {', '.join(missing)} are not among "
+                               f"the exported units (export their sheets; or is the evaluation of another "
+                               f"network?)")
+    module = nwb.create_processing_module(
+        name="misc",
+        description=f"E/I recurrent network model (corticalrnn) evaluated on held-out test presentations: "
+                    f"checkpoint {report.get('checkpoint')}, store {report.get('store')}, step "
+                    f"{report.get('step')}, {report.get('trials_per_image')} trial(s) per test image")
+    n = len(rows)
+    cols = [DynamicTableRegion(name="unit", description="this neuron's row in the units table",
+                               data=rows, table=units)]
+    for name, values in table.items():
+        v = np.asarray(values)
+        data = v.astype(str).tolist() if v.dtype == object else v
+        cols.append(VectorData(name=name, description=columns.get(name, name), data=data))
+    module.add(DynamicTable(
+        name="per_neuron_metrics",
+        description="per-neuron metrics of the model and of the baseline predictors on the test "
+                    "presentations (corticalrnn.results; NaN: undefined for that neuron)", columns=cols))
+    out: dict[str, Any] = {"neurons": n, "windows": 0, "note": "no saved predictions"}
+    if saved.file("predictions") is None:
+        return out
+    pred = saved.predictions()
+    pres_rows, how = _prediction_presentations(sf, digest, report, pred)
+    window = report.get("window") or {}
+    t0_s = float(window.get("t0_ms", 0.0)) / 1e3
+    bin_s = float(pred.bin_ms) / 1e3
+    n_t = pred.rates.shape[2]
+    before = np.asarray(sf.presentations["blank_before_ms"], np.float64) / 1e3
+    pieces, stamps = [], []
+    for a, b in zip(*np.nonzero(pres_rows >= 0)):
+        p = int(pres_rows[a, b])
+        onset = float(tl.start_s[p]) + before[p]
+        stamps.append(onset + t0_s + np.arange(n_t) * bin_s)
+        pieces.append(np.asarray(pred.rates[a, b], np.float32) / np.float32(bin_s))
+    out.update(windows=len(pieces), note=how)
+    if not pieces:
+        out["note"] = f"no predicted window comes from this spike file ({how})"
+        return out
+    t = np.concatenate(stamps)
+    order = np.argsort(t, kind="stable")
+    t, data = t[order], np.concatenate(pieces)[order]
+    if np.any(np.diff(t) <= 0):
+        raise CorticalRNNError(f"{eval_dir}: predicted windows overlap on the session timeline")
+    regular = bool(np.allclose(np.diff(t), bin_s, rtol=0, atol=1e-9 * max(1.0, float(t[-1]))))
+    timing: dict[str, Any] = ({"starting_time": float(t[0]), "rate": 1.0 / bin_s} if regular else
+                              {"timestamps": t})  # back-to-back windows: a regular series
+    module.add(TimeSeries(
+        name="predicted_rates", data=data, unit="Hz", **timing,
+        description=f"free-running predicted firing rate of each modelled V1 neuron (column j = row j of "
+                    f"per_neuron_metrics) in {pred.bin_ms:g} ms bins (time: bin start) of the "
+                    f"{len(pieces)} test windows from this recording, each driven by its own trial's LGN "
+                    f"input; windows {how}",
+        comments=f"windows {float(window.get('t0_ms', 0.0)):g} ms .. "
+                 f"{float(window.get('t0_ms', 0.0)) + n_t * pred.bin_ms:g} ms from image onset"))
+    return out
 
 
 def _stimulus_columns(stimuli: list[str]) -> dict[str, list[Any]]:
@@ -157,11 +274,13 @@ def _stimulus_columns(stimuli: list[str]) -> dict[str, list[Any]]:
 def export_nwb(spikefile: str | Path, out: str | Path, *, sheets: list[str] | None = None,
                gap_s: float = GAP_S, resolution_ms: float = RESOLUTION_MS,
                session_description: str | None = None, experimenter: list[str] | None = None,
-               institution: str | None = None) -> Path:
+               institution: str | None = None, evaluation: str | Path | None = None) -> Path:
     """Write the NWB file ``out`` from the extracted spike file ``spikefile``; returns ``out``.
 
     ``resolution_ms``: the simulator's time step (spike times lie on that grid; Mozaik's default is
-    0.1 ms); an input neuron may spike twice in one step, which NWB accepts at that resolution."""
+    0.1 ms); an input neuron may spike twice in one step, which NWB accepts at that resolution.
+    ``evaluation``: a ``corticalrnn evaluate`` output folder whose per-neuron metrics and saved
+    predictions are added as processed data (:func:`add_evaluation`)."""
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.file import Subject
 
@@ -181,11 +300,12 @@ def export_nwb(spikefile: str | Path, out: str | Path, *, sheets: list[str] | No
         if sf.n_presentations == 0:
             raise CorticalRNNError(f"{spikefile}: no presentations to export")
         tl = timeline(sf, gap_s)
+        digest = _sha256(spikefile)
         nwb = NWBFile(
             session_description=session_description or (
                 f"Spiking activity of a simulated cat V1 (Mozaik model) during natural-image presentations, "
                 f"extracted from {sf.source or spikefile.name} by {tool_version()}"),
-            identifier=_identifier(spikefile),
+            identifier=_identifier(spikefile, digest),
             session_start_time=_session_start(sf),
             experiment_description="In-silico experiment: Mozaik spiking model of cat primary visual "
                                    "cortex (LGN X_ON/X_OFF, V1 layers 4 and 2/3, excitatory and "
@@ -270,6 +390,8 @@ def export_nwb(spikefile: str | Path, out: str | Path, *, sheets: list[str] | No
                     vals = sheet_props.get(name) if sheet_props else None
                     row[name] = float(vals[i]) if vals is not None else float("nan")
                 nwb.add_unit(**row)
+        if evaluation is not None:
+            add_evaluation(nwb, evaluation, sf, tl, digest)
         tmp = out.with_name(out.stem + ".tmp.nwb")
         out.parent.mkdir(parents=True, exist_ok=True)
         with NWBHDF5IO(str(tmp), "w") as io:
@@ -306,13 +428,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the simulator's time step (Units resolution; default 0.1, Mozaik's default)")
     parser.add_argument("--experimenter", action="append", default=None, help="'Last, First' (repeatable)")
     parser.add_argument("--institution", default=None)
+    parser.add_argument("--evaluation", type=Path, default=None, metavar="EVAL_DIR",
+                        help="also write this `corticalrnn evaluate` folder's per-neuron metrics and saved "
+                             "predictions (evaluate --save-predictions) as processed data")
     parser.add_argument("--inspect", action="store_true", help="run nwbinspector on the result")
 
 
 def run(args: argparse.Namespace) -> int:
     out = export_nwb(args.spikefile, args.out, sheets=args.sheets, gap_s=args.gap_s,
                      resolution_ms=args.resolution_ms, experimenter=args.experimenter,
-                     institution=args.institution)
+                     institution=args.institution, evaluation=args.evaluation)
     print(f"wrote {out}")
     if args.inspect:
         messages = inspect(out)

@@ -119,8 +119,8 @@ def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labe
 
 
 def _shown_range(values: Sequence[np.ndarray], refs: Sequence[float], metric: str) -> tuple[float, float]:
-    """One x range for every panel: the 1st..99th percentile of all values (and the reference
-    lines), so that an outlier does not squash the rest; correlations stay within [-1, 1]."""
+    """One x range for every panel: the 1st..99th percentile of all values (and ``refs``), so that
+    an outlier does not squash the rest; correlations stay within [-1, 1]."""
     allv = np.concatenate([np.asarray(v, float).ravel() for v in values] + [np.zeros(0)])
     allv = allv[np.isfinite(allv)]
     if not allv.size:
@@ -144,15 +144,15 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
 
     ``values[population][group]`` with group ``observed``/``hidden``; each group's median is a solid
     line in its colour. ``references[population][predictor]`` (``population``, ``psth``,
-    ``baseline``): the median of that baseline predictor, drawn as a grey reference line;
+    ``baseline``): the median of that baseline predictor, drawn as a grey reference line (in the
+    legend only, marked so, when outside the neurons' range);
     ``baseline[population]`` is the older spelling of ``references[population]["baseline"]``.
     """
     pops = list(values)
     refs: dict[str, dict[str, float]] = {p: dict((references or {}).get(p, {})) for p in pops}
     for p, v in (baseline or {}).items():
         refs.setdefault(p, {})["baseline"] = v
-    lo, hi = _shown_range([v for g in values.values() for v in g.values()],
-                          [x for r in refs.values() for x in r.values()], metric)
+    lo, hi = _shown_range([v for g in values.values() for v in g.values()], [], metric)
     bins = np.linspace(lo, hi, 26)
     fig, axes = plt.subplots(1, len(pops), figsize=(3.4 * len(pops), 4.0), squeeze=False,
                              layout="constrained", sharex=True)
@@ -170,7 +170,11 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
         for name, x in refs.get(pop, {}).items():
             if np.isfinite(x) and name in REF_STYLES:
                 c, ls, text = REF_STYLES[name]
-                ax.axvline(x, color=c, ls=ls, lw=1.2, label=f"{text}: median {x:.2f}")
+                if lo <= x <= hi:
+                    ax.axvline(x, color=c, ls=ls, lw=1.2, label=f"{text}: median {x:.2f}")
+                else:  # only in the legend: the range follows the neurons' values
+                    ax.plot([], [], color=c, ls=ls, lw=1.2,
+                            label=f"{text}: median {x:.2f} ({'below' if x < lo else 'above'} the range)")
         if metric == "bits_per_spike":
             ax.axvline(0.0, color="black", lw=0.6)
         if outside:
