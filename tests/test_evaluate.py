@@ -107,8 +107,13 @@ def test_evaluate_report_table_and_figures(trained, capsys):
     assert res.skipped == {}
     rep = json.loads((d / "eval" / "report.json").read_text())
     assert rep["trials_per_image"] == 4 and rep["test_images"] == [200, 201, 202]
-    for name in ("raster_psth.png", "hist_trial_avg_r.png", "hist_cc_norm.png", "learning_curves.png"):
+    for name in ("raster_psth.png", "hist_trial_avg_r.png", "hist_cc_norm.png"):
         assert (d / "eval" / name).stat().st_size > 1000, name
+    # learning curves belong to the run: in the run folder, named from the report relative to it
+    assert (d / "run" / "learning_curves.png").stat().st_size > 1000
+    assert not (d / "eval" / "learning_curves.png").exists()
+    assert "../run/learning_curves.png" in rep["figures"] and "raster_psth.png" in rep["figures"]
+    assert rep["window"] == {"origin": "test"} and rep["files"]["per_neuron_csv"] == "per_neuron.csv"
     print_result(res)
     out = capsys.readouterr().out
     assert "CC_norm" in out and "thesis_CC_abs" in out and "baseline" in out
@@ -310,8 +315,9 @@ def test_evaluate_saves_per_neuron_results_and_loads_them_back(trained, tmp_path
         sel &= table["observed"] if row["neurons"] == "observed" else ~table["observed"]
         v = table[f"{row['predictor']}_cc_norm"] if f"{row['predictor']}_cc_norm" in table else None
         if v is not None and row["neurons"] != "all":
-            v = v[sel]
-            assert np.isclose(np.median(v[np.isfinite(v)]), row["cc_norm_median"], rtol=1e-12, equal_nan=True)
+            v = v[sel & np.isfinite(v)]
+            want = np.median(v) if v.size else np.nan
+            assert np.isclose(want, row["cc_norm_median"], rtol=1e-12, equal_nan=True)
     assert saved.predictions().rates.shape == (3, 4, T, n)
     pd = pytest.importorskip("pandas")
     frame = load_results(out).per_neuron
