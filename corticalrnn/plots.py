@@ -177,9 +177,8 @@ def metric_histograms(values: Mapping[str, Mapping[str, np.ndarray]], metric: st
                             label=f"{text}: median {x:.2f} ({'below' if x < lo else 'above'} the range)")
         if metric == "bits_per_spike":
             ax.axvline(0.0, color="black", lw=0.6)
-        if outside:
-            ax.text(0.02, 0.98, f"{outside} outside the range,\ncounted in the edge bins",
-                    transform=ax.transAxes, fontsize=6, va="top", color="dimgrey")
+        if outside:  # a legend line, not a label over the bars
+            ax.plot([], [], ls="none", label=f"{outside} neuron(s) outside the range: in the edge bins")
         ax.set_xlim(lo, hi)
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(pop, fontsize=9)
