@@ -21,27 +21,11 @@ HERE = Path(__file__).resolve().parent
 
 def _prepare(work: Path, n: int) -> Path:
     sys.path.insert(0, str(HERE))
-    import numpy as np
     from synthdata import make_datastore
-
-    from corticalrnn.synth.mozaik_writer import ProjectionSpec, connections_structure
-    from extract.connections import ANALYSIS
-    from extract.mozaik_types import dump_with_mozaik_names
+    from test_identity import _big_analysis_pickle
 
     folder = make_datastore(work, images=(50000, 50001), seed=0)
-    rng = np.random.default_rng(0)
-    spec = ProjectionSpec(
-        "V1L4ExcL4ExcConnection",
-        "V1_Exc_L4",
-        "V1_Exc_L4",
-        rng.integers(0, 40, n),
-        rng.integers(0, 40, n),
-        rng.random(n),
-        np.full(n, 1.5),
-    )
-    ads = connections_structure(spec, {"V1_Exc_L4": (40, 1)}, str(folder))
-    with open(folder / ANALYSIS, "wb") as f:
-        dump_with_mozaik_names([ads], f, protocol=4)
+    _big_analysis_pickle(folder, n, seed=0)
     return folder
 
 
