@@ -20,6 +20,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "load": ("corticalrnn.bench.load", "windows/s delivered as dense tensors"),
     "model": ("corticalrnn.bench.model", "training step time/memory: fast path vs naive vs FLOP bound"),
     "eval": ("corticalrnn.bench.evaluate", "streaming evaluate: peak RSS and time vs test images"),
+    "checkpoint": ("corticalrnn.bench.checkpoint", "checkpoint size vs parameters (dense, local, identity)"),
     "science": ("corticalrnn.bench.science", "hidden neurons vs the population baseline on LSV1M-like data"),
     "gpu": ("corticalrnn.bench.gpu", "one-call CUDA check: graphs, fp32/bf16/fp16 + signs, NCCL DDP, sizes"),
     "resilience": ("corticalrnn.bench.resilience", "random kill -9 of extract/trim/import-npz vs clean runs"),
