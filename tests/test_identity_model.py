@@ -357,3 +357,12 @@ def test_gabor_without_lgn_positions_is_a_clear_error():
     del pos["X_ON"], pos["X_OFF"]
     with pytest.raises(DataMismatchError, match="positions of the LGN inputs"):
         CorticalRNN(ModelConfig(input_connectivity="gabor"), SIZES, pos, props)
+
+
+def test_neuron_units_registry_matches_config():
+    from corticalrnn.model.config import NEURON_MODELS
+    from corticalrnn.model.neurons import UNITS, make_unit
+
+    assert set(UNITS) == set(NEURON_MODELS)
+    fused = {k: make_unit(k, 20.0, 5.0, 3, True, torch.Generator().manual_seed(0)).fused for k in UNITS}
+    assert fused == {"leaky": True, "mlp": False, "gru": False}

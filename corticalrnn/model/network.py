@@ -430,9 +430,9 @@ class CorticalRNN(nn.Module):
         weights = tuple(self.weights[n].weight() for n in self._v1_blocks)
         patterns = tuple(self.weights[n].pattern() for n in self._v1_blocks)
         alphas = self.alphas()
-        leaky = self.config.neuron_model == "leaky"
         pops = [(self.graph.offset[s], self.graph.offset[s] + self.sizes[s]) for s in self.graph.v1_order]
         units = [self.units[file_sheet_name(s)] for s in self.graph.v1_order]
+        leaky = all(u.fused for u in units)  # the fused loop implements exactly these units
         if state is None:
             v0 = self.bias[:, None].expand(self.n_v1, B)
             if leaky:

@@ -14,6 +14,8 @@ All neurons of a population share the model's parameters ("one small network per
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,10 @@ State = torch.Tensor
 
 class LeakyUnit(nn.Module):
     """Leaky rate unit with a learnable time constant (ms) per population."""
+
+    #: the fast path's fused loop (``recurrence.LeakyRecurrence``) implements exactly these equations;
+    #: units that are not ``fused`` run the generic loop through their own :meth:`step`
+    fused: ClassVar[bool] = True
 
     def __init__(self, tau_ms: float, bin_ms: float, learn_tau: bool = True) -> None:
         super().__init__()
@@ -52,6 +58,8 @@ class LeakyUnit(nn.Module):
 class MLPUnit(LeakyUnit):
     """Leaky membrane + shared learned scalar nonlinearity (residual MLP, ``hidden`` tanh units)."""
 
+    fused: ClassVar[bool] = False
+
     def __init__(self, tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool = True,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(tau_ms, bin_ms, learn_tau)
@@ -73,6 +81,8 @@ class MLPUnit(LeakyUnit):
 
 class GRUUnit(nn.Module):
     """GRU cell per neuron (scalar input = current), weights shared across the population."""
+
+    fused: ClassVar[bool] = False
 
     def __init__(self, hidden: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -107,10 +117,38 @@ class GRUUnit(nn.Module):
         return self._rate(h), h
 
 
+UnitFactory = Callable[[float, float, int, bool, "torch.Generator | None"], nn.Module]
+#: neuron models by name (``ModelConfig.neuron_model``): factory(tau_ms, bin_ms, hidden, learn_tau, generator)
+UNITS: dict[str, UnitFactory] = {}
+
+
+def register_unit(name: str) -> Callable[[UnitFactory], UnitFactory]:
+    """Decorator: make a neuron model available under ``name`` (add it to ``config.NEURON_MODELS``)."""
+    def add(factory: UnitFactory) -> UnitFactory:
+        UNITS[name] = factory
+        return factory
+    return add
+
+
+@register_unit("leaky")
+def _leaky(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
+           generator: torch.Generator | None) -> nn.Module:
+    return LeakyUnit(tau_ms, bin_ms, learn_tau)
+
+
+@register_unit("mlp")
+def _mlp(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
+         generator: torch.Generator | None) -> nn.Module:
+    return MLPUnit(tau_ms, bin_ms, hidden, learn_tau, generator)
+
+
+@register_unit("gru")
+def _gru(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
+         generator: torch.Generator | None) -> nn.Module:
+    return GRUUnit(hidden, generator)
+
+
 def make_unit(kind: str, tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
               generator: torch.Generator | None) -> nn.Module:
-    if kind == "leaky":
-        return LeakyUnit(tau_ms, bin_ms, learn_tau)
-    if kind == "mlp":
-        return MLPUnit(tau_ms, bin_ms, hidden, learn_tau, generator)
-    return GRUUnit(hidden, generator)
+    """A unit of the registered neuron model ``kind``."""
+    return UNITS[kind](tau_ms, bin_ms, hidden, learn_tau, generator)
