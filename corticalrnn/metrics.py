@@ -129,6 +129,22 @@ class MetricResult:
         return float(gain.sum() / (total * math.log(2))) if total > 0 else float("nan")
 
 
+def _pooled_and_skipped(per_image: dict[str, np.ndarray], ll_gain: np.ndarray, n_spikes: np.ndarray,
+                        k: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Pooled co-bps and image means of the per-image metrics; metrics skipped and why (shared by the
+    in-memory and the streaming paths)."""
+    total = float(n_spikes.sum())
+    pooled = {"co_bps": float(ll_gain.sum() / (total * math.log(2))) if total else math.nan}
+    pooled.update({name: _finite_mean(values) for name, values in per_image.items()})
+    skipped: dict[str, str] = {}
+    if k < 2:
+        why = f"needs at least 2 trials per image; the data has {k}"
+        skipped.update(dict.fromkeys(NEEDS_REPEATS + ("thesis_cc_max", "thesis_cc_norm"), why))
+    if total == 0:
+        skipped["co_bps"] = "no spikes in the data"
+    return pooled, skipped
+
+
 def _finite_mean(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else math.nan
@@ -438,21 +454,7 @@ def compute_metrics(
     per_neuron = {name: cat[name] for name in PER_NEURON_METRICS}
     per_image = dict(pooled_model.cc())
     per_image.update({f"baseline_{k_}": v for k_, v in pooled_base.cc().items()})
-    pooled: dict[str, float] = {}
-    total_spikes = float(cat["n_spikes"].sum())
-    pooled["co_bps"] = (
-        float(cat["ll_gain"].sum() / (total_spikes * math.log(2))) if total_spikes else math.nan
-    )
-    for name, values in per_image.items():
-        pooled[name] = _finite_mean(values)
-
-    skipped: dict[str, str] = {}
-    if k < 2:
-        why = f"needs at least 2 trials per image; the data has {k}"
-        for name in NEEDS_REPEATS + ("thesis_cc_max", "thesis_cc_norm"):
-            skipped[name] = why
-    if total_spikes == 0:
-        skipped["co_bps"] = "no spikes in the data"
+    pooled, skipped = _pooled_and_skipped(per_image, cat["ll_gain"], cat["n_spikes"], k)
     notes: list[str] = []
     if negative:
         notes.append("prediction has negative values; clipped at 1e-9 for the Poisson likelihood")
@@ -966,18 +968,7 @@ class StreamingSummary:
                                  {"s": sums["s"], "s2": sums["s2"], "r": sums["r"], "r2": sums["r2"],
                                   "p": sums[f"p:{name}"], "p2": sums[f"p2:{name}"], "sp": sums[f"sp:{name}"]})
         per_image = dict(stats.cc())
-        pooled: dict[str, float] = {}
-        total_spikes = float(spikes.sum())
-        pooled["co_bps"] = float(ll_gain.sum() / (total_spikes * math.log(2))) if total_spikes else math.nan
-        for metric, values in per_image.items():
-            pooled[metric] = _finite_mean(values)
-        skipped: dict[str, str] = {}
-        if k < 2:
-            why = f"needs at least 2 trials per image; the data has {k}"
-            for metric in NEEDS_REPEATS + ("thesis_cc_max", "thesis_cc_norm"):
-                skipped[metric] = why
-        if total_spikes == 0:
-            skipped["co_bps"] = "no spikes in the data"
+        pooled, skipped = _pooled_and_skipped(per_image, ll_gain, spikes, k)
         notes = (["prediction has negative values; clipped at 1e-9 for the Poisson likelihood"]
                  if self.negative[name] else [])
         undefined = _classify_undefined(per_neuron, flags, skipped)

@@ -128,9 +128,7 @@ class GaborInputWeight(nn.Module):
         """(row, column) index of every weight: the pattern's entries (sparse) or the full grid."""
         if not self._pattern_keys:
             return (slice(None), None), (None, slice(None))  # type: ignore[return-value]
-        flat = self.pattern_flat
-        rows = torch.div(flat, self.shape[1], rounding_mode="floor")
-        return rows, flat - rows * self.shape[1]
+        return self.pattern().entries()
 
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Selective part (``relu(pol * G)`` with unit gain) and envelope: ``[rows, cols]`` (dense) or

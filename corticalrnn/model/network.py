@@ -359,22 +359,19 @@ class CorticalRNN(nn.Module):
         """The constant current every unit sees: ``b`` or, centered, ``b - W r0 - U x0`` (internal order)."""
         if not self.config.centered:
             return self.bias
-        out = self.bias
-        for name, b in zip(self._v1_blocks + [blk.name for blk in self._in_blocks],
-                           [blk for blk in self.graph.blocks if blk.source == "v1"] + self._in_blocks):
-            w = self.weights[name]
-            center = self.rate_center if b.source == "v1" else self.input_center
-            center = center[b.col0:b.col1].to(out.dtype)
+        shift = torch.zeros_like(self.bias)
+        for b in self.graph.blocks:
+            w = self.weights[b.name]
+            center = (self.rate_center if b.source == "v1" else self.input_center)[b.col0:b.col1]
+            center = center.to(shift.dtype)
             if w.stored_sparse:
-                p = w.pattern()
-                rows = torch.div(p.flat, b.col1 - b.col0, rounding_mode="floor")
-                cols = p.flat - rows * (b.col1 - b.col0)
-                mv = torch.zeros(b.row1 - b.row0, dtype=out.dtype, device=out.device).index_add(
-                    0, rows, w.weight().to(out.dtype) * center[cols])
+                rows, cols = w.pattern().entries()
+                shift[b.row0:b.row1] += torch.zeros(b.row1 - b.row0, dtype=shift.dtype,
+                                                    device=shift.device).index_add(
+                    0, rows, w.weight().to(shift.dtype) * center[cols])
             else:
-                mv = w.weight().to(out.dtype) @ center
-            out = torch.cat([out[:b.row0], out[b.row0:b.row1] - mv, out[b.row1:]])
-        return out
+                shift[b.row0:b.row1] += w.weight().to(shift.dtype) @ center
+        return self.bias - shift
 
     def _drive(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
         """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.

@@ -60,6 +60,11 @@ class Pattern:
     def nnz(self) -> int:
         return int(self.flat.numel())
 
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column of every stored value (row-major order, as the values)."""
+        rows = torch.div(self.flat, self.shape[1], rounding_mode="floor")
+        return rows, self.flat - rows * self.shape[1]
+
     def values(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The pattern's entries of a dense ``w`` (row-major order)."""
         return w.reshape(-1)[self.flat].to(dtype)

@@ -32,10 +32,7 @@ class TiedHidden(nn.Module):
         cp = torch.as_tensor(np.asarray(col_pop, np.int64))
         self.n_rp, self.n_cp = int(rp.max()) + 1, int(cp.max()) + 1
         if self.stored_sparse:
-            flat = inner.pattern().flat
-            cols = inner.pattern().shape[1]
-            r = torch.div(flat, cols, rounding_mode="floor")
-            c = flat - r * cols
+            r, c = inner.pattern().entries()
             self.register_buffer("obs_e", obs[r], persistent=False)
             self.register_buffer("group_e", rp[r] * self.n_cp + cp[c], persistent=False)
         else:
