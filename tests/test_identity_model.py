@@ -366,3 +366,37 @@ def test_neuron_units_registry_matches_config():
     assert set(UNITS) == set(NEURON_MODELS)
     fused = {k: make_unit(k, 20.0, 5.0, 3, True, torch.Generator().manual_seed(0)).fused for k in UNITS}
     assert fused == {"leaky": True, "mlp": False, "gru": False}
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"rate_scale": 0.0}, "rate_scale"), ({"rate_scale": float("nan")}, "rate_scale"),
+    ({"hidden_weights": "shared"}, "hidden_weights"), ({"input_storage": "csr"}, "input_storage"),
+    ({"input_storage": "sparse"}, "needs input_connectivity='gabor'"),
+    ({"input_footprint": 0.0}, "input_footprint"), ({"rf_size": -1.0}, "rf_size"),
+    ({"feature_affinity": {"ori": -1.0}}, "feature_affinity"),
+    ({"feature_affinity": {"size": 1.0}}, "feature_affinity"),
+    ({"connectivity": "nearest"}, "connectivity"), ({"input_connectivity": "learned"}, "input_connectivity"),
+    ({"weight_storage": "sparse"}, "masked connectivity"),
+])
+def test_identity_config_errors_name_the_key(kw, match):
+    from corticalrnn.errors import CorticalRNNError
+
+    with pytest.raises(CorticalRNNError, match=match):
+        ModelConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,match", [({"structure": "lsv2"}, "structure"),
+                                      ({"rf_size_mm": 0.0}, "rf_size_mm"),
+                                      ({"ori_affinity": -1.0}, "ori_affinity")])
+def test_cortex_config_errors_name_the_key(kw, match):
+    from corticalrnn.errors import CorticalRNNError
+    from corticalrnn.synth.cortex import CortexConfig
+
+    with pytest.raises(CorticalRNNError, match=match):
+        CortexConfig(**kw)
+
+
+def test_simulator_rule_without_connectome_says_what_to_extract():
+    ctx = RuleContext(ModelConfig(), None, None, None, np.random.default_rng(0))
+    with pytest.raises(DataMismatchError, match="Connections"):
+        rule("simulator").pairs(ctx, "V1_Exc_L4", "V1_Inh_L4", 4, 3)
