@@ -413,7 +413,8 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
                  truth: np.ndarray | None, rate: np.ndarray | None = None,
                  scatter: tuple[np.ndarray, np.ndarray] | None = None, *,
                  window: dict[str, Any] | None = None, neurons: dict[str, np.ndarray] | None = None,
-                 run_dir: Path | None = None, best_step: int | None = None) -> list[Path]:
+                 run_dir: Path | None = None, best_step: int | None = None,
+                 population_baseline: np.ndarray | None = None) -> list[Path]:
     """Rasters/PSTHs (one observed and one hidden example neuron per population) of the kept image
     with the most spikes, metric histograms per population observed vs hidden (with the baselines'
     medians as reference lines), learning curves, truth scatter. ``test``/``pred``/``truth`` hold the
@@ -447,6 +448,22 @@ def make_figures(out_dir: Path, test: TestData, pred: np.ndarray, labels: np.nda
                   f"{test.v1.shape[1]} trials; r_avg: the neuron's r over all test images",
             truth=None if truth is None else truth[img], t0_ms=float(window.get("t0_ms", 0.0)),
             stimulus_ms=None if stim is None else float(stim)))
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for s in sheets:
+        c = curves[population_label(s)] = {}
+        for g, m in (("observed", observed), ("hidden", ~observed)):
+            sel = (labels == s) & m
+            if sel.any():
+                c[f"data {g}"] = test.v1[..., sel].mean(axis=(0, 1, 3))
+                c[f"model {g}"] = pred[..., sel].mean(axis=(0, 1, 3))
+        if population_baseline is not None and ((labels == s) & ~observed).any():
+            c["population baseline (hidden)"] = population_baseline[:, (labels == s) & ~observed].mean(1)
+    if curves:
+        stim = window.get("stimulus_ms")
+        figs.append(plots.population_time_course(
+            curves, bin_ms, out_dir / "population_time_course.png",
+            title=f"mean over neurons, {test.v1.shape[0]} test image(s) x {test.v1.shape[1]} trials",
+            t0_ms=float(window.get("t0_ms", 0.0)), stimulus_ms=None if stim is None else float(stim)))
     for metric in ("trial_avg_r", "cc_norm", "bits_per_spike"):
         if metric in skipped or metric not in per_neuron:
             continue
@@ -697,7 +714,8 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
             figs = make_figures(out, test, pred_kept, labels, observed, ids, per, skipped, st.bin_ms,
                                 log_rows, truth_kept, rate=acc.spike_rates(), scatter=scatter,
                                 window=dict(st.window_def), neurons=neuron_table, run_dir=checkpoint.parent,
-                                best_step=ck["progress"].get("best_step"))
+                                best_step=ck["progress"].get("best_step"),
+                                population_baseline=None if base is None else base.population)
         from corticalrnn.jsonio import write_json
         from corticalrnn.results import relative_name, write_per_neuron
 

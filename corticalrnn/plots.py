@@ -118,6 +118,33 @@ def raster_psth(data: np.ndarray, pred: np.ndarray, neurons: Sequence[int], labe
     return _save(fig, path)
 
 
+def population_time_course(curves: Mapping[str, Mapping[str, np.ndarray]], bin_ms: float, path: str | Path,
+                           title: str = "", t0_ms: float = 0.0, stimulus_ms: float | None = None) -> Path:
+    """One panel per population: mean count per bin over its neurons, test images and trials, of the
+    data and the model (observed and hidden neurons) and of the population baseline, in spikes/s.
+
+    ``curves[population][name]`` is ``[T]``; names starting with ``data`` are drawn black, ``model`` in
+    colour, ``baseline`` grey; ``hidden`` ones dashed. This is where a model that misses the shared
+    time course (onset transient, offset) shows at a glance."""
+    pops = list(curves)
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.6 * len(pops), 3.2), squeeze=False, layout="constrained")
+    for ax, pop in zip(axes[0], pops):
+        for name, y in curves[pop].items():
+            y = np.asarray(y, np.float64)
+            t = t0_ms + (np.arange(y.size) + 0.5) * bin_ms
+            color = "black" if name.startswith("data") else "0.6" if "baseline" in name else "tab:red"
+            ax.plot(t, y * 1000.0 / bin_ms, color=color, ls="--" if "hidden" in name else "-", lw=1.4,
+                    label=name)
+        _shade_stimulus(ax, stimulus_ms)
+        ax.set_title(pop)
+        ax.set_xlabel("time from image onset (ms)")
+    axes[0][0].set_ylabel("mean rate (spikes/s)")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def _shown_range(values: Sequence[np.ndarray], refs: Sequence[float], metric: str) -> tuple[float, float]:
     """One x range for every panel: the 1st..99th percentile of all values (and ``refs``), so that
     an outlier does not squash the rest; correlations stay within [-1, 1]."""

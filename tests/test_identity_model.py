@@ -400,3 +400,70 @@ def test_simulator_rule_without_connectome_says_what_to_extract():
     ctx = RuleContext(ModelConfig(), None, None, None, np.random.default_rng(0))
     with pytest.raises(DataMismatchError, match="Connections"):
         rule("simulator").pairs(ctx, "V1_Exc_L4", "V1_Inh_L4", 4, 3)
+
+
+def naive_neighbours(xy, ori, phase, pop, observed, k, sigma, kappa):
+    """Hidden unit -> {observed unit: weight}, by loops (the reference for neighbour_kernel)."""
+    out = {}
+    for i in np.flatnonzero(~observed):
+        cands = [o for o in np.flatnonzero(observed) if pop[o] == pop[i]]
+        score = {o: -float(((xy[i] - xy[o]) ** 2).sum()) / (2 * sigma**2) + kappa * math.cos(2 * (ori[i] - ori[o]))
+                 + kappa / 2 * math.cos(phase[i] - phase[o]) for o in cands}
+        best = sorted(cands, key=lambda o: -score[o])[:k]
+        z = sum(math.exp(score[o]) for o in best)
+        out[int(i)] = {int(o): math.exp(score[o]) / z for o in best}
+    return out
+
+
+def test_neighbour_kernel_matches_naive_loops():
+    from corticalrnn.model.tied import neighbour_kernel
+
+    rng = np.random.default_rng(4)
+    n = 40
+    xy, ori, phase = rng.uniform(-1, 1, (n, 2)), rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    pop, observed = np.arange(n) % 2, rng.random(n) < 0.4
+    hid, src, w = neighbour_kernel(xy, ori, phase, pop, observed, 3, 0.5, 1.5, chunk=7)
+    got: dict[int, dict[int, float]] = {}
+    for h, s, v in zip(hid, src, w):
+        got.setdefault(int(h), {})[int(s)] = float(v)
+    ref = naive_neighbours(xy, ori, phase, pop, observed, 3, 0.5, 1.5)
+    assert got.keys() == ref.keys()
+    for i in ref:
+        assert got[i].keys() == ref[i].keys()
+        np.testing.assert_allclose([got[i][o] for o in ref[i]], list(ref[i].values()), rtol=1e-12)
+
+
+def test_borrowed_hidden_units_are_their_neighbours_average():
+    pos, props = identity()
+    n_v1 = sum(SIZES[s] for s in V1_SHEETS)
+    observed = np.arange(n_v1) % 3 == 0
+    cfg = ModelConfig(bin_ms=5.0, hidden_weights="borrowed", connectivity="feature", borrow_neighbours=2,
+                      borrow_sigma_mm=0.2, borrow_kappa=1.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
+    g = torch.Generator().manual_seed(3)
+    assert_matches_reference(model, torch.rand(2, 5, 32, generator=g, dtype=torch.float64), g)
+    assert model.sign_violations() == dict.fromkeys(model.weights, 0)
+    # hidden rows and biases = the naive kernel's average of the observed rows (input block: no mask)
+    g_ = model.graph
+    xy = np.concatenate([pos[s] for s in g_.v1_order])
+    ori = np.concatenate([props[s]["ori"] for s in g_.v1_order])
+    ph = np.concatenate([props[s]["phase"] for s in g_.v1_order])
+    pop = np.concatenate([np.full(SIZES[s], i) for i, s in enumerate(g_.v1_order)])
+    obs = observed if g_.internal_to_external is None else observed[g_.internal_to_external]
+    ref = naive_neighbours(xy, ori, ph, pop, obs, 2, 0.2, 1.0)
+    raw_b, b = model.bias.detach(), model.unit_bias().detach()
+    for i, nb in ref.items():
+        assert float(b[i]) == pytest.approx(sum(v * float(raw_b[o]) for o, v in nb.items()), rel=1e-12)
+    u = model.weights["U0_stage0"]
+    raw, eff = u.inner.weight().detach(), u.weight().detach()
+    r0 = g_.stage_rows[0][0]
+    for i, nb in ref.items():
+        if g_.stage_rows[0][0] <= i < g_.stage_rows[0][1]:
+            want = sum(v * raw[o - r0] for o, v in nb.items())
+            torch.testing.assert_close(eff[i - r0], want, rtol=1e-12, atol=1e-14)
+    # a masked recurrent block keeps the hidden unit's own mask and its neighbours' total per sign
+    w = model.weights["W1_stage0"]
+    eff = w.weight().detach()
+    assert not bool(((eff != 0) & ~w.inner.mask).any())
+    with pytest.raises(DataMismatchError, match="observed"):
+        CorticalRNN(cfg, SIZES, pos, props)

@@ -131,7 +131,13 @@ class ModelConfig:
     centered: bool = False
     # hidden units' recurrent weights: free parameters, or their initial weights scaled by how much the
     # observed units of their population changed each pathway (model/tied.py; needs the observed set)
-    hidden_weights: str = "free"  # free | tied
+    # borrowed: every hidden unit's bias and dense weight rows are the average of the borrow_neighbours
+    # observed units of its population most similar in identity (softmax of -d^2/2 sigma^2 +
+    # kappa cos 2 d_ori + kappa/2 cos d_phase): a hidden unit is what its observed neighbours learned
+    hidden_weights: str = "free"  # free | tied | borrowed
+    borrow_neighbours: int = 32
+    borrow_sigma_mm: float = 0.3
+    borrow_kappa: float = 1.0
     neuron_model: str = "leaky"  # leaky | mlp | gru
     neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
     tau_ms: dict[str, float] = field(
@@ -190,8 +196,14 @@ class ModelConfig:
                       f"{', '.join(INPUT_MASK_KINDS)}")
         if self.weight_storage == "sparse" and self.connectivity == "dense":
             raise bad("weight_storage='sparse' needs a masked connectivity (distance, feature or simulator)")
-        if self.hidden_weights not in ("free", "tied"):
-            raise bad(f"hidden_weights={self.hidden_weights!r}; expected free or tied")
+        if self.hidden_weights not in ("free", "tied", "borrowed"):
+            raise bad(f"hidden_weights={self.hidden_weights!r}; expected free, tied or borrowed")
+        if self.borrow_neighbours < 1:
+            raise bad(f"borrow_neighbours={self.borrow_neighbours}; expected >= 1")
+        if not (self.borrow_sigma_mm > 0 and math.isfinite(self.borrow_sigma_mm)):
+            raise bad(f"borrow_sigma_mm={self.borrow_sigma_mm}; expected a positive number of mm")
+        if not (self.borrow_kappa >= 0 and math.isfinite(self.borrow_kappa)):
+            raise bad(f"borrow_kappa={self.borrow_kappa}; expected >= 0")
         if self.input_storage not in ("dense", "sparse"):
             raise bad(f"input_storage={self.input_storage!r}; expected dense or sparse")
         if self.input_storage == "sparse" and self.input_connectivity != "gabor":

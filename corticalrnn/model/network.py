@@ -29,7 +29,7 @@ from corticalrnn.model.identity import GaborInputWeight, default_rf_size
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
-from corticalrnn.model.tied import TiedHidden
+from corticalrnn.model.tied import Borrow, BorrowedHidden, TiedHidden, neighbour_kernel
 from corticalrnn.sheets import V1_SHEETS, file_sheet_name
 
 _CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,6 +103,9 @@ class CorticalRNN(nn.Module):
             for b in g.blocks})
         if config.hidden_weights == "tied":
             self._tie_hidden(observed)
+        self.borrow: Borrow | None = None
+        if config.hidden_weights == "borrowed":
+            self._borrow_hidden(observed, ctx)
         self.bias = nn.Parameter(torch.full(
             (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
         # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
@@ -183,17 +186,51 @@ class CorticalRNN(nn.Module):
     def _tie_hidden(self, observed: np.ndarray | None) -> None:
         """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``)."""
         g = self.graph
-        if observed is None or len(observed) != g.n_v1:
-            raise DataMismatchError(f"model: hidden_weights='tied' needs the observed mask of all {g.n_v1} "
-                                    "V1 neurons")
-        obs = np.asarray(observed, bool)
-        if g.internal_to_external is not None:
-            obs = obs[g.internal_to_external]
+        obs = self._observed_internal(observed, "tied")
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
         for b in g.blocks:
             if b.source == "v1":
                 self.weights[b.name] = TiedHidden(self.weights[b.name], obs[b.row0:b.row1],
                                                   pop[b.row0:b.row1], pop[b.col0:b.col1])
+
+    def _observed_internal(self, observed: np.ndarray | None, what: str) -> np.ndarray:
+        g = self.graph
+        if observed is None or len(observed) != g.n_v1:
+            raise DataMismatchError(f"model: hidden_weights={what!r} needs the observed mask of all {g.n_v1} "
+                                    "V1 neurons")
+        obs = np.asarray(observed, bool)
+        return obs if g.internal_to_external is None else obs[g.internal_to_external]
+
+    def _borrow_hidden(self, observed: np.ndarray | None, ctx: RuleContext) -> None:
+        """``hidden_weights = "borrowed"``: every hidden unit's bias and the rows of every dense block
+        (recurrent and input; a ``gabor`` input has identity already) are the identity-weighted average
+        of observed units of its population (:func:`~corticalrnn.model.tied.neighbour_kernel`)."""
+        g, cfg = self.graph, self.config
+        obs = self._observed_internal(observed, "borrowed")
+        xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
+
+        def prop(key: str) -> np.ndarray:
+            return np.concatenate([np.asarray(_sheet_props(ctx, s).get(key, np.full(g.sizes[s], np.nan)),
+                                              np.float64) for s in g.v1_order])
+
+        pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
+        hid, src, w = neighbour_kernel(xy, prop("ori"), prop("phase"), pop, obs, cfg.borrow_neighbours,
+                                       cfg.borrow_sigma_mm, cfg.borrow_kappa)
+        self.borrow = Borrow(hid, src, w, g.n_v1)
+        for b in g.blocks:
+            inner = self.weights[b.name]
+            if isinstance(inner, GaborInputWeight):
+                continue
+            if inner.stored_sparse:
+                raise CorticalRNNError("model config: hidden_weights='borrowed' needs dense weight storage "
+                                       "(weight_storage = 'dense')")
+            keep = (hid >= b.row0) & (hid < b.row1)
+            self.weights[b.name] = BorrowedHidden(inner, Borrow(hid[keep] - b.row0, src[keep] - b.row0,
+                                                                w[keep], b.row1 - b.row0))
+
+    def unit_bias(self) -> torch.Tensor:
+        """Each unit's bias ``b`` (internal order); hidden units' borrowed when ``hidden_weights = "borrowed"``."""
+        return self.bias if self.borrow is None else self.borrow(self.bias)
 
     def _gabor_input(self, b: Block, ctx: RuleContext) -> GaborInputWeight:
         """Identity-conditioned weights of an input block (``input_connectivity = "gabor"``)."""
@@ -357,9 +394,10 @@ class CorticalRNN(nn.Module):
 
     def effective_bias(self) -> torch.Tensor:
         """The constant current every unit sees: ``b`` or, centered, ``b - W r0 - U x0`` (internal order)."""
+        bias = self.unit_bias()
         if not self.config.centered:
-            return self.bias
-        shift = torch.zeros_like(self.bias)
+            return bias
+        shift = torch.zeros_like(bias)
         for b in self.graph.blocks:
             w = self.weights[b.name]
             center = (self.rate_center if b.source == "v1" else self.input_center)[b.col0:b.col1]
@@ -371,7 +409,7 @@ class CorticalRNN(nn.Module):
                     0, rows, w.weight().to(shift.dtype) * center[cols])
             else:
                 shift[b.row0:b.row1] += w.weight().to(shift.dtype) @ center
-        return self.bias - shift
+        return bias - shift
 
     def _drive(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
         """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.
@@ -431,7 +469,7 @@ class CorticalRNN(nn.Module):
         units = [self.units[file_sheet_name(s)] for s in self.graph.v1_order]
         leaky = all(u.fused for u in units)  # the fused loop implements exactly these units
         if state is None:
-            v0 = self.bias[:, None].expand(self.n_v1, B)
+            v0 = self.unit_bias()[:, None].expand(self.n_v1, B)
             if leaky:
                 state = (v0, F.softplus(v0))
             else:

@@ -32,7 +32,8 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
     units = {s: model.units[file_sheet_name(s)] for s in V1_SHEETS}
     leaky = all(u.fused for u in units.values())  # leaky equations written out; others: unit.step
     alpha = {s: units[s].alpha() for s in V1_SHEETS}
-    bias = {s: model.bias[g.slice(s)] for s in V1_SHEETS}  # initial state
+    unit_bias = model.unit_bias()
+    bias = {s: unit_bias[g.slice(s)] for s in V1_SHEETS}  # initial state
     current0 = dict(bias)  # the constant current; centered models: b - sum_p W_p c_pre
     if model.config.centered:
         for p in g.pathways:

@@ -90,3 +90,134 @@ class TiedHidden(nn.Module):
         if not self.stored_sparse and getattr(self.inner, "mask", None) is not None:
             bad |= (w != 0) & ~self.inner.mask
         return int(bad.sum()) + self.inner.violations()
+
+
+# ------------------------------------------------------------------------------------------------
+# hidden_weights = "borrowed": a hidden unit is the identity-weighted average of observed units
+
+
+def neighbour_kernel(xy: np.ndarray, ori: np.ndarray, phase: np.ndarray, pop: np.ndarray,
+                     observed: np.ndarray, k: int, sigma: float, kappa: float, chunk: int = 2048
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each hidden unit's ``k`` most similar observed units of its own population and their weights.
+
+    Similarity ``s = -d^2 / (2 sigma^2) + kappa cos(2 (ori_i - ori_o)) + kappa / 2 cos(phase_i - phase_o)``
+    (``d`` the cortical distance; a NaN orientation or phase drops its term); the weights are the
+    softmax of ``s`` over the ``k`` best, so ``sigma -> inf, kappa = 0`` gives the population mean.
+    Returns ``(hidden, source, weight)`` per entry (unit indices into the given arrays). Memory is
+    ``chunk x observed`` at a time, so it scales to the full model."""
+    xy = np.asarray(xy, np.float64)[:, :2]
+    ori, phase = np.asarray(ori, np.float64), np.asarray(phase, np.float64)
+    pop, obs = np.asarray(pop), np.asarray(observed, bool)
+    hid_all, src_all, w_all = [], [], []
+    for p in np.unique(pop):
+        o = np.flatnonzero((pop == p) & obs)
+        h = np.flatnonzero((pop == p) & ~obs)
+        if o.size == 0 or h.size == 0:
+            continue
+        kk = min(k, o.size)
+        for c0 in range(0, h.size, chunk):
+            hc = h[c0:c0 + chunk]
+            d2 = ((xy[hc, None, :] - xy[None, o, :]) ** 2).sum(-1)
+            s = -d2 / (2 * sigma * sigma)
+            for term, scale in ((np.cos(2 * (ori[hc, None] - ori[None, o])), kappa),
+                                (np.cos(phase[hc, None] - phase[None, o]), kappa / 2)):
+                if scale:
+                    s = s + scale * np.nan_to_num(term, nan=0.0)
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < o.size else np.tile(np.arange(o.size),
+                                                                                        (hc.size, 1))
+            st = np.take_along_axis(s, top, 1)
+            w = np.exp(st - st.max(1, keepdims=True))
+            w /= w.sum(1, keepdims=True)
+            hid_all.append(np.repeat(hc, kk))
+            src_all.append(o[top].ravel())
+            w_all.append(w.ravel())
+    if not hid_all:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(hid_all), np.concatenate(src_all), np.concatenate(w_all)
+
+
+class Borrow(nn.Module):
+    """Replaces the hidden rows of a ``[units, ...]`` tensor by their kernel averages of observed rows
+    (one sparse product, differentiable in the observed rows)."""
+
+    def __init__(self, hidden: np.ndarray, source: np.ndarray, weight: np.ndarray, n: int) -> None:
+        super().__init__()
+        rows, pos = np.unique(np.asarray(hidden, np.int64), return_inverse=True)
+        self.n = int(n)
+        self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.int64), persistent=False)
+        self.register_buffer("index", torch.as_tensor(np.stack([pos, np.asarray(source, np.int64)])),
+                             persistent=False)
+        self.register_buffer("value", torch.as_tensor(np.asarray(weight), dtype=torch.float64), persistent=False)
+
+    def averages(self, x: torch.Tensor) -> torch.Tensor:
+        """``[hidden rows, ...]``: the kernel averages of ``x``'s observed rows."""
+        k = torch.sparse_coo_tensor(self.index, self.value.to(x.dtype), (self.rows.numel(), self.n),
+                                    is_coalesced=False, check_invariants=False)
+        flat = x.reshape(self.n, -1)
+        return torch.sparse.mm(k, flat).reshape((self.rows.numel(),) + tuple(x.shape[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows.numel() == 0:
+            return x
+        return x.index_copy(0, self.rows, self.averages(x))
+
+
+class BorrowedHidden(nn.Module):
+    """Wraps a dense recurrent or input block (:class:`~corticalrnn.model.dale.SignedWeight`): its hidden
+    rows are the identity-weighted averages of observed rows of the same population (``borrow``). With
+    a mask, the average is restricted to the hidden unit's own mask and rescaled, per sign, to the
+    total it had before (so the unit keeps the strength its neighbours learned)."""
+
+    stored_sparse = False
+
+    def __init__(self, inner: nn.Module, borrow: Borrow) -> None:
+        super().__init__()
+        if inner.stored_sparse:
+            raise ValueError("hidden_weights='borrowed' needs dense weight storage")
+        self.inner, self.borrow = inner, borrow
+
+    def weight(self) -> torch.Tensor:
+        w = self.inner.weight()
+        b = self.borrow
+        if b.rows.numel() == 0:
+            return w
+        wh = b.averages(w)
+        mask = getattr(self.inner, "mask", None)
+        if mask is not None:
+            m = mask[b.rows].to(w.dtype)
+            exc = (self.inner.sign > 0).to(w.dtype)
+            a, am = wh.abs(), (wh * m).abs()
+            f_e = (a @ exc) / (am @ exc).clamp_min(1e-12)
+            f_i = (a @ (1 - exc)) / (am @ (1 - exc)).clamp_min(1e-12)
+            wh = wh * m * (f_e[:, None] * exc + f_i[:, None] * (1 - exc))
+        return w.index_copy(0, b.rows, wh)
+
+    def dense(self) -> torch.Tensor:
+        return self.weight()
+
+    def pattern(self):  # noqa: ANN201 - the inner block's Pattern or None
+        return self.inner.pattern()
+
+    def enable_pattern(self) -> None:
+        self.inner.enable_pattern()
+
+    @property
+    def sign(self) -> torch.Tensor:
+        return self.inner.sign
+
+    @property
+    def n_synapses(self) -> int:
+        return self.inner.n_synapses
+
+    def project_(self) -> None:
+        self.inner.project_()
+
+    @torch.no_grad()
+    def violations(self) -> int:
+        w = self.weight()
+        bad = (w * self.inner.sign.to(w.dtype)[None, :]) < 0
+        mask = getattr(self.inner, "mask", None)
+        if mask is not None:
+            bad |= (w != 0) & ~mask
+        return int(bad.sum())

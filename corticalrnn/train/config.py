@@ -46,6 +46,9 @@ class DataConfig:
     val_fraction: float = 0.2  # fraction of training *images* held out for model selection
     split_seed: int = 0  # seed of the image split
     test_images: str = "auto"  # auto: exclude images with repeated trials (and store-marked test) | none
+    # move this many of the test images (seeded choice, all their trials) into training; the rest stay
+    # the test set that `evaluate` scores (the thesis sample has only 10 single-trial training images)
+    train_test_images: int = 0
     num_workers: int = 0  # DataLoader worker processes
     cache_mb: float = 1024.0  # hold the windows in memory (dense float32) when they take less than this
 
@@ -131,6 +134,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("data", "num_workers"): (0, 1024, True, True),
     ("data", "cache_mb"): (0.0, float("inf"), True, False),
     ("data", "split_seed"): (0, 2**63 - 1, True, True),
+    ("data", "train_test_images"): (0, 2**31 - 1, True, True),
     ("optim", "lr"): (0.0, float("inf"), False, False),
     ("optim", "weight_decay"): (0.0, float("inf"), True, False),
     ("optim", "beta1"): (0.0, 1.0, True, False),

@@ -326,13 +326,27 @@ def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np
                                  test=test_mode, seed=cfg.data.split_seed)
         if marked_test.any():
             split = dataclasses.replace(split, test=np.union1d(split.test, np.unique(ids[marked_test])))
-    usable = ~marked_test & ~np.asarray(table.padded, dtype=bool)
+        split = _train_on_test(split, cfg.data.train_test_images, cfg.data.split_seed, store.path)
+    # the split decides: a store-marked test image enters training only where the split says so
+    usable = ~np.asarray(table.padded, dtype=bool) & ~np.isin(ids, split.test)
     train_w = np.flatnonzero(np.isin(ids, split.train) & usable)
     val_w = np.flatnonzero(np.isin(ids, split.validation) & usable)
     if train_w.size == 0:
         raise CorticalRNNError(f"{store.path}: no training windows after removing test and validation "
                                f"images (images: {np.unique(ids).size}, test: {split.test.size})")
     return train_w, val_w, split
+
+
+def _train_on_test(split: Any, k: int, seed: int, where: Any) -> Any:
+    """``split`` with ``k`` of its test images (a seeded choice) moved to training (``data.train_test_images``)."""
+    if k == 0:
+        return split
+    if k >= split.test.size:
+        raise CorticalRNNError(f"{where}: data.train_test_images = {k} would leave no test image "
+                               f"(the store has {split.test.size}); use at most {split.test.size - 1}")
+    moved = np.sort(np.random.default_rng(seed).choice(split.test, size=k, replace=False))
+    return dataclasses.replace(split, train=np.union1d(split.train, moved), test=np.setdiff1d(split.test, moved),
+                               info={**split.info, "train_test_images": [int(i) for i in moved]})
 
 
 def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
