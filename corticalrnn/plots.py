@@ -127,7 +127,8 @@ def population_time_course(curves: Mapping[str, Mapping[str, np.ndarray]], bin_m
     colour, ``baseline`` grey; ``hidden`` ones dashed. This is where a model that misses the shared
     time course (onset transient, offset) shows at a glance."""
     pops = list(curves)
-    fig, axes = plt.subplots(1, len(pops), figsize=(3.6 * len(pops), 3.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(pops), figsize=(3.6 * len(pops), 3.2), squeeze=False,
+                             layout="constrained")
     for ax, pop in zip(axes[0], pops):
         for name, y in curves[pop].items():
             y = np.asarray(y, np.float64)

@@ -407,8 +407,9 @@ def naive_neighbours(xy, ori, phase, pop, observed, k, sigma, kappa):
     out = {}
     for i in np.flatnonzero(~observed):
         cands = [o for o in np.flatnonzero(observed) if pop[o] == pop[i]]
-        score = {o: -float(((xy[i] - xy[o]) ** 2).sum()) / (2 * sigma**2) + kappa * math.cos(2 * (ori[i] - ori[o]))
-                 + kappa / 2 * math.cos(phase[i] - phase[o]) for o in cands}
+        score = {o: -float(((xy[i] - xy[o]) ** 2).sum()) / (2 * sigma**2)
+                 + kappa * math.cos(2 * (ori[i] - ori[o])) + kappa / 2 * math.cos(phase[i] - phase[o])
+                 for o in cands}
         best = sorted(cands, key=lambda o: -score[o])[:k]
         z = sum(math.exp(score[o]) for o in best)
         out[int(i)] = {int(o): math.exp(score[o]) / z for o in best}

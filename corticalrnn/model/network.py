@@ -229,7 +229,7 @@ class CorticalRNN(nn.Module):
                                                                 w[keep], b.row1 - b.row0))
 
     def unit_bias(self) -> torch.Tensor:
-        """Each unit's bias ``b`` (internal order); hidden units' borrowed when ``hidden_weights = "borrowed"``."""
+        """Each unit's bias ``b`` (internal order); hidden units' are borrowed (``hidden_weights``)."""
         return self.bias if self.borrow is None else self.borrow(self.bias)
 
     def _gabor_input(self, b: Block, ctx: RuleContext) -> GaborInputWeight:

@@ -148,7 +148,8 @@ class Borrow(nn.Module):
         self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.int64), persistent=False)
         self.register_buffer("index", torch.as_tensor(np.stack([pos, np.asarray(source, np.int64)])),
                              persistent=False)
-        self.register_buffer("value", torch.as_tensor(np.asarray(weight), dtype=torch.float64), persistent=False)
+        value = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
+        self.register_buffer("value", value, persistent=False)
 
     def averages(self, x: torch.Tensor) -> torch.Tensor:
         """``[hidden rows, ...]``: the kernel averages of ``x``'s observed rows."""

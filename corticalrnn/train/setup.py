@@ -338,14 +338,16 @@ def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np
 
 
 def _train_on_test(split: Any, k: int, seed: int, where: Any) -> Any:
-    """``split`` with ``k`` of its test images (a seeded choice) moved to training (``data.train_test_images``)."""
+    """``split`` with ``k`` of its test images (a seeded choice) moved to training
+    (``data.train_test_images``)."""
     if k == 0:
         return split
     if k >= split.test.size:
         raise CorticalRNNError(f"{where}: data.train_test_images = {k} would leave no test image "
                                f"(the store has {split.test.size}); use at most {split.test.size - 1}")
     moved = np.sort(np.random.default_rng(seed).choice(split.test, size=k, replace=False))
-    return dataclasses.replace(split, train=np.union1d(split.train, moved), test=np.setdiff1d(split.test, moved),
+    return dataclasses.replace(split, train=np.union1d(split.train, moved),
+                               test=np.setdiff1d(split.test, moved),
                                info={**split.info, "train_test_images": [int(i) for i in moved]})
 
 
