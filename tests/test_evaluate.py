@@ -37,7 +37,8 @@ def _rates(image: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-def write_store(path: Path, images: list[int], trials: int, seed: int = 0, sizes: dict | None = None,
+def write_store(path: Path, images: list[int], trials: int | list[int], seed: int = 0,
+                sizes: dict | None = None,
                 bin_ms: int = BIN_MS, id_offset: int = 0) -> Path:
     sizes = sizes or SIZES
     rng = np.random.default_rng(seed)
@@ -47,9 +48,10 @@ def write_store(path: Path, images: list[int], trials: int, seed: int = 0, sizes
     w = StoreWriter.create(path, meta)
     src = w.add_source(path=str(path), sha256="", kind="test")
     img_col, tr_col, events = [], [], {s: [] for s in sizes}
-    for img in images:
+    per_image = [trials] * len(images) if isinstance(trials, int) else trials
+    for img, n_trials in zip(images, per_image):
         rates = _rates(img, rng)
-        for k in range(trials):
+        for k in range(n_trials):
             img_col.append(img)
             tr_col.append(k)
             for s in sizes:
@@ -107,7 +109,7 @@ def test_evaluate_report_table_and_figures(trained, capsys):
     assert res.skipped == {}
     rep = json.loads((d / "eval" / "report.json").read_text())
     assert rep["trials_per_image"] == 4 and rep["test_images"] == [200, 201, 202]
-    for name in ("raster_psth.png", "hist_trial_avg_r.png", "hist_cc_norm.png"):
+    for name in ("raster_psth.png", "hist_trial_avg_r.png", "hist_cc_norm.png", "population_time_course.png"):
         assert (d / "eval" / name).stat().st_size > 1000, name
     # learning curves belong to the run: in the run folder, named from the report relative to it
     assert (d / "run" / "learning_curves.png").stat().st_size > 1000
@@ -422,3 +424,31 @@ def test_checkpoint_spec_checks_and_memory_bound(trained, tmp_path):
     ck["spec"]["sizes"] = {"V1_Foo": 3}
     with pytest.raises(SchemaError, match="x.pt: checkpoint spec"):
         check_checkpoint(ck, "x.pt")
+
+
+
+def test_train_test_images_moves_test_images_into_training(tmp_path):
+    """data.train_test_images: K repeat-trial (test) images train; the rest stay the test set, which
+    evaluation then uses and training never sees."""
+    from corticalrnn.evaluate import test_window_candidates
+    from corticalrnn.store import open_store
+    from corticalrnn.train.setup import split_training_windows
+
+    path = write_store(tmp_path / "both.zarr", [100, 101, 102, 103, 104, 200, 201, 202], [1] * 5 + [4] * 3)
+    st = open_store(path)
+    ids = np.asarray(st.windows.image_id)
+
+    def split(k: int):
+        cfg = load_config(None, [f'data.store="{path}"', f"data.train_test_images={k}"])
+        return split_training_windows(st, cfg)
+
+    train_w, val_w, sp_ = split(2)
+    moved = np.asarray(sp_.info["train_test_images"])
+    assert sp_.test.size == 1 and moved.size == 2 and set(moved) <= {200, 201, 202}
+    assert set(moved) <= set(sp_.train.tolist())
+    assert np.isin(ids[train_w], moved).sum() == 8  # every trial of both moved images trains
+    assert not np.isin(ids[np.r_[train_w, val_w]], sp_.test).any()
+    assert set(ids[test_window_candidates(st, sp_.to_json_dict())]) == set(sp_.test.tolist())
+    assert split(0)[2].test.tolist() == [200, 201, 202]
+    with pytest.raises(CorticalRNNError, match="train_test_images = 3 would leave no test image"):
+        split(3)
