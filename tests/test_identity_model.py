@@ -365,7 +365,7 @@ def test_neuron_units_registry_matches_config():
 
     assert set(UNITS) == set(NEURON_MODELS)
     fused = {k: make_unit(k, 20.0, 5.0, 3, True, torch.Generator().manual_seed(0)).fused for k in UNITS}
-    assert fused == {"leaky": True, "mlp": False, "gru": False}
+    assert fused == {"leaky": True, "mlp": False, "gru": False, "adaptive": False}
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -86,7 +86,7 @@ def test_gradients_match_reference(neuron_model, sign_mode, reparam, teacher, co
     assert_matches_reference(model, teacher)
 
 
-@pytest.mark.parametrize("neuron_model", ["leaky", "gru"])
+@pytest.mark.parametrize("neuron_model", ["leaky", "gru", "adaptive"])
 @pytest.mark.parametrize("connectivity", ["dense", "distance"])
 def test_gradients_match_reference_unusual_graph(neuron_model, connectivity):
     model = make(neuron_model=neuron_model, pathways=ODD_PATHWAYS, connectivity=connectivity)
@@ -547,3 +547,38 @@ def test_distance_pairs_follow_the_distance_law():
         assert abs(hit[band].mean() - expected) < 0.02 + 0.1 * expected
         assert abs(hit[band].mean() - m[band].mean()) < 0.02 + 0.1 * expected
     assert not hit[d > 0.5].any()  # beyond 5 sigma: never sampled
+
+
+def test_adaptive_unit_against_hand_written_equations():
+    """AdaptiveUnit = the leaky membrane with adaptation, written out in float64 with math only; a
+    sustained input step gives an onset transient that decays (the shape the real sample shows)."""
+    import math
+
+    from corticalrnn.model.neurons import AdaptiveUnit
+
+    unit = AdaptiveUnit(20.0, 10.0, tau_w_ms=80.0, strength=1.5).double()
+    # the parameters were rounded to float32 when created: take them from the unit, check the values
+    tau, tau_w, g = unit.tau_ms(), float(unit.log_tau_w.exp()), float(unit.strength())
+    assert (tau, tau_w, g) == pytest.approx((20.0, 80.0, 1.5), rel=1e-6)
+    a, b = 1 - math.exp(-10 / tau), 1 - math.exp(-10 / tau_w)
+
+    def sp(x):
+        return math.log1p(math.exp(x))
+
+    drive = [0.0] * 5 + [2.0] * 40
+    v, w = -1.0, sp(-1.0)
+    r_ref = []
+    for i in drive:
+        v = v + a * (i - g * w - v)
+        r = sp(v)
+        w = w + b * (r - w)
+        r_ref.append(r)
+    _, state = unit.initial(torch.tensor([-1.0], dtype=torch.float64))
+    alpha = unit.alpha()
+    got = []
+    for i in drive:
+        r, state = unit.step(torch.tensor([i], dtype=torch.float64), state, alpha)
+        got.append(float(r))
+    np.testing.assert_allclose(got, r_ref, rtol=1e-12)
+    peak = int(np.argmax(got))
+    assert 5 <= peak < 12 and got[-1] < 0.8 * got[peak]  # transient, then adapted

@@ -9,7 +9,7 @@ from typing import Any
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, normalize_sheet_name
 
-NEURON_MODELS = ("leaky", "mlp", "gru")
+NEURON_MODELS = ("leaky", "mlp", "gru", "adaptive")
 SIGN_MODES = ("projected", "reparam")
 REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance", "feature", "simulator")  # rules in model/connectivity.py

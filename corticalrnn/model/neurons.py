@@ -7,6 +7,10 @@ All neurons of a population share the model's parameters ("one small network per
   custom autograd function; this module holds tau and is what the generic loop / reference call.
 * ``MLPUnit``: the leaky membrane followed by a shared scalar MLP nonlinearity
   ``r = softplus(v + w2 . tanh(w1 v + b1))`` (starts close to the leaky unit).
+* ``AdaptiveUnit``: the leaky membrane with spike-frequency adaptation, ``v <- v + a (I - g w - v)``,
+  ``r = softplus(v)``, ``w <- w + b (r - w)`` with a learnable adaptation time constant (``b = 1 -
+  exp(-bin/tau_w)``) and strength ``g >= 0`` per population: a sustained input step gives an onset
+  transient that decays to a lower sustained rate (cortical responses to a static image).
 * ``GRUUnit``: a GRU cell with ``hidden`` units per neuron, input = the current, shared weights;
   ``r = softplus(w_out . h + b_out)``.
 """
@@ -79,6 +83,36 @@ class MLPUnit(LeakyUnit):
         return self._out(v), v
 
 
+class AdaptiveUnit(LeakyUnit):
+    """Leaky rate unit with spike-frequency adaptation (a slow negative feedback of its own rate)."""
+
+    fused: ClassVar[bool] = False
+
+    def __init__(self, tau_ms: float, bin_ms: float, learn_tau: bool = True, tau_w_ms: float = 100.0,
+                 strength: float = 1.0) -> None:
+        super().__init__(tau_ms, bin_ms, learn_tau)
+        self.log_tau_w = nn.Parameter(torch.tensor(math.log(tau_w_ms)))
+        self.raw_g = nn.Parameter(torch.tensor(math.log(math.expm1(strength))))  # softplus^-1
+
+    def strength(self) -> torch.Tensor:
+        return F.softplus(self.raw_g)
+
+    def beta(self) -> torch.Tensor:
+        return -torch.expm1(-self.bin_ms / self.log_tau_w.exp())
+
+    def initial(self, v0: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """At rest: the adaptation variable equals the resting rate ``softplus(v0)``."""
+        r = F.softplus(v0)
+        return r, torch.stack([v0, r], -1)
+
+    def step(self, current: torch.Tensor, state: State, alpha: torch.Tensor) -> tuple[torch.Tensor, State]:
+        v, w = state[..., 0], state[..., 1]
+        v = v + alpha * (current - self.strength() * w - v)
+        r = F.softplus(v)
+        w = w + self.beta() * (r - w)
+        return r, torch.stack([v, w], -1)
+
+
 class GRUUnit(nn.Module):
     """GRU cell per neuron (scalar input = current), weights shared across the population."""
 
@@ -140,6 +174,12 @@ def _leaky(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
 def _mlp(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
          generator: torch.Generator | None) -> nn.Module:
     return MLPUnit(tau_ms, bin_ms, hidden, learn_tau, generator)
+
+
+@register_unit("adaptive")
+def _adaptive(tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool,
+              generator: torch.Generator | None) -> nn.Module:
+    return AdaptiveUnit(tau_ms, bin_ms, learn_tau)
 
 
 @register_unit("gru")
