@@ -439,8 +439,11 @@ def test_borrowed_hidden_units_are_their_neighbours_average():
     n_v1 = sum(SIZES[s] for s in V1_SHEETS)
     observed = np.arange(n_v1) % 3 == 0
     cfg = ModelConfig(bin_ms=5.0, hidden_weights="borrowed", connectivity="feature", borrow_neighbours=2,
-                      borrow_sigma_mm=0.2, borrow_kappa=1.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+                      borrow_sigma_mm=0.2, borrow_kappa=1.0, borrow_recurrent=True,
+                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
+    assert type(CorticalRNN(dataclasses.replace(cfg, borrow_recurrent=False), SIZES, pos, props,
+                            observed=observed).weights["W1_stage0"]).__name__ == "SignedWeight"
     g = torch.Generator().manual_seed(3)
     assert_matches_reference(model, torch.rand(2, 5, 32, generator=g, dtype=torch.float64), g)
     assert model.sign_violations() == dict.fromkeys(model.weights, 0)
@@ -462,6 +465,8 @@ def test_borrowed_hidden_units_are_their_neighbours_average():
         if g_.stage_rows[0][0] <= i < g_.stage_rows[0][1]:
             want = sum(v * raw[o - r0] for o, v in nb.items())
             torch.testing.assert_close(eff[i - r0], want, rtol=1e-12, atol=1e-14)
+    xs = torch.rand(32, 7, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(u.product(xs, torch.float64), eff @ xs, rtol=1e-12, atol=1e-14)
     # a masked recurrent block keeps the hidden unit's own mask and its neighbours' total per sign
     w = model.weights["W1_stage0"]
     eff = w.weight().detach()

@@ -202,9 +202,10 @@ class CorticalRNN(nn.Module):
         return obs if g.internal_to_external is None else obs[g.internal_to_external]
 
     def _borrow_hidden(self, observed: np.ndarray | None, ctx: RuleContext) -> None:
-        """``hidden_weights = "borrowed"``: every hidden unit's bias and the rows of every dense block
-        (recurrent and input; a ``gabor`` input has identity already) are the identity-weighted average
-        of observed units of its population (:func:`~corticalrnn.model.tied.neighbour_kernel`)."""
+        """``hidden_weights = "borrowed"``: every hidden unit's bias and its rows of the dense input blocks
+        (and of the recurrent blocks with ``borrow_recurrent``; a ``gabor`` input has identity already) are
+        the identity-weighted average of observed units of its population
+        (:func:`~corticalrnn.model.tied.neighbour_kernel`)."""
         g, cfg = self.graph, self.config
         obs = self._observed_internal(observed, "borrowed")
         xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
@@ -219,7 +220,7 @@ class CorticalRNN(nn.Module):
         self.borrow = Borrow(hid, src, w, g.n_v1)
         for b in g.blocks:
             inner = self.weights[b.name]
-            if isinstance(inner, GaborInputWeight):
+            if isinstance(inner, GaborInputWeight) or (b.source == "v1" and not cfg.borrow_recurrent):
                 continue
             if inner.stored_sparse:
                 raise CorticalRNNError("model config: hidden_weights='borrowed' needs dense weight storage "

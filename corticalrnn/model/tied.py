@@ -153,10 +153,11 @@ class Borrow(nn.Module):
 
     def averages(self, x: torch.Tensor) -> torch.Tensor:
         """``[hidden rows, ...]``: the kernel averages of ``x``'s observed rows."""
-        k = torch.sparse_coo_tensor(self.index, self.value.to(x.dtype), (self.rows.numel(), self.n),
+        dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # sparse kernels' dtypes
+        k = torch.sparse_coo_tensor(self.index, self.value.to(dt), (self.rows.numel(), self.n),
                                     is_coalesced=False, check_invariants=False)
-        flat = x.reshape(self.n, -1)
-        return torch.sparse.mm(k, flat).reshape((self.rows.numel(),) + tuple(x.shape[1:]))
+        flat = x.reshape(self.n, -1).to(dt)
+        return torch.sparse.mm(k, flat).reshape((self.rows.numel(),) + tuple(x.shape[1:])).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rows.numel() == 0:
@@ -164,11 +165,14 @@ class Borrow(nn.Module):
         return x.index_copy(0, self.rows, self.averages(x))
 
 
+MAX_RESCALE = 4.0
+
+
 class BorrowedHidden(nn.Module):
     """Wraps a dense recurrent or input block (:class:`~corticalrnn.model.dale.SignedWeight`): its hidden
     rows are the identity-weighted averages of observed rows of the same population (``borrow``). With
     a mask, the average is restricted to the hidden unit's own mask and rescaled, per sign, to the
-    total it had before (so the unit keeps the strength its neighbours learned)."""
+    total it had before (the strength its neighbours learned), by at most ``MAX_RESCALE``."""
 
     stored_sparse = False
 
@@ -189,13 +193,24 @@ class BorrowedHidden(nn.Module):
             m = mask[b.rows].to(w.dtype)
             exc = (self.inner.sign > 0).to(w.dtype)
             a, am = wh.abs(), (wh * m).abs()
-            f_e = (a @ exc) / (am @ exc).clamp_min(1e-12)
-            f_i = (a @ (1 - exc)) / (am @ (1 - exc)).clamp_min(1e-12)
+            # restore each sign's total, at most MAX_RESCALE-fold (a unit whose mask barely overlaps its
+            # neighbours' synapses keeps a weaker row instead of a few huge weights)
+            se, si = a @ exc, a @ (1 - exc)
+            f_e = se / torch.maximum(am @ exc, se / MAX_RESCALE).clamp_min(1e-30)
+            f_i = si / torch.maximum(am @ (1 - exc), si / MAX_RESCALE).clamp_min(1e-30)
             wh = wh * m * (f_e[:, None] * exc + f_i[:, None] * (1 - exc))
         return w.index_copy(0, b.rows, wh)
 
     def dense(self) -> torch.Tensor:
         return self.weight()
+
+    def product(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``W @ x`` for ``x [cols, K]``. Unmasked: the hidden rows of ``W x`` are the kernel averages of
+        the observed rows of ``W x`` (one GEMM plus a small sparse product, instead of averaging the
+        weight rows: 14,400 LGN inputs x 32 neighbours per hidden unit)."""
+        if getattr(self.inner, "mask", None) is not None:
+            return self.weight().to(dtype) @ x.to(dtype)
+        return self.borrow(self.inner.weight().to(dtype) @ x.to(dtype))
 
     def pattern(self):  # noqa: ANN201 - the inner block's Pattern or None
         return self.inner.pattern()
