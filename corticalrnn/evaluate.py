@@ -575,8 +575,10 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
     from corticalrnn.train.checkpoint import load_checkpoint
-    from corticalrnn.train.setup import model_from_checkpoint, subset_windows
-    from corticalrnn.train.trainer import read_log, resolve_device
+    from corticalrnn.train.runlog import read_log
+    from corticalrnn.train.setup import subset_windows
+    from corticalrnn.train.spec import model_from_checkpoint
+    from corticalrnn.train.trainer import resolve_device
 
     t_start = time.perf_counter()
     checkpoint = Path(checkpoint)

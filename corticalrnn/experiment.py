@@ -99,7 +99,7 @@ class Experiment:
         self.store = open_store(self.store_path)
         self.test_store = None if test_store is None else open_store(test_store)
         if self.test_store is not None and float(self.test_store.bin_ms) != float(self.store.bin_ms):
-            from corticalrnn.train.setup import rebin_hint
+            from corticalrnn.train.spec import rebin_hint
 
             raise DataMismatchError(
                 f"{self.test_store.path}: {self.test_store.bin_ms} ms bins, but the training store "

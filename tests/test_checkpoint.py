@@ -1,4 +1,4 @@
-"""Checkpoint format: atomic write, header checks, architecture comparison."""
+"""Checkpoint format: atomic write, header checks; the architecture comparison of two specs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from corticalrnn.errors import DataMismatchError, SchemaError
 from corticalrnn.train import checkpoint as ck
+from corticalrnn.train import spec as sp
 
 
 def _payload() -> dict:
@@ -55,15 +56,15 @@ def test_version_and_missing_keys(tmp_path):
 def test_architecture_check_names_differences():
     a = _payload()["spec"]
     b = _payload()["spec"]
-    ck.check_same_architecture(a, b, "c.pt")
+    sp.check_same_architecture(a, b, "c.pt")
     b["observed"] = {"V1_Exc_L4": torch.tensor([5])}
-    ck.check_same_architecture(a, b, "c.pt")  # observed set may differ (fine-tuning)
+    sp.check_same_architecture(a, b, "c.pt")  # observed set may differ (fine-tuning)
     with pytest.raises(DataMismatchError, match="observed.V1_Exc_L4"):
-        ck.check_same_architecture(a, b, "c.pt", ignore=())
+        sp.check_same_architecture(a, b, "c.pt", ignore=())
     b["neuron_ids"] = {"V1_Exc_L4": torch.tensor([4, 5, 10])}
     b["sizes"] = {"V1_Exc_L4": 3, "V1_Inh_L4": 1}
     with pytest.raises(DataMismatchError, match=r"c\.pt.*neuron_ids.V1_Exc_L4, sizes.V1_Inh_L4"):
-        ck.check_same_architecture(a, b, "c.pt")
+        sp.check_same_architecture(a, b, "c.pt")
 
 
 def test_load_state_strict_names_file():
@@ -163,7 +164,8 @@ def test_masked_model_checkpoint_is_o_parameters_and_resumes_bit_exactly(tmp_pat
     """No masks or patterns in the file, masked blocks as their values on the mask (model, EMA and
     Adam moments), a model with another mask is refused, and a resumed run equals a straight one."""
     from corticalrnn.train.config import TrainConfig
-    from corticalrnn.train.trainer import Trainer, read_log
+    from corticalrnn.train.runlog import read_log
+    from corticalrnn.train.trainer import Trainer
 
     def trainer(run, steps):
         torch.manual_seed(0)

@@ -14,7 +14,8 @@ from torch import nn
 from corticalrnn.train.checkpoint import load_checkpoint
 from corticalrnn.train.config import TrainConfig
 from corticalrnn.train.distributed import epoch_batches
-from corticalrnn.train.trainer import Trainer, read_log
+from corticalrnn.train.runlog import read_log
+from corticalrnn.train.trainer import Trainer
 
 N_IN, N_V1, T = 4, 5, 6
 

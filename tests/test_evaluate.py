@@ -199,7 +199,7 @@ def test_streaming_evaluate_equals_in_memory_reference(trained, tmp_path):
     from corticalrnn.predictions import open_predictions
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
-    from corticalrnn.train.setup import model_from_checkpoint
+    from corticalrnn.train.spec import model_from_checkpoint
 
     d, _, _ = trained
     ckpt = d / "run" / "best.pt"
@@ -380,7 +380,7 @@ def test_crafted_checkpoint_sizes_refused_before_the_model_is_built(trained, tmp
                                                                      consistent_subset):
     """A checkpoint declaring 60,000 L4 E neurons (a 13.4 GiB dense model) fails on the store / its own
     subset before anything is allocated, through evaluate and through Experiment.evaluate."""
-    import corticalrnn.train.setup as setup
+    import corticalrnn.train.spec as setup
     from corticalrnn.evaluate import evaluate
     from corticalrnn.experiment import Experiment
 
@@ -404,7 +404,7 @@ def test_checkpoint_spec_checks_and_memory_bound(trained, tmp_path):
     from corticalrnn.errors import SchemaError
     from corticalrnn.store import open_store
     from corticalrnn.train.checkpoint import load_checkpoint
-    from corticalrnn.train.setup import check_checkpoint, model_bytes_lower_bound
+    from corticalrnn.train.spec import check_checkpoint, model_bytes_lower_bound
 
     d, _, subset = trained
     ck = load_checkpoint(d / "run" / "best.pt")

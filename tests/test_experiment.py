@@ -9,6 +9,7 @@ import pytest
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.experiment import Experiment, write_csv
+from corticalrnn.train.runlog import read_log
 
 FAST = {"train.batch_size": 4, "train.eval_every": 5, "train.progress": False, "train.threads": 1,
         "optim.lr": 0.02, "model.teacher.steps": 5}
@@ -72,6 +73,5 @@ def test_loader_workers_ship_sparse_batches_and_train_identically(exp):
     for nw in (0, 1):
         run = exp.train(subset, steps=3, name=f"workers{nw}", data__num_workers=nw, data__cache_mb=0.0,
                         train__log_every=1)
-        rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-        losses[nw] = [r["loss"] for r in rows if r["split"] == "train"]
+        losses[nw] = [r["loss"] for r in read_log(run.run_dir) if r["split"] == "train"]
     assert len(losses[0]) == 3 and losses[0] == losses[1]

@@ -56,7 +56,7 @@ def test_trim_given_a_datastore_folder_says_run_extract_first(tmp_path, capsys) 
 
 
 def test_bin_size_mismatch_names_the_trim_command(stores) -> None:
-    from corticalrnn.train.setup import check_store_fits
+    from corticalrnn.train.spec import check_store_fits
 
     _, a, b20, subset = stores
     spec = {"bin_ms": 10.0, "positions": None}
@@ -75,7 +75,7 @@ def test_config_bin_size_mismatch_names_the_trim_command() -> None:
 
 
 def test_same_ids_other_positions_is_another_network(stores) -> None:
-    from corticalrnn.train.setup import check_store_fits
+    from corticalrnn.train.spec import check_store_fits
 
     _, a, _, subset = stores
     pos = {s: torch.as_tensor(np.asarray(p)) for s, p in subset.positions(a).items() if p is not None}

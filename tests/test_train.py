@@ -15,7 +15,8 @@ from torch import nn
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.train.checkpoint import load_checkpoint
 from corticalrnn.train.config import ScheduleConfig, TrainConfig, load_config
-from corticalrnn.train.trainer import Trainer, TrainingDiverged, lr_factor, read_log
+from corticalrnn.train.runlog import read_log
+from corticalrnn.train.trainer import Trainer, TrainingDiverged, lr_factor
 
 N_IN, N_V1, T = 5, 6, 8
 

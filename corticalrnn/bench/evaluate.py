@@ -99,7 +99,7 @@ def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int) ->
     from corticalrnn.subsets import SubsetConfig, make_subset
     from corticalrnn.train.checkpoint import save_checkpoint
     from corticalrnn.train.config import TrainConfig
-    from corticalrnn.train.setup import make_spec
+    from corticalrnn.train.spec import make_spec
 
     st = open_store(store_path)
     subset = make_subset(st, SubsetConfig(fraction=1.0, observed=0.1, method="random"))
@@ -150,7 +150,7 @@ def _run_child(args: argparse.Namespace, ckpt: Path, store: Path, n: int) -> dic
 def _model_load(ckpt: Path, device: str) -> dict[str, Any]:
     """Peak RSS and time of loading the model alone (what every evaluation pays before streaming)."""
     code = ("import json, resource, time; t=time.perf_counter(); "
-            "from corticalrnn.train.setup import model_from_checkpoint; "
+            "from corticalrnn.train.spec import model_from_checkpoint; "
             f"m, ck = model_from_checkpoint({str(ckpt)!r}, {device!r}); "
             "print('BENCH-EVAL ' + json.dumps({'wall_s': time.perf_counter()-t, "
             "'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024}))")

@@ -4,9 +4,8 @@ Layout (schema ``corticalrnn.checkpoint``, version 1)::
 
     format, version, created, tool_version
     config        the full TrainConfig as a nested dict (corticalrnn.train.config)
-    spec          what the model *is*: {"model_config": dict, "sizes": {sheet: n}, "input_sizes":
-                  {sheet: n}, "neuron_ids": {sheet: int64 tensor}, "observed": {sheet: bool tensor},
-                  "positions": {sheet: float tensor} | None, "bin_ms": float}
+    spec          what the model *is* (sizes, neuron ids, positions, ...; made, checked and turned back
+                  into a model by corticalrnn.train.spec)
     model         state_dict of the trained weights
     ema           state_dict of the EMA weights, or None
     optimizer, scheduler, scaler   their state_dicts (scaler None without fp16)
@@ -106,44 +105,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in data:
             raise SchemaError(f"{path}: checkpoint lacks {key!r}")
     return data
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): d}
-
-
-def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Keys where two model specs differ (tensors compared by value); empty when compatible."""
-    fa, fb = _flat(a), _flat(b)
-    diffs = []
-    for key in sorted(set(fa) | set(fb)):
-        va, vb = fa.get(key), fb.get(key)
-        if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
-            same = (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
-                    and va.shape == vb.shape and bool(torch.equal(va.cpu(), vb.cpu())))
-        else:
-            same = va == vb
-        if not same:
-            diffs.append(key)
-    return diffs
-
-
-def check_same_architecture(ckpt_spec: dict[str, Any], spec: dict[str, Any], path: str | Path,
-                            ignore: tuple[str, ...] = ("observed",)) -> None:
-    """Raise :class:`DataMismatchError` naming the differing keys when ``spec`` is another architecture.
-
-    ``ignore`` lists top-level spec keys allowed to differ (by default the observed set, so a
-    trained model can be fine-tuned on another observed set).
-    """
-    diffs = [k for k in spec_differences(ckpt_spec, spec) if k.split(".")[0] not in ignore]
-    if diffs:
-        shown = ", ".join(diffs[:12]) + (f" (+{len(diffs) - 12} more)" if len(diffs) > 12 else "")
-        raise DataMismatchError(f"{path}: checkpoint is of another architecture; differs in: {shown}")
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:

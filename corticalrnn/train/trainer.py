@@ -16,7 +16,6 @@ writes ``last.pt`` and returns with status ``"interrupted"`` (the CLI exits with
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import signal
@@ -36,7 +35,6 @@ from corticalrnn.atomic import write_text_atomic
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.train import distributed as ddp
 from corticalrnn.train.checkpoint import (
-    check_same_architecture,
     load_checkpoint,
     load_state_strict,
     masked_params,
@@ -46,11 +44,11 @@ from corticalrnn.train.checkpoint import (
     unpack_optimizer,
 )
 from corticalrnn.train.config import OptimConfig, ScheduleConfig, TrainConfig, to_toml
+from corticalrnn.train.runlog import RunLog
+from corticalrnn.train.spec import check_same_architecture
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-LOG_COLUMNS = ("step", "epoch", "split", "loss", "loss_hidden", "lr", "grad_norm", "windows_per_s",
-               "elapsed_s")
 
 
 class WindowBatches(Protocol):
@@ -132,77 +130,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-class RunLog:
-    """Metrics rows to ``metrics.csv`` and ``metrics.jsonl`` (and TensorBoard when installed)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
-        self.enabled = enabled
-        self.csv_path = run_dir / "metrics.csv"
-        self.jsonl_path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (a resumed run repeats those steps)."""
-        if not self.enabled:
-            return
-        if self.jsonl_path.exists():
-            rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
-            keep = [r for r in rows if r.get("step", 0) <= step]
-            _atomic_write(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in keep))
-        if self.csv_path.exists():
-            with open(self.csv_path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            keep = [r for r in rows if int(r["step"]) <= step]
-            _atomic_write(self.csv_path, _csv_text(keep))
-
-    def log(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.jsonl_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{row['split']}/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _atomic_write(path: Path, text: str) -> None:
     write_text_atomic(path, text)
-
-
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (empty when absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class _BatchSet(torch.utils.data.Dataset):
@@ -521,8 +450,7 @@ class Trainer:
         if resume is not None:
             self.load(resume)
         elif self.dist.is_main:
-            for name in ("metrics.csv", "metrics.jsonl"):
-                (self.run_dir / name).unlink(missing_ok=True)
+            self.log.clear()
             torch.manual_seed(loop.seed)
         old_handlers = self._install_signals()
         if self.dist.is_main:
