@@ -65,7 +65,7 @@ def from_psth(psth: np.ndarray, labels: np.ndarray, observed: np.ndarray, n_wind
 def training_baselines(store: Any, subset: Any, windows: np.ndarray, batch: int = 64) -> TrainingBaselines:
     """Baselines of ``subset``'s V1 neurons over the store's training ``windows`` (streamed in batches,
     memory O(batch))."""
-    from corticalrnn.train.setup import subset_windows
+    from corticalrnn.data import subset_windows
 
     windows = np.asarray(windows, np.int64)
     data = subset_windows(store, subset, windows)

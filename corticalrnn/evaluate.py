@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from corticalrnn.data.windows import group_test_windows, test_window_candidates
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 
 # columns of the printed table: (row key, header); "med" = median over the group's neurons, "pooled" =
@@ -117,52 +118,6 @@ def format_metrics_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------ data
-def group_test_windows(image_ids: np.ndarray, trials: np.ndarray, candidates: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Group the candidate windows by image into a rectangular ``[images, trials]`` index table.
-
-    Images with fewer trials than the most common count are dropped (with a note) so that every
-    image has the same number of trials, as the trial metrics need.
-    """
-    notes: list[str] = []
-    cand = np.asarray(candidates, dtype=np.int64)
-    imgs = np.unique(image_ids[cand])
-    groups = {}
-    for img in imgs:
-        w = cand[image_ids[cand] == img]
-        w = w[np.argsort(trials[w], kind="stable")]
-        groups[int(img)] = w
-    counts = np.array([len(g) for g in groups.values()])
-    k = int(np.bincount(counts).argmax())
-    keep = [img for img, g in groups.items() if len(g) >= k]
-    dropped = [img for img in groups if len(groups[img]) < k]
-    if dropped:
-        notes.append(f"dropped images {dropped} with fewer than {k} trials")
-    if any(len(groups[i]) > k for i in keep):
-        notes.append(f"used the first {k} trials of images with more")
-    win = np.array([groups[i][:k] for i in keep], dtype=np.int64).reshape(len(keep), k)
-    return np.array(keep, dtype=np.int64), trials[win], win, notes
-
-
-def test_window_candidates(store: Any, split: dict[str, Any] | None) -> np.ndarray:
-    """Window indices usable for testing: never an image of the run's training or validation split;
-    when the store marks windows ``test``, only those."""
-    table = store.windows
-    image_ids = np.asarray(table.image_id, dtype=np.int64)
-    marked = np.asarray(table.split) == "test"
-    ok = marked.copy() if marked.any() else np.ones(len(image_ids), bool)
-    ok &= ~np.asarray(table.padded, dtype=bool)
-    if split is not None:
-        seen = np.concatenate([np.asarray(split.get("train", []), np.int64),
-                               np.asarray(split.get("validation", []), np.int64)])
-        ok &= ~np.isin(image_ids, seen)
-    cand = np.flatnonzero(ok)
-    if cand.size == 0:
-        raise DataMismatchError(f"{store.path}: no test windows: every window shows an image the model "
-                                f"was trained or validated on")
-    return cand
-
-
 def test_index(store: Any, split: dict[str, Any] | None, max_images: int | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """``(image_ids, trials [images, trials], windows [images, trials], notes)`` of the test windows."""
@@ -182,7 +137,7 @@ def load_test_data(store: Any, subset: Any, split: dict[str, Any] | None,
 
     Raises :class:`DataMismatchError` when the store lacks the subset's neurons or has no test window.
     """
-    from corticalrnn.train.setup import subset_windows
+    from corticalrnn.data import subset_windows
 
     imgs, tr, win, notes = test_index(store, split, max_images)
     data = subset_windows(store, subset, win.ravel())
@@ -571,12 +526,12 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
 
     from tqdm import tqdm
 
+    from corticalrnn.data import subset_windows
     from corticalrnn.metrics import StreamingSummary
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
     from corticalrnn.train.checkpoint import load_checkpoint
     from corticalrnn.train.runlog import read_log
-    from corticalrnn.train.setup import subset_windows
     from corticalrnn.train.spec import model_from_checkpoint
     from corticalrnn.train.trainer import resolve_device
 

@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from corticalrnn.data import epoch_batches
 from corticalrnn.train.checkpoint import load_checkpoint
 from corticalrnn.train.config import TrainConfig
-from corticalrnn.train.distributed import epoch_batches
 from corticalrnn.train.runlog import read_log
 from corticalrnn.train.trainer import Trainer
 

@@ -243,12 +243,12 @@ def test_streaming_evaluate_equals_in_memory_reference(trained, tmp_path):
 def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
     """No training windows: the mean-rate baseline is the test data's own mean (a first pass over the
     counts), as the in-memory path's default."""
+    from corticalrnn.data import subset_windows
     from corticalrnn.evaluate import _mean_counts, evaluate, load_test_data
     from corticalrnn.metrics import summarize
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
     from corticalrnn.train.checkpoint import load_checkpoint, save_checkpoint
-    from corticalrnn.train.setup import subset_windows
 
     d, _, _ = trained
     ck = load_checkpoint(d / "run" / "best.pt")
@@ -430,7 +430,7 @@ def test_checkpoint_spec_checks_and_memory_bound(trained, tmp_path):
 def test_train_test_images_moves_test_images_into_training(tmp_path):
     """data.train_test_images: K repeat-trial (test) images train; the rest stay the test set, which
     evaluation then uses and training never sees."""
-    from corticalrnn.evaluate import test_window_candidates
+    from corticalrnn.data import test_window_candidates
     from corticalrnn.store import open_store
     from corticalrnn.train.setup import split_training_windows
 

@@ -300,8 +300,8 @@ def _compare_devices(sizes: dict[str, int], batch: int, steps: int, bin_ms: floa
 def _trainer(model: Any, device: torch.device, precision: str, steps: int, x: torch.Tensor,
              counts: torch.Tensor, observed: torch.Tensor, run_dir: str) -> Any:
     """The project's Trainer around ``model`` (its ``train_step``: scaler, clipping, projection)."""
+    from corticalrnn.data import TensorWindows
     from corticalrnn.train.config import TrainConfig
-    from corticalrnn.train.setup import TensorWindows
     from corticalrnn.train.trainer import Trainer
 
     cfg = TrainConfig()

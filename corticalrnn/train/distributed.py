@@ -1,4 +1,5 @@
-"""PyTorch DDP under ``torchrun``: process-group setup, deterministic sharding, collective helpers.
+"""PyTorch DDP under ``torchrun``: process-group setup and collective helpers (the deterministic
+sharding of an epoch's windows over ranks: :func:`corticalrnn.data.epoch_batches`).
 
 ``torchrun`` (or ``srun`` + ``torchrun``) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous variables; without them everything runs as a single process (rank 0 of 1). Backend:
@@ -57,26 +58,6 @@ def shutdown() -> None:
     """Leave the process group if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
-                  world_size: int = 1) -> list[list[int]]:
-    """This rank's batches of window indices for ``epoch`` (like ``DistributedSampler`` + batching).
-
-    The permutation depends only on ``(seed, epoch)``, so every rank draws the same one and a
-    resumed run sees exactly the order it would have seen. The index list is padded by wrapping
-    around to a multiple of ``world_size`` so that every rank gets the same number of batches
-    (DDP needs them to step together); the last batch of a rank may be smaller.
-    """
-    if n < 1:
-        return []
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    perm = torch.randperm(n, generator=gen).tolist()
-    per_rank = -(-n // world_size)
-    total = per_rank * world_size
-    perm = (perm * (total // n + 1))[:total]
-    mine = perm[rank:total:world_size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 def any_flag(flag: bool, device: torch.device) -> bool:

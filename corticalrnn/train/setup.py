@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from corticalrnn.data.batches import subset_windows
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.train.config import TrainConfig
 from corticalrnn.train.spec import build_model, make_spec, rebin_hint
@@ -44,36 +45,6 @@ def mean_input(data: Any, batch: int = 64) -> torch.Tensor:
     if total is None:
         raise CorticalRNNError("no training windows to centre the model's input on")
     return (total / n).float()
-
-
-class TensorWindows:
-    """Windows held in memory as float32 tensors; ``batch(indices)`` gives the trainer's dict."""
-
-    def __init__(self, lgn: torch.Tensor, v1: torch.Tensor) -> None:
-        self.lgn, self.v1 = lgn, v1
-
-    def __len__(self) -> int:
-        return int(self.lgn.shape[0])
-
-    def batch(self, indices: Any) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return {"lgn": self.lgn[idx], "v1": self.v1[idx], "window": idx}
-
-
-def subset_windows(store: Any, subset: Any, windows: np.ndarray, cache_mb: float = 0.0) -> Any:
-    """The subset's neurons in ``windows`` as trainer batches (``corticalrnn.data.WindowBatches``),
-    read once into memory when their dense float32 size is below ``cache_mb``.
-
-    Raises DataMismatchError naming the store when it lacks some of the subset's neurons."""
-    from corticalrnn.data import WindowBatches
-
-    rows = subset.indices(store, "modelled", name=str(store.path))
-    wb = WindowBatches(store, np.asarray(windows, dtype=np.int64), rows)
-    dense_mb = len(wb) * wb.n_bins * (wb.sizes["lgn"] + wb.sizes["v1"]) * 4 / 2**20
-    if len(wb) and dense_mb <= cache_mb:
-        b = wb.batch(np.arange(len(wb)))
-        return TensorWindows(b["lgn"], b["v1"])
-    return wb
 
 
 def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any]:

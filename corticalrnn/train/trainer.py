@@ -4,7 +4,7 @@ validation-based model selection, atomic periodic/on-signal checkpoints, exact r
 Reading order: :class:`Trainer.fit` is the loop; everything else is a helper it calls.
 
 Exactness of ``--resume``: the data order of an epoch is a function of ``(seed, epoch)``
-(:func:`~corticalrnn.train.distributed.epoch_batches`); a checkpoint records the epoch and the
+(:func:`~corticalrnn.data.epoch_batches`); a checkpoint records the epoch and the
 position inside it, the model/optimizer/scheduler/scaler/EMA states and the torch RNG state, and
 is taken only at step boundaries. A run stopped after k steps and resumed therefore computes the
 same losses as one that never stopped (tested on CPU).
@@ -25,13 +25,15 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from corticalrnn.atomic import write_text_atomic
+from corticalrnn.data.batches import TrainingData
+from corticalrnn.data.loader import epoch_batches
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.train import distributed as ddp
 from corticalrnn.train.checkpoint import (
@@ -49,16 +51,6 @@ from corticalrnn.train.spec import check_same_architecture
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class WindowBatches(Protocol):
-    """Training/validation windows as dense batches (``corticalrnn.data`` provides one)."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """``{"lgn": [B, T, N_in], "v1": [B, T, N_v1]}`` float32 for the given window indices."""
-        ...
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -134,27 +126,6 @@ def _atomic_write(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-class _BatchSet(torch.utils.data.Dataset):
-    """Map-style dataset whose items are whole batches (the sampler yields index lists).
-
-    Data with ``sparse_batch`` (``corticalrnn.data.WindowBatches``) yields its sparse events, which
-    are small to ship from worker processes; :meth:`Trainer._dense` scatters them on the device.
-    """
-
-    def __init__(self, data: WindowBatches) -> None:
-        self.data = data
-        self.sparse = callable(getattr(data, "sparse_batch", None))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, indices: Sequence[int]) -> dict[str, Any]:
-        if self.sparse:
-            return self.data.sparse_batch(indices)  # type: ignore[attr-defined]
-        return self.data.batch(indices)
-
-
-
 def adamw(params: Any, o: OptimConfig) -> torch.optim.AdamW:
     """AdamW as configured; the fused kernel where this torch has it for the parameters' device.
 
@@ -182,8 +153,8 @@ class Trainer:
     their own matmul dtype (CorticalRNN's ``precision``) pass False and get only the loss scaler.
     """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: WindowBatches,
-                 val_data: WindowBatches | None, observed: torch.Tensor, run_dir: str | Path,
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_data: TrainingData,
+                 val_data: TrainingData | None, observed: torch.Tensor, run_dir: str | Path,
                  spec: dict[str, Any], loss_fn: LossFn, subset: dict[str, Any] | None = None,
                  project: Callable[[], None] | None = None, split: dict[str, Any] | None = None,
                  teacher_fraction: Callable[[int], float] | None = None, autocast: bool = True,
@@ -383,13 +354,6 @@ class Trainer:
             out["loss_hidden"] = float(sums[1] / sums[2])
         return out
 
-    def _loader(self, batches: list[list[int]]) -> torch.utils.data.DataLoader:
-        nw = self.cfg.data.num_workers
-        return torch.utils.data.DataLoader(
-            _BatchSet(self.train_data), batch_size=None, sampler=batches, num_workers=nw,
-            pin_memory=self.device.type == "cuda", generator=torch.Generator(),  # never touch global RNG
-            multiprocessing_context="spawn" if nw > 0 else None, persistent_workers=False)
-
     def _ring(self, which: str, batches: Sequence[Sequence[int]]) -> Any:
         """The reused dense buffers of ``which`` (``train``: 2 slots, one lent to the step and one
         being filled; ``val``: 1 slot), kept across epochs; rebuilt only for a larger batch."""
@@ -401,38 +365,21 @@ class Trainer:
             ring = self._rings[which] = DenseRing(size, self.device, 2 if which == "train" else 1)
         return ring
 
-    def _batches(self, data: WindowBatches, batches: Sequence[Sequence[int]],
+    def _batches(self, data: TrainingData, batches: Sequence[Sequence[int]],
                  which: str = "train") -> Generator[dict[str, torch.Tensor], None, None]:
-        """Dense batches on the device, in the order of ``batches``.
+        """Batches of ``data`` in the order of ``batches`` (:func:`corticalrnn.data.dense_batches`).
 
-        Data with ``sparse_batch`` (``corticalrnn.data.WindowBatches``): its events are scattered
-        into reused buffers on the device (``corticalrnn.data.DenseRing``), read and scattered by
-        prefetching threads (or read by spawn workers with ``data.num_workers > 0``). Each batch is
-        valid until the next is requested (the ring's ownership rule): the loop below uses a batch
-        only within its step. Other data: a DataLoader of ``batch`` as before.
+        Data with sparse events (``corticalrnn.data.WindowBatches``): they are scattered into reused
+        buffers on the device (``corticalrnn.data.DenseRing``), read and scattered by prefetching
+        threads (training with ``data.num_workers > 0``: read by spawn workers). Each batch is valid
+        until the next is requested (the ring's ownership rule): the loop below uses a batch only
+        within its step. Dense-only data: its ``batch`` (training: through a DataLoader).
         """
-        from corticalrnn.data import iter_dense
+        from corticalrnn.data import dense_batches, has_events
 
-        if not callable(getattr(data, "sparse_batch", None)):
-            for item in (self._loader(list(batches)) if data is self.train_data else
-                         (_BatchSet(data)[b] for b in batches)):
-                yield self._dense(item)
-            return
-        ring = self._ring(which, batches)
-        if which == "train" and self.cfg.data.num_workers > 0:
-            source: Any = self._loader(list(batches))
-            yield from iter_dense(source, ring, self.device, prefetch=False)
-        else:
-            events = (data.sparse_batch(b) for b in batches)  # type: ignore[attr-defined]
-            yield from iter_dense(events, ring, self.device, prefetch=True)
-
-    def _dense(self, item: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """A loader item as dense tensors: sparse events are scattered straight on the device."""
-        if "shape" in item:  # a WindowBatches.sparse_batch
-            from corticalrnn.data import densify
-
-            return densify(item, self.device)
-        return item
+        ring = self._ring(which, batches) if has_events(data) else None
+        workers = self.cfg.data.num_workers if which == "train" else None
+        yield from dense_batches(data, batches, self.device, ring, workers)
 
     # ----------------------------------------------------------------- loop
     def fit(self, resume: str | Path | None = None, init_from: str | Path | None = None) -> TrainResult:
@@ -472,7 +419,7 @@ class Trainer:
         epoch_data: Generator[dict[str, torch.Tensor], None, None] | None = None
         try:
             while p["step"] < loop.max_steps and status == "finished":
-                batches = ddp.epoch_batches(len(self.train_data), loop.batch_size, p["epoch"], loop.seed,
+                batches = epoch_batches(len(self.train_data), loop.batch_size, p["epoch"], loop.seed,
                                             self.dist.rank, self.dist.world_size)
                 epoch_data = self._batches(self.train_data, batches[p["batch_in_epoch"]:])
                 for batch in epoch_data:
