@@ -199,3 +199,26 @@ def test_ring_with_spawn_workers_and_reader_errors(tiny) -> None:
     early = iter_dense((wb.sparse_batch([i]) for i in range(11)), DenseRing(1, slots=2), "cpu")
     next(early)
     early.close()  # stops both threads without reading the rest
+
+
+def test_group_test_windows_drops_short_images_and_trims_long_ones() -> None:
+    """Evaluation's grouping shares group_trials' order (image, then trial; ties in the given order) but
+    keeps the most common trial count: shorter images are dropped, longer ones cut, with notes."""
+    from corticalrnn.data import group_test_windows
+
+    ids = np.array([7, 5, 5, 7, 9, 5, 7, 11, 7, 11, 11], dtype=np.int64)
+    trials = np.array([1, 2, 0, 0, 0, 1, 2, 2, 3, 0, 1], dtype=np.int64)
+    images, tr, win, notes = group_test_windows(ids, trials, np.arange(11))
+    assert images.tolist() == [5, 7, 11] and win.tolist() == [[2, 5, 1], [3, 0, 6], [9, 10, 7]]
+    assert tr.tolist() == [[0, 1, 2]] * 3
+    assert notes == ["dropped images [9] with fewer than 3 trials",
+                     "used the first 3 trials of images with more"]
+
+
+def test_epoch_batches_in_order_and_drop_last() -> None:
+    from corticalrnn.data import epoch_batches
+
+    assert epoch_batches(7, 3, epoch=4, seed=1, shuffle=False) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert epoch_batches(7, 3, epoch=4, seed=1, shuffle=False, drop_last=True) == [[0, 1, 2], [3, 4, 5]]
+    shuffled = epoch_batches(7, 3, epoch=4, seed=1, drop_last=True)
+    assert shuffled == epoch_batches(7, 3, epoch=4, seed=1)[:2] and epoch_batches(0, 3, 0, 0) == []
