@@ -473,3 +473,34 @@ def test_borrowed_hidden_units_are_their_neighbours_average():
     assert not bool(((eff != 0) & ~w.inner.mask).any())
     with pytest.raises(DataMismatchError, match="observed"):
         CorticalRNN(cfg, SIZES, pos, props)
+
+
+@pytest.mark.parametrize("neuron_model", ["leaky", "adaptive"])
+def test_centered_model_starts_at_the_given_rates(neuron_model):
+    """start_at_rates: with inputs at their centres every unit rests at its rate (hidden units: the
+    mean of their population's known rates), and the centres are saved with the weights."""
+    pos, props = identity()
+    cfg = ModelConfig(bin_ms=5.0, centered=True, neuron_model=neuron_model, connectivity="feature",
+                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    model = CorticalRNN(cfg, SIZES, pos, props).double()
+    n_v1 = sum(SIZES[s] for s in V1_SHEETS)
+    rng = np.random.default_rng(5)
+    rates = rng.uniform(0.02, 0.3, n_v1)
+    rates[::4] = np.nan  # hidden
+    x0 = torch.as_tensor(rng.uniform(0.0, 0.5, 32))
+    model.set_input_center(x0)
+    model.start_at_rates(rates)
+    out = model(x0.double().expand(1, 400, 32).contiguous())[0, -1].detach().numpy()
+    want, start = rates.copy(), 0
+    for s in V1_SHEETS:
+        part = want[start:start + SIZES[s]]
+        part[np.isnan(part)] = np.nanmean(part)
+        start += SIZES[s]
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    saved = model.state_dict()
+    assert "rate_center" in saved
+    fresh = CorticalRNN(cfg, SIZES, pos, props).double()
+    fresh.load_state_dict(saved)
+    torch.testing.assert_close(fresh.rate_center, model.rate_center)
+    del saved["rate_center"]  # a checkpoint from before the centre was saved still loads
+    CorticalRNN(cfg, SIZES, pos, props).double().load_state_dict(saved)

@@ -110,7 +110,7 @@ class CorticalRNN(nn.Module):
             (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
         # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
         self.register_buffer("rate_center", torch.full((g.n_v1,), config.init_rate * config.rate_scale),
-                             persistent=False)
+                             persistent=config.centered)
         self.register_buffer("input_center", torch.zeros(g.n_in), persistent=config.centered)
         self.units = nn.ModuleDict({
             file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
@@ -392,6 +392,41 @@ class CorticalRNN(nn.Module):
             raise DataMismatchError(f"model: input centre must be {self.n_in} finite values, "
                                     f"got {list(m.shape)}")
         self.input_center.copy_(m)
+
+    @torch.no_grad()
+    def start_at_rates(self, rates: torch.Tensor | np.ndarray) -> None:
+        """Centered models: centre V1 activity on ``rates`` (mean count per bin of each V1 unit, canonical
+        order, e.g. the training data's; NaN for hidden units: their population's mean of the known) and
+        set each unit's bias so that it rests at that rate when its inputs sit at their centres
+        (leaky and adaptive units; other units keep their bias)."""
+        if not self.config.centered:
+            raise CorticalRNNError("model: start_at_rates needs centered = true")
+        r = torch.as_tensor(np.asarray(rates), dtype=torch.float64).clone()
+        if r.shape != (self.n_v1,):
+            raise DataMismatchError(f"model: rates must be {self.n_v1} values, got {list(r.shape)}")
+        g, start = self.graph, 0
+        for s in V1_SHEETS:
+            n = self.sizes.get(s, 0)
+            part = r[start:start + n]
+            known = torch.isfinite(part)
+            part[~known] = part[known].mean() if known.any() else self.config.init_rate
+            start += n
+        r = (r * self.config.rate_scale).clamp_min(1e-4)
+        if self._perm is not None:
+            r = r[self._perm.cpu()]
+        self.rate_center.copy_(r.to(self.rate_center.dtype))
+        for s in g.v1_order:
+            unit = self.units[file_sheet_name(s)]
+            to_current = getattr(unit, "current_for_rate", None)
+            if callable(to_current):
+                sl = g.slice(s)
+                self.bias[sl] = to_current(r[sl]).to(self.bias.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        # centered checkpoints written before the V1 centre was saved: it was init_rate x rate_scale
+        if self.config.centered:
+            state_dict.setdefault(prefix + "rate_center", self.rate_center.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def effective_bias(self) -> torch.Tensor:
         """The constant current every unit sees: ``b`` or, centered, ``b - W r0 - U x0`` (internal order)."""

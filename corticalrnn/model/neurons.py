@@ -58,11 +58,16 @@ class LeakyUnit(nn.Module):
         v = v + alpha * (current - v)
         return F.softplus(v), v
 
+    def current_for_rate(self, rate: torch.Tensor) -> torch.Tensor:
+        """The constant current at which the unit rests at ``rate`` (> 0)."""
+        return rate + torch.log(-torch.expm1(-rate))  # softplus^-1
+
 
 class MLPUnit(LeakyUnit):
     """Leaky membrane + shared learned scalar nonlinearity (residual MLP, ``hidden`` tanh units)."""
 
     fused: ClassVar[bool] = False
+    current_for_rate = None  # no closed form through the MLP: centered starts keep the bias
 
     def __init__(self, tau_ms: float, bin_ms: float, hidden: int, learn_tau: bool = True,
                  generator: torch.Generator | None = None) -> None:
@@ -104,6 +109,10 @@ class AdaptiveUnit(LeakyUnit):
         """At rest: the adaptation variable equals the resting rate ``softplus(v0)``."""
         r = F.softplus(v0)
         return r, torch.stack([v0, r], -1)
+
+    def current_for_rate(self, rate: torch.Tensor) -> torch.Tensor:
+        """At rest ``w = r``: the current is ``softplus^-1(r) + g r``."""
+        return super().current_for_rate(rate) + self.strength().to(rate.dtype) * rate
 
     def step(self, current: torch.Tensor, state: State, alpha: torch.Tensor) -> tuple[torch.Tensor, State]:
         v, w = state[..., 0], state[..., 1]

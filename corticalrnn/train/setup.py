@@ -34,17 +34,23 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
     return ModelConfig.from_dict(data)
 
 
-def mean_input(data: Any, batch: int = 64) -> torch.Tensor:
-    """Mean LGN count per bin of each input neuron over trainer batches ``data`` (streamed)."""
-    total, n = None, 0
+def mean_counts(data: Any, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean count per bin of each LGN input and each V1 neuron over trainer batches ``data``
+    (streamed); V1 neurons without data (NaN: hidden) get NaN."""
+    totals: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
     for a in range(0, len(data), batch):
-        lgn = data.batch(np.arange(a, min(a + batch, len(data))))["lgn"].double()
-        s = lgn.sum(dim=(0, 1))
-        total = s if total is None else total + s
-        n += lgn.shape[0] * lgn.shape[1]
-    if total is None:
-        raise CorticalRNNError("no training windows to centre the model's input on")
-    return (total / n).float()
+        b = data.batch(np.arange(a, min(a + batch, len(data))))
+        for key in ("lgn", "v1"):
+            x = b[key].double()
+            ok = torch.isfinite(x)
+            s, c = torch.where(ok, x, 0.0).sum(dim=(0, 1)), ok.sum(dim=(0, 1))
+            totals[key] = s if key not in totals else totals[key] + s
+            counts[key] = c if key not in counts else counts[key] + c
+    if not totals:
+        raise CorticalRNNError("no training windows to centre the model on")
+    lgn, v1 = ((totals[k] / counts[k]).where(counts[k] > 0, torch.nan).float() for k in ("lgn", "v1"))
+    return lgn, v1
 
 
 def split_training_windows(store: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -113,8 +119,11 @@ def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
     val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, mcfg.precision)
-    if mcfg.centered:
-        model.set_input_center(mean_input(train_data))
+    if mcfg.centered:  # centres from the training data; units start at their (population's) mean rate
+        lgn_mean, v1_mean = mean_counts(train_data)
+        model.set_input_center(lgn_mean)
+        obs_mask = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
+        model.start_at_rates(torch.where(obs_mask, v1_mean, torch.nan))
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
     teacher = mcfg.teacher
     penalty = None
