@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-images", type=int, default=900, help="extrapolate the time to this many images")
     p.add_argument("--budget-gb", type=float, default=3.0, help="peak RSS the run must stay within")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes drawing the synthetic store (1: the original single stream)")
     p.add_argument("--save-predictions", action="store_true", help="also write float16 predictions")
     p.add_argument("--metrics-only", type=int, default=0, metavar="N",
                    help="also stream N synthetic images (no store, no model) through the metric "
@@ -56,12 +58,33 @@ def _sizes(scale: float) -> dict[str, int]:
     return scaled_sizes(scale)
 
 
-def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, trials: int, bin_ms: int,
-                rate_hz: float, seed: int = 0) -> Path:
-    """Synthetic store of Poisson counts (see the module doc); written in blocks of 32 windows."""
-    import scipy.sparse as sp
-
+def _block_events(lam: dict[str, np.ndarray], n_windows: int, n_bins: int, rng: np.random.Generator
+                  ) -> dict[str, Any]:
+    """Poisson counts of ``n_windows`` windows per sheet, as the store's binned CSR (numpy only)."""
     from corticalrnn.binning import BinnedCSR
+
+    events = {}
+    for s, rates in lam.items():
+        counts = rng.poisson(np.broadcast_to(rates[None, :, None], (n_windows, rates.size, n_bins)))
+        rows = counts.reshape(-1, n_bins)
+        r, c = np.nonzero(rows)
+        indptr = np.zeros(rows.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=rows.shape[0]), out=indptr[1:])
+        events[s] = BinnedCSR(indptr, c.astype(np.int32), rows[r, c].astype(np.int32), n_bins)
+    return events
+
+
+def _block_worker(job: tuple[dict[str, np.ndarray], int, int, int, int]) -> dict[str, Any]:
+    lam, n_windows, n_bins, seed, block = job
+    return _block_events(lam, n_windows, n_bins, np.random.default_rng([seed, block]))
+
+
+def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, trials: int, bin_ms: int,
+                rate_hz: float, seed: int = 0, workers: int = 1) -> Path:
+    """Synthetic store of Poisson counts (see the module doc); written in blocks of 32 windows.
+
+    ``workers > 1`` draws the blocks in that many processes (one seeded stream per block, so the counts
+    differ from the one-process stream but not between runs); the writer stays the one process."""
     from corticalrnn.sheets import ALL_SHEETS
     from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
 
@@ -77,15 +100,18 @@ def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, tr
     w = StoreWriter.create(path, meta)
     src = w.add_source(path="synthetic", sha256="", kind="bench")
     step = 32
-    for lo, hi, label in ((0, n_train, ""), (n_train, len(img), "test")):  # training windows first
-        for a in range(lo, hi, step):
-            b = min(hi, a + step)
-            events = {}
-            for s, n in sizes.items():
-                counts = rng.poisson(np.broadcast_to(lam[s][None, :, None], (b - a, n, n_bins)))
-                m = sp.csr_matrix(counts.reshape(-1, n_bins))
-                events[s] = BinnedCSR(m.indptr.astype(np.int64), m.indices.astype(np.int32),
-                                      m.data.astype(np.int32), n_bins)
+    parts = ((0, n_train, ""), (n_train, len(img), "test"))  # training windows first
+    blocks = [(a, min(hi, a + step), label) for lo, hi, label in parts for a in range(lo, hi, step)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            jobs = [(lam, b - a, n_bins, seed, k) for k, (a, b, _) in enumerate(blocks)]
+            for (a, b, label), events in zip(blocks, pool.imap(_block_worker, jobs, chunksize=1)):
+                w.append(WindowBlock(img[a:b], trial[a:b], events, split=label), src)
+    else:
+        for a, b, label in blocks:
+            events = _block_events(lam, b - a, n_bins, rng)
             w.append(WindowBlock(img[a:b], trial[a:b], events, split=label), src)
     w.commit()
     return path
@@ -195,7 +221,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = args.dir / f"model-s{args.scale:g}-b{args.bin_ms}.pt"
     t = time.perf_counter()
     if not (store / "zarr.json").exists():
-        build_store(store, sizes, args.train_images, n_test, args.trials, args.bin_ms, args.rate_hz)
+        build_store(store, sizes, args.train_images, n_test, args.trials, args.bin_ms, args.rate_hz,
+                    workers=args.workers)
         print(f"built {store} in {time.perf_counter() - t:.1f} s")
     if not ckpt.exists():
         t = time.perf_counter()

@@ -1,0 +1,34 @@
+"""`bench eval`'s synthetic store: the numpy CSR equals scipy's, and parallel drawing is reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from corticalrnn.bench.evaluate import _block_events, build_store
+from corticalrnn.store import open_store
+
+
+def test_block_events_csr_equals_scipy():
+    lam = {"X_ON": np.array([0.0, 0.3, 2.0]), "V1_Exc_L4": np.array([0.5, 0.05])}
+    ev = _block_events(lam, 4, 6, np.random.default_rng(0))
+    again = np.random.default_rng(0)
+    for s, rates in lam.items():
+        counts = again.poisson(np.broadcast_to(rates[None, :, None], (4, rates.size, 6))).reshape(-1, 6)
+        m = sp.csr_matrix(counts)
+        np.testing.assert_array_equal(ev[s].indptr, m.indptr)
+        np.testing.assert_array_equal(ev[s].bins, m.indices)
+        np.testing.assert_array_equal(ev[s].counts, m.data)
+
+
+def test_parallel_store_is_reproducible(tmp_path):
+    sizes = {"X_ON": 5, "X_OFF": 5, "V1_Exc_L4": 6, "V1_Inh_L4": 2, "V1_Exc_L2/3": 6, "V1_Inh_L2/3": 2}
+    stores = [open_store(build_store(tmp_path / f"s{k}.zarr", sizes, 3, 40, 2, 20, 4.5, workers=2))
+              for k in range(2)]
+    assert len(stores[0]) == 3 + 40 * 2
+    w = np.arange(len(stores[0]))
+    for s in sizes:
+        a, b = stores[0].sparse(s, w, np.arange(sizes[s])), stores[1].sparse(s, w, np.arange(sizes[s]))
+        for field in ("window", "bin", "column", "count"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert (np.asarray(stores[0].windows.split) == "test").sum() == 80
