@@ -32,7 +32,7 @@ from corticalrnn.evaluate import EvalResult, evaluate
 from corticalrnn.jsonio import write_json
 from corticalrnn.subsets import NeuronSubset, SubsetConfig, make_subset
 from corticalrnn.train.config import TrainConfig, apply_overrides, config_from_dict, load_config
-from corticalrnn.train.setup import train
+from corticalrnn.train.setup import prepare
 from corticalrnn.train.trainer import TrainResult
 
 #: columns of :meth:`Experiment.sweep_observed` rows besides the sweep parameters
@@ -86,8 +86,9 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 class Experiment:
     """Subset experiments on one training store (and optionally a test store).
 
-    ``config`` is a TOML path, a :class:`TrainConfig` or a nested dict; ``data.store`` and
-    ``data.subset`` are filled in per run. ``overrides`` (``{"optim.lr": 1e-3}``) apply to every run.
+    ``config`` is a TOML path, a :class:`TrainConfig` or a nested dict; the store and the subset are
+    passed to each run as objects (its ``config.toml`` records ``data.store`` = this store and
+    ``data.subset`` = the run's ``subset.json``). ``overrides`` (``{"optim.lr": 1e-3}``) apply to every run.
     """
 
     def __init__(self, store: str | Path, *, test_store: str | Path | None = None,
@@ -145,18 +146,13 @@ class Experiment:
         return NeuronSubset.load(p if p.suffix == ".json" else self.subset_path(str(name_or_path)))
 
     # ------------------------------------------------------------------- training
-    def config_for(self, subset_file: Path, steps: int | None = None, **overrides: Any) -> TrainConfig:
-        """The run's config: base config + store + subset + ``steps`` + overrides."""
-        extra = {"data.store": str(self.store_path), "data.subset": str(subset_file)}
+    def config_for(self, steps: int | None = None, **overrides: Any) -> TrainConfig:
+        """The run's config: base config + ``steps`` + overrides (store, subset: objects, :meth:`train`)."""
+        extra: dict[str, Any] = {}
         if steps is not None:
             extra["train.max_steps"] = steps
         extra.update(overrides)
         return config_from_dict(apply_overrides(self.base, _override_list(extra)), "experiment config")
-
-    def _subset_file(self, subset: NeuronSubset, name: str) -> Path:
-        path = self.workdir / "runs" / name / "subset.input.json"
-        subset.save(path)
-        return path
 
     def train(self, subset: NeuronSubset, steps: int | None = None, name: str | None = None,
               init_from: str | Path | None = None, resume: bool = False, **overrides: Any) -> Run:
@@ -164,10 +160,11 @@ class Experiment:
         with ``__`` for the dot (``optim__lr=1e-3``). ``resume=True`` continues ``runs/<name>/last.pt``."""
         name = name or self._next_name("run")
         ov = {k.replace("__", "."): v for k, v in overrides.items()}
-        cfg = self.config_for(self._subset_file(subset, name), steps, **ov)
+        cfg = self.config_for(steps, **ov)
         run_dir = self.workdir / "runs" / name
         last = run_dir / "last.pt"
-        result = train(cfg, run_dir, resume=last if resume and last.exists() else None, init_from=init_from)
+        trainer = prepare(cfg, run_dir, store=self.store, subset=subset)
+        result = trainer.fit(resume=last if resume and last.exists() else None, init_from=init_from)
         return Run(name, run_dir, subset, result)
 
     def finetune(self, run: Run, subset: NeuronSubset, steps: int | None = None, name: str | None = None,

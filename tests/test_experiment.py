@@ -75,3 +75,23 @@ def test_loader_workers_ship_sparse_batches_and_train_identically(exp):
                         train__log_every=1)
         losses[nw] = [r["loss"] for r in read_log(run.run_dir) if r["split"] == "train"]
     assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def test_prepare_takes_store_and_subset_objects(tmp_path, exp):
+    """prepare(cfg, run_dir, store=, subset=) needs no data.store / data.subset paths; the run dir
+    records the subset as trained and the config where store and subset are."""
+    from corticalrnn.store import open_store
+    from corticalrnn.train.config import load_config
+    from corticalrnn.train.setup import prepare
+
+    subset = exp.make_subset(fraction=0.5, observed=0.5, method="spatial", seed=0, name="objects")
+    cfg = exp.config_for(steps=2)
+    cfg.data.store = cfg.data.subset = ""
+    run_dir = tmp_path / "run"
+    trainer = prepare(cfg, run_dir, store=open_store(exp.store_path), subset=subset)
+    assert trainer.fit().step == 2
+    assert json.loads((run_dir / "subset.json").read_text()) == json.loads(json.dumps(subset.to_json_dict()))
+    saved = load_config(run_dir / "config.toml")
+    assert saved.data.store == str(exp.store_path) and saved.data.subset == str(run_dir / "subset.json")
+    assert cfg.data.store == cfg.data.subset == ""  # the caller's config is left as it was
+    assert not list(exp.workdir.glob("runs/*/subset.input.json"))

@@ -1,6 +1,7 @@
 """From a :class:`~corticalrnn.train.config.TrainConfig` to a running :class:`Trainer`:
-open the store, load the subset, split the images, build the model and its checkpoint spec
-(the spec and the way back from a checkpoint to a model: :mod:`corticalrnn.train.spec`).
+open the store, load the subset (or take both as objects: :func:`prepare`), split the images,
+build the model and its checkpoint spec (the spec and the way back from a checkpoint to a model:
+:mod:`corticalrnn.train.spec`).
 """
 
 from __future__ import annotations
@@ -99,18 +100,35 @@ def _train_on_test(split: Any, k: int, seed: int, where: Any) -> Any:
                                info={**split.info, "train_test_images": [int(i) for i in moved]})
 
 
-def prepare(cfg: TrainConfig, run_dir: str | Path) -> Trainer:
-    """Everything up to a ready :class:`Trainer` (store, subset, split, data, model)."""
+def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset: Any = None) -> Trainer:
+    """Everything up to a ready :class:`Trainer` (store, subset, split, data, model).
+
+    ``store`` (an open :class:`~corticalrnn.store.WindowStore`) and ``subset`` (a
+    :class:`~corticalrnn.subsets.NeuronSubset`), when given, are used instead of loading
+    ``data.store`` / ``data.subset`` (which may then be empty). The run's config then records where
+    they are: ``data.store`` = the store's path, ``data.subset`` = ``<run_dir>/subset.json`` (the
+    subset as trained, written by :meth:`Trainer.fit` like every run's), so ``config.toml`` alone
+    reruns the run and evaluation finds the training store.
+    """
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
 
     device = resolve_device(cfg.train.device)  # first: a GPU job without a usable GPU fails at once
-    if not cfg.data.store:
+    if store is None and not cfg.data.store:
         raise CorticalRNNError("config: data.store is not set (path to the Zarr store)")
-    if not cfg.data.subset:
+    if subset is None and not cfg.data.subset:
         raise CorticalRNNError("config: data.subset is not set (neuron-subset JSON from corticalrnn subset)")
-    store = open_store(cfg.data.store)
-    subset = NeuronSubset.load(cfg.data.subset)
+    if store is not None or subset is not None:
+        data = dataclasses.replace(cfg.data)
+        if store is not None:
+            data.store = str(store.path)
+        if subset is not None:
+            data.subset = str(Path(run_dir) / "subset.json")
+        cfg = dataclasses.replace(cfg, data=data)
+    if store is None:
+        store = open_store(cfg.data.store)
+    if subset is None:
+        subset = NeuronSubset.load(cfg.data.subset)
     precision = resolve_precision(cfg.train.precision, device)
     mcfg = model_config(cfg, store.bin_ms, precision)
     spec = make_spec(mcfg, subset, store)
