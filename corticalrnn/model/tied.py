@@ -15,7 +15,45 @@ import torch
 from torch import nn
 
 
-class TiedHidden(nn.Module):
+class _WrappedBlock(nn.Module):
+    """What a wrapper of a weight block passes through to its ``inner`` block."""
+
+    inner: nn.Module
+    stored_sparse = False
+
+    def weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pattern(self):  # noqa: ANN201 - the inner block's Pattern or None
+        return self.inner.pattern()
+
+    def enable_pattern(self) -> None:
+        self.inner.enable_pattern()
+
+    @property
+    def sign(self) -> torch.Tensor:
+        return self.inner.sign
+
+    @property
+    def n_synapses(self) -> int:
+        return self.inner.n_synapses
+
+    def project_(self) -> None:
+        self.inner.project_()
+
+    @torch.no_grad()
+    def violations(self) -> int:
+        """Entries of :meth:`weight` with the wrong sign, or non-zero outside a dense block's mask."""
+        w = self.weight()
+        sign = self.inner.sign.to(w.dtype)
+        bad = (w * (sign if self.stored_sparse else sign[None, :])) < 0
+        mask = None if self.stored_sparse else getattr(self.inner, "mask", None)
+        if mask is not None:
+            bad |= (w != 0) & ~mask
+        return int(bad.sum())
+
+
+class TiedHidden(_WrappedBlock):
     """Wraps a recurrent weight block (:class:`~corticalrnn.model.dale.SignedWeight` or
     :class:`~corticalrnn.model.dale.SparseSignedWeight`) and replaces its hidden rows."""
 
@@ -69,27 +107,9 @@ class TiedHidden(nn.Module):
     def dense(self) -> torch.Tensor:
         return self.inner.pattern().dense(self.weight()) if self.stored_sparse else self.weight()
 
-    def pattern(self):  # noqa: ANN201 - the inner block's Pattern or None
-        return self.inner.pattern()
-
-    def enable_pattern(self) -> None:
-        self.inner.enable_pattern()
-
-    @property
-    def n_synapses(self) -> int:
-        return self.inner.n_synapses
-
-    def project_(self) -> None:
-        self.inner.project_()
-
     @torch.no_grad()
     def violations(self) -> int:
-        w = self.weight()
-        sign = self.inner.sign.to(w.dtype)
-        bad = (w * (sign if self.stored_sparse else sign[None, :])) < 0
-        if not self.stored_sparse and getattr(self.inner, "mask", None) is not None:
-            bad |= (w != 0) & ~self.inner.mask
-        return int(bad.sum()) + self.inner.violations()
+        return super().violations() + self.inner.violations()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,13 +188,11 @@ class Borrow(nn.Module):
 MAX_RESCALE = 4.0
 
 
-class BorrowedHidden(nn.Module):
+class BorrowedHidden(_WrappedBlock):
     """Wraps a dense recurrent or input block (:class:`~corticalrnn.model.dale.SignedWeight`): its hidden
     rows are the identity-weighted averages of observed rows of the same population (``borrow``). With
     a mask, the average is restricted to the hidden unit's own mask and rescaled, per sign, to the
     total it had before (the strength its neighbours learned), by at most ``MAX_RESCALE``."""
-
-    stored_sparse = False
 
     def __init__(self, inner: nn.Module, borrow: Borrow) -> None:
         super().__init__()
@@ -212,28 +230,3 @@ class BorrowedHidden(nn.Module):
             return self.weight().to(dtype) @ x.to(dtype)
         return self.borrow(self.inner.weight().to(dtype) @ x.to(dtype))
 
-    def pattern(self):  # noqa: ANN201 - the inner block's Pattern or None
-        return self.inner.pattern()
-
-    def enable_pattern(self) -> None:
-        self.inner.enable_pattern()
-
-    @property
-    def sign(self) -> torch.Tensor:
-        return self.inner.sign
-
-    @property
-    def n_synapses(self) -> int:
-        return self.inner.n_synapses
-
-    def project_(self) -> None:
-        self.inner.project_()
-
-    @torch.no_grad()
-    def violations(self) -> int:
-        w = self.weight()
-        bad = (w * self.inner.sign.to(w.dtype)[None, :]) < 0
-        mask = getattr(self.inner, "mask", None)
-        if mask is not None:
-            bad |= (w != 0) & ~mask
-        return int(bad.sum())
