@@ -78,11 +78,13 @@ def demo_config(size: DemoSize, steps: int, bin_ms: int, threads: int) -> dict[s
         # orientation, phase, size and frequency ("gabor"), recurrence by distance x orientation / phase
         # similarity ("feature"): measured on the LSV1M-like data, hidden L4 E trial-average r 0.28 -> 0.49
         # (population baseline 0.30); see `corticalrnn bench science`.
-        "model": {"bin_ms": float(bin_ms), "neuron_model": "leaky", "sign_mode": "projected",
-                  "connectivity": "feature", "input_connectivity": "gabor",
-                  "distance_sigma_mm": dict(FEATURE_SIGMA_MM),
-                  "spectral_radius": 0.5, "init_rate": 0.1,
-                  "teacher": {"start": 1.0, "end": 0.0, "schedule": "linear", "steps": max(1, steps // 2)}},
+        "model": {"bin_ms": float(bin_ms),
+                  "architecture": {"sign_mode": "projected", "spectral_radius": 0.5, "init_rate": 0.1},
+                  "connectivity": {"rule": "feature", "input_rule": "gabor",
+                                   "distance_sigma_mm": dict(FEATURE_SIGMA_MM)},
+                  "neurons": {"model": "leaky"}},
+        "objective": {"teacher": {"start": 1.0, "end": 0.0, "schedule": "linear",
+                                  "steps": max(1, steps // 2)}},
     }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import numpy as np
+
 INPUT_SHEETS: tuple[str, ...] = ("X_ON", "X_OFF")
 V1_SHEETS: tuple[str, ...] = ("V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3")
 ALL_SHEETS: tuple[str, ...] = INPUT_SHEETS + V1_SHEETS
@@ -77,6 +79,20 @@ def file_sheet_name(name: str) -> str:
 def sort_sheets(names: list[str] | tuple[str, ...]) -> list[str]:
     """Sort sheet names into canonical order (inputs first, then L4 E/I, L2/3 E/I)."""
     return sorted(names, key=lambda n: ALL_SHEETS.index(normalize_sheet_name(n)))
+
+
+def surface_xy(positions: object) -> np.ndarray:
+    """The cortical-surface (x, y) columns of positions ``[N, D >= 2]`` (float64), the coordinates
+    every spatial rule of the model and the spatial sampling use; the one place positions are cut.
+
+    Positions keep all their D columns everywhere else (stores, subsets, checkpoint specs). Mozaik's
+    ``VisualCorticalUniformSheet3D`` adds a third column, the depth below the surface in µm (the other
+    two are on the surface, in other units), which Mozaik's own spatial components ignore too; LGN
+    positions are visual-field grid indices, also 2-D."""
+    p = np.asarray(positions, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"positions must be [N, D >= 2], got shape {list(p.shape)}")
+    return p[:, :2]
 
 
 def mozaik_positions_to_mm(sheet: str, positions: object) -> object:

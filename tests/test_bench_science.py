@@ -16,7 +16,7 @@ def test_bench_science_quick(tmp_path):
     science.add_arguments(p)
     # model overrides reach every variant: the adaptive unit and borrowed hidden biases run end to end
     args = p.parse_args(["--quick", "--out", str(tmp_path), "--observed", "0.5", "--variants", "identity",
-                         "simulator", "--set", 'neuron_model="adaptive"',
+                         "simulator", "--set", 'neurons.model="adaptive"',
                          "--set", 'hidden_weights="borrowed"'])
     res = science.run_bench(args)
     assert [r["variant"] for r in res["runs"]] == ["identity", "simulator"]

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from modelconfigs import model_config
 
 from corticalrnn.errors import DataMismatchError, SchemaError
 from corticalrnn.train import checkpoint as ck
@@ -135,13 +136,13 @@ def test_model_config_numbers_are_checked(model, key):
 def _local_model(seed: int = 0, storage: str = "dense", **kw):
     import numpy as np
 
-    from corticalrnn.model import CorticalRNN, ModelConfig
+    from corticalrnn.model import CorticalRNN
 
     sizes = {"X_ON": 4, "X_OFF": 3, "V1_Exc_L4": 12, "V1_Inh_L4": 5, "V1_Exc_L2/3": 10, "V1_Inh_L2/3": 4}
     rng = np.random.default_rng(seed)
     pos = {s: rng.random((n, 2)) * 0.6 for s, n in sizes.items()}
-    cfg = ModelConfig(bin_ms=5.0, connectivity="distance", distance_sigma_mm={"exc": 0.1, "inh": 0.08},
-                      weight_storage=storage, **kw)
+    cfg = model_config(bin_ms=5.0, connectivity="distance", distance_sigma_mm={"exc": 0.1, "inh": 0.08},
+                       weight_storage=storage, **kw)
     return CorticalRNN(cfg, sizes, pos)
 
 
@@ -163,6 +164,7 @@ class _Windows:
 def test_masked_model_checkpoint_is_o_parameters_and_resumes_bit_exactly(tmp_path, storage):
     """No masks or patterns in the file, masked blocks as their values on the mask (model, EMA and
     Adam moments), a model with another mask is refused, and a resumed run equals a straight one."""
+    from corticalrnn.model.loss import poisson_nll
     from corticalrnn.train.config import TrainConfig
     from corticalrnn.train.runlog import read_log
     from corticalrnn.train.trainer import Trainer
@@ -176,7 +178,7 @@ def test_masked_model_checkpoint_is_o_parameters_and_resumes_bit_exactly(tmp_pat
         cfg.train.ema_decay, cfg.train.progress, cfg.train.device = 0.9, False, "cpu"
         spec = {"model_config": model.config.to_dict()}
         return Trainer(cfg, model, _Windows(6, 7, model.n_v1), None, torch.ones(model.n_v1, dtype=torch.bool),
-                       run, spec, model.loss, project=model.project_, tensorboard=False)
+                       run, spec, poisson_nll, project=model.project_, tensorboard=False)
 
     straight = trainer(tmp_path / "a", 5)
     straight.fit()

@@ -79,7 +79,7 @@ def trained(tmp_path_factory):
     subset.save(d / "subset.json")
     cfg = load_config(None, [f'data.store="{train_store}"', f'data.subset="{d / "subset.json"}"',
                              "train.max_steps=24", "train.batch_size=4", "train.eval_every=12",
-                             "train.progress=false", "optim.lr=0.02", "model.teacher.steps=20",
+                             "train.progress=false", "optim.lr=0.02", "objective.teacher.steps=20",
                              "train.threads=1"])
     res = train(cfg, d / "run")
     return d, res, subset
@@ -161,8 +161,8 @@ def test_resume_with_other_architecture_is_refused(trained):
     from corticalrnn.train.setup import train
 
     d, _, _ = trained
-    cfg = load_config(d / "run" / "config.toml", ["model.neuron_model=mlp"])
-    with pytest.raises(CorticalRNNError, match="another architecture.*neuron_model"):
+    cfg = load_config(d / "run" / "config.toml", ["model.neurons.model=mlp"])
+    with pytest.raises(CorticalRNNError, match="another architecture.*neurons.model"):
         train(cfg, d / "run2", resume=d / "run" / "last.pt")
 
 

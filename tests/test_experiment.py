@@ -12,7 +12,7 @@ from corticalrnn.experiment import Experiment, write_csv
 from corticalrnn.train.runlog import read_log
 
 FAST = {"train.batch_size": 4, "train.eval_every": 5, "train.progress": False, "train.threads": 1,
-        "optim.lr": 0.02, "model.teacher.steps": 5}
+        "optim.lr": 0.02, "objective.teacher.steps": 5}
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ and the time-course baselines."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
+from modelconfigs import model_config
 
 from corticalrnn.baselines import from_psth
 from corticalrnn.errors import DataMismatchError
@@ -117,8 +117,8 @@ def test_gabor_needs_orientation():
 @pytest.mark.parametrize("connectivity", ["feature", "distance"])
 def test_identity_model_matches_float64_reference(connectivity):
     pos, props = identity()
-    cfg = ModelConfig(bin_ms=5.0, input_connectivity="gabor", connectivity=connectivity,
-                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    cfg = model_config(bin_ms=5.0, input_connectivity="gabor", connectivity=connectivity,
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props).double()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
@@ -127,7 +127,7 @@ def test_identity_model_matches_float64_reference(connectivity):
 
 def test_identity_model_keeps_dale_after_steps():
     pos, props = identity()
-    cfg = ModelConfig(bin_ms=5.0, input_connectivity="gabor", connectivity="feature")
+    cfg = model_config(bin_ms=5.0, input_connectivity="gabor", connectivity="feature")
     model = CorticalRNN(cfg, SIZES, pos, props)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(0)
@@ -147,7 +147,8 @@ def test_feature_rule_prefers_similar_orientation():
     pos = {"V1_Exc_L4": rng.uniform(0, 0.5, (n, 2))}
     ori = rng.uniform(0, np.pi, n)
     props = {"V1_Exc_L4": {"ori": ori, "phase": rng.uniform(0, 2 * np.pi, n)}}
-    cfg = ModelConfig(distance_sigma_mm={"exc": 0.3, "inh": 0.3}, feature_affinity={"ori": 2.0, "phase": 0.0})
+    cfg = model_config(distance_sigma_mm={"exc": 0.3, "inh": 0.3},
+                       feature_affinity={"ori": 2.0, "phase": 0.0})
     ctx = RuleContext(cfg, pos, props, None, np.random.default_rng(1))
     m = rule("feature").mask(ctx, "V1_Exc_L4", "V1_Exc_L4", n, n)
     sim = np.cos(2 * (ori[:, None] - ori[None, :]))
@@ -186,7 +187,7 @@ def test_simulator_connectivity_model_has_exactly_the_stored_synapses():
         k = 10
         conn[(pre, post)] = (rng.integers(0, SIZES[post], k), rng.integers(0, SIZES[pre], k), np.ones(k))
     for storage in ("dense", "sparse"):
-        cfg = ModelConfig(connectivity="simulator", weight_storage=storage)
+        cfg = model_config(connectivity="simulator", weight_storage=storage)
         model = CorticalRNN(cfg, SIZES, pos, props, conn)
         for (pre, post), (r, c, _) in conn.items():
             w = model.pathway_weight(pre, post, 0 if (pre, post) in {("V1_Exc_L4", "V1_Exc_L2/3"),
@@ -257,8 +258,8 @@ def test_split_half_r_against_naive():
 @pytest.mark.parametrize("neuron_model", ["leaky", "gru"])
 def test_rate_scale_matches_reference_with_teacher(neuron_model):
     pos, props = identity()
-    cfg = ModelConfig(bin_ms=5.0, rate_scale=20.0, neuron_model=neuron_model, input_connectivity="gabor",
-                      connectivity="feature", distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    cfg = model_config(bin_ms=5.0, rate_scale=20.0, neuron_model=neuron_model, input_connectivity="gabor",
+                       connectivity="feature", distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props).double()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
@@ -276,8 +277,8 @@ def test_rate_scale_matches_reference_with_teacher(neuron_model):
                                 {"input_connectivity": "gabor", "connectivity": "feature"}])
 def test_centered_model_matches_reference(kw):
     pos, props = identity()
-    cfg = ModelConfig(bin_ms=5.0, centered=True, rate_scale=10.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3},
-                      **kw)
+    cfg = model_config(bin_ms=5.0, centered=True, rate_scale=10.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3},
+                       **kw)
     model = CorticalRNN(cfg, SIZES, pos, props)
     model.set_input_center(np.linspace(0.1, 0.9, 32))
     model = model.double()
@@ -285,7 +286,7 @@ def test_centered_model_matches_reference(kw):
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
     assert_matches_reference(model, x, g)
     # centering moves only the constant current: b - W r0 - U x0
-    plain = CorticalRNN(dataclasses.replace(cfg, centered=False), SIZES, pos, props).double()
+    plain = CorticalRNN(cfg.with_values({"architecture.centered": False}), SIZES, pos, props).double()
     plain.load_state_dict(model.state_dict(), strict=False)
     assert not torch.allclose(plain.effective_bias(), model.effective_bias())
     with pytest.raises(DataMismatchError, match="input centre"):
@@ -296,8 +297,8 @@ def test_sparse_gabor_input_equals_dense_on_its_footprint():
     pos, props = identity()
     kw = dict(bin_ms=5.0, input_connectivity="gabor", connectivity="feature",
               distance_sigma_mm={"exc": 0.3, "inh": 0.3})
-    dense = CorticalRNN(ModelConfig(**kw), SIZES, pos, props).double()
-    sparse = CorticalRNN(ModelConfig(input_storage="sparse", input_footprint=3.0, **kw), SIZES, pos, props)
+    dense = CorticalRNN(model_config(**kw), SIZES, pos, props).double()
+    sparse = CorticalRNN(model_config(input_storage="sparse", input_footprint=3.0, **kw), SIZES, pos, props)
     sparse = sparse.double()
     sparse.load_state_dict(dense.state_dict(), strict=False)
     ws, wd = sparse.weights["U0_stage0"], dense.weights["U0_stage0"]
@@ -328,8 +329,8 @@ def test_tied_hidden_rows_follow_observed_rows(storage):
     pos, props = identity()
     n_v1 = sum(SIZES[s] for s in V1_SHEETS)
     observed = np.arange(n_v1) % 3 == 0
-    cfg = ModelConfig(bin_ms=5.0, hidden_weights="tied", connectivity="feature", weight_storage=storage,
-                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    cfg = model_config(bin_ms=5.0, hidden_weights="tied", connectivity="feature", weight_storage=storage,
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
@@ -356,7 +357,7 @@ def test_gabor_without_lgn_positions_is_a_clear_error():
     pos, props = identity()
     del pos["X_ON"], pos["X_OFF"]
     with pytest.raises(DataMismatchError, match="positions of the LGN inputs"):
-        CorticalRNN(ModelConfig(input_connectivity="gabor"), SIZES, pos, props)
+        CorticalRNN(model_config(input_connectivity="gabor"), SIZES, pos, props)
 
 
 def test_neuron_units_registry_matches_config():
@@ -371,18 +372,18 @@ def test_neuron_units_registry_matches_config():
 @pytest.mark.parametrize("kw,match", [
     ({"rate_scale": 0.0}, "rate_scale"), ({"rate_scale": float("nan")}, "rate_scale"),
     ({"hidden_weights": "shared"}, "hidden_weights"), ({"input_storage": "csr"}, "input_storage"),
-    ({"input_storage": "sparse"}, "needs input_connectivity='gabor'"),
+    ({"input_storage": "sparse"}, "needs connectivity.input_rule='gabor'"),
     ({"input_footprint": 0.0}, "input_footprint"), ({"rf_size": -1.0}, "rf_size"),
     ({"feature_affinity": {"ori": -1.0}}, "feature_affinity"),
     ({"feature_affinity": {"size": 1.0}}, "feature_affinity"),
-    ({"connectivity": "nearest"}, "connectivity"), ({"input_connectivity": "learned"}, "input_connectivity"),
+    ({"connectivity": "nearest"}, "connectivity.rule"), ({"input_connectivity": "learned"}, "input_rule"),
     ({"weight_storage": "sparse"}, "masked connectivity"),
 ])
 def test_identity_config_errors_name_the_key(kw, match):
     from corticalrnn.errors import CorticalRNNError
 
     with pytest.raises(CorticalRNNError, match=match):
-        ModelConfig(**kw)
+        model_config(**kw)
 
 
 @pytest.mark.parametrize("kw,match", [({"structure": "lsv2"}, "structure"),
@@ -438,11 +439,11 @@ def test_borrowed_hidden_units_are_their_neighbours_average():
     pos, props = identity()
     n_v1 = sum(SIZES[s] for s in V1_SHEETS)
     observed = np.arange(n_v1) % 3 == 0
-    cfg = ModelConfig(bin_ms=5.0, hidden_weights="borrowed", connectivity="feature", borrow_neighbours=2,
-                      borrow_sigma_mm=0.2, borrow_kappa=1.0, borrow_recurrent=True,
-                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    cfg = model_config(bin_ms=5.0, hidden_weights="borrowed", connectivity="feature", borrow_neighbours=2,
+                       borrow_sigma_mm=0.2, borrow_kappa=1.0, borrow_recurrent=True,
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
-    assert type(CorticalRNN(dataclasses.replace(cfg, borrow_recurrent=False), SIZES, pos, props,
+    assert type(CorticalRNN(cfg.with_values({"neurons.borrow_recurrent": False}), SIZES, pos, props,
                             observed=observed).weights["W1_stage0"]).__name__ == "SignedWeight"
     g = torch.Generator().manual_seed(3)
     assert_matches_reference(model, torch.rand(2, 5, 32, generator=g, dtype=torch.float64), g)
@@ -480,8 +481,8 @@ def test_centered_model_starts_at_the_given_rates(neuron_model):
     """start_at_rates: with inputs at their centres every unit rests at its rate (hidden units: the
     mean of their population's known rates), and the centres are saved with the weights."""
     pos, props = identity()
-    cfg = ModelConfig(bin_ms=5.0, centered=True, neuron_model=neuron_model, connectivity="feature",
-                      distance_sigma_mm={"exc": 0.3, "inh": 0.3})
+    cfg = model_config(bin_ms=5.0, centered=True, neuron_model=neuron_model, connectivity="feature",
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3})
     model = CorticalRNN(cfg, SIZES, pos, props).double()
     n_v1 = sum(SIZES[s] for s in V1_SHEETS)
     rng = np.random.default_rng(5)
@@ -504,3 +505,27 @@ def test_centered_model_starts_at_the_given_rates(neuron_model):
     torch.testing.assert_close(fresh.rate_center, model.rate_center)
     del saved["rate_center"]  # a checkpoint from before the centre was saved still loads
     CorticalRNN(cfg, SIZES, pos, props).double().load_state_dict(saved)
+
+
+@pytest.mark.parametrize("kw", [
+    {"connectivity": "feature", "input_connectivity": "gabor", "hidden_weights": "borrowed"},
+    {"connectivity": "distance", "weight_storage": "sparse", "input_connectivity": "retinotopic",
+     "lgn_extent_mm": 0.6},
+    {"connectivity": "feature", "input_connectivity": "gabor", "input_storage": "sparse"},
+])
+def test_positions_with_a_depth_column_build_the_same_model(kw):
+    """Positions pass through with all their columns; every spatial rule uses the cortical surface
+    (x, y): a third column (Mozaik's depth in µm, here far larger than the sheet) changes nothing."""
+    pos, props = identity()
+    rng = np.random.default_rng(5)
+    deep = {s: np.column_stack([p, rng.uniform(0, 1500.0, len(p))]) for s, p in pos.items()}
+    observed = np.arange(sum(SIZES[s] for s in V1_SHEETS)) % 3 == 0
+    cfg = model_config(bin_ms=5.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3}, **kw)
+    flat = CorticalRNN(cfg, SIZES, pos, props, observed=observed)
+    three = CorticalRNN(cfg, SIZES, deep, props, observed=observed)
+    for (k, a), (_, b) in zip(flat.state_dict().items(), three.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.rand(2, 4, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(three(x), flat(x), rtol=0, atol=0)
+    with pytest.raises(DataMismatchError, match="D >= 2"):
+        CorticalRNN(cfg, SIZES, {s: p[:, :1] for s, p in pos.items()}, props, observed=observed)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from modelconfigs import model_config
 
-from corticalrnn.model import CorticalRNN, ModelConfig
+from corticalrnn.model import CorticalRNN
 from corticalrnn.model import network as network_mod
 from corticalrnn.model.dale import spectral_radius
 
@@ -27,9 +28,9 @@ def signed_v1(model: CorticalRNN) -> torch.Tensor:
 def test_estimated_radius_matches_exact(monkeypatch, kw):
     rng = np.random.default_rng(0)
     pos = {s: rng.random((n, 2)) * 0.5 for s, n in SIZES.items()}
-    exact = CorticalRNN(ModelConfig(spectral_radius=0.9, **kw), SIZES, pos)
+    exact = CorticalRNN(model_config(spectral_radius=0.9, **kw), SIZES, pos)
     monkeypatch.setattr(network_mod, "EXACT_RADIUS_MAX", 10)  # force the estimate
-    estimated = CorticalRNN(ModelConfig(spectral_radius=0.9, **kw), SIZES, pos)
+    estimated = CorticalRNN(model_config(spectral_radius=0.9, **kw), SIZES, pos)
     r_exact = spectral_radius(signed_v1(exact))
     r_est = spectral_radius(signed_v1(estimated))
     assert r_exact == pytest.approx(0.9, rel=1e-6)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from modelconfigs import model_config
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import CorticalRNN, ModelConfig, PathwayConfig, poisson_nll
@@ -41,7 +42,7 @@ def positions(seed: int = 0) -> dict[str, np.ndarray]:
 def make(**kw) -> CorticalRNN:
     kw.setdefault("bin_ms", 5.0)
     pos = positions() if kw.get("connectivity") == "distance" else None
-    return CorticalRNN(ModelConfig(**kw), SIZES, pos)
+    return CorticalRNN(model_config(**kw), SIZES, pos)
 
 
 def data(seed: int = 0, B: int = 3, T: int = 6, dtype=torch.float64):
@@ -127,7 +128,7 @@ def test_distance_mask_is_local():
     big = {"X_ON": 2, "X_OFF": 2, "V1_Exc_L4": 300, "V1_Inh_L4": 60, "V1_Exc_L2/3": 300, "V1_Inh_L2/3": 60}
     rng = np.random.default_rng(1)
     pos = {s: rng.random((n, 2)) * 2.0 for s, n in big.items()}
-    model = CorticalRNN(ModelConfig(connectivity="distance", distance_sigma_mm={"exc": 0.2, "inh": 0.1}),
+    model = CorticalRNN(model_config(connectivity="distance", distance_sigma_mm={"exc": 0.2, "inh": 0.1}),
                         big, pos)
     w = model.pathway_weight("V1_Exc_L4", "V1_Exc_L4", 1).detach().numpy()
     d = np.linalg.norm(pos["V1_Exc_L4"][:, None] - pos["V1_Exc_L4"][None], axis=-1)
@@ -139,14 +140,14 @@ def test_distance_mask_is_local():
 def test_chunked_tbptt_forward_and_state_continuation():
     x, y, mask = data(T=7, dtype=torch.float32)
     full = make()
-    chunked = make(tbptt_steps=3)
+    chunked = make()
     chunked.load_state_dict(full.state_dict())
-    torch.testing.assert_close(chunked(x), full(x))
+    torch.testing.assert_close(chunked(x, detach_every=3), full(x))
     r1, state = full.run(x[:, :4])
     r2, _ = full.run(x[:, 4:], state=state)
     torch.testing.assert_close(torch.cat([r1, r2], 1), full(x))
     # truncation: the loss at the end does not reach the first chunk's input weights through time
-    chunked(x)[:, -1].sum().backward()
+    chunked(x, detach_every=3)[:, -1].sum().backward()
     assert chunked.bias.grad is not None
 
 
@@ -181,7 +182,7 @@ def test_no_sign_violation_after_many_fp16_steps(sign_mode, steps):
     before = {n: w.weight().detach().clone() for n, w in model.weights.items()}
     for step in range(steps):
         opt.zero_grad()
-        loss = model.loss(model(x, counts, mask, 0.5), counts, mask)
+        loss = poisson_nll(model(x, counts, mask, 0.5), counts, mask)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -203,7 +204,7 @@ def test_hidden_neurons_get_gradient_only_through_recurrence():
     x, y, mask = data()
     rates = model(x)
     rates.retain_grad()
-    loss = model.loss(rates, torch.poisson(y), mask)
+    loss = poisson_nll(rates, torch.poisson(y), mask)
     loss.backward()
     hidden = ~mask
     assert float(rates.grad[..., hidden].abs().max()) == 0.0
@@ -247,7 +248,7 @@ def test_tiny_network_overfits_one_window():
         final = float(torch.nn.functional.mse_loss(model(x), target))
         assert final < 0.02 * first
         assert not any(model.sign_violations().values())
-        assert float(model.loss(model(x), target, everyone)) < float(model.loss(target_model(x), target,
+        assert float(poisson_nll(model(x), target, everyone)) < float(poisson_nll(target_model(x), target,
                                                                                  everyone))
 
 
@@ -266,22 +267,22 @@ def test_errors_for_bad_inputs():
     with pytest.raises(DataMismatchError, match="V1_Inh_L4"):
         CorticalRNN(ModelConfig(), {k: v for k, v in SIZES.items() if k != "V1_Inh_L4"})
     with pytest.raises(DataMismatchError, match="positions"):
-        CorticalRNN(ModelConfig(connectivity="distance"), SIZES)
+        CorticalRNN(model_config(connectivity="distance"), SIZES)
     with pytest.raises(CorticalRNNError, match="cycle"):
-        ModelConfig(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0)))
-        CorticalRNN(ModelConfig(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0))),
+        model_config(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0)))
+        CorticalRNN(model_config(pathways=(P("V1_Exc_L4", "V1_Inh_L4", 0), P("V1_Inh_L4", "V1_Exc_L4", 0))),
                     SIZES)
     with pytest.raises(CorticalRNNError, match="sign_mode"):
-        ModelConfig(sign_mode="clip")
+        model_config(sign_mode="clip")
     with pytest.raises(CorticalRNNError, match="unknown key"):
         ModelConfig.from_dict({"n_layers": 3})
     with pytest.raises(DataMismatchError, match="observed_mask"):
-        model.loss(torch.rand(2, 5, N_V1), torch.rand(2, 5, N_V1), torch.ones(3, dtype=torch.bool))
+        poisson_nll(torch.rand(2, 5, N_V1), torch.rand(2, 5, N_V1), torch.ones(3, dtype=torch.bool))
 
 
 def test_config_roundtrip_through_json():
-    cfg = ModelConfig(neuron_model="gru", sign_mode="reparam", pathways=ODD_PATHWAYS, tbptt_steps=5,
-                      tau_ms={"V1_Exc_L4": 12.0, "V1_Inh_L4": 5.0, "V1_Exc_L2/3": 15.0, "V1_Inh_L2/3": 6.0})
+    cfg = model_config(neuron_model="gru", sign_mode="reparam", pathways=ODD_PATHWAYS,
+                       tau_ms={"V1_Exc_L4": 12.0, "V1_Inh_L4": 5.0, "V1_Exc_L2/3": 15.0, "V1_Inh_L2/3": 6.0})
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert ModelConfig.from_dict({}) == ModelConfig()
@@ -327,7 +328,7 @@ def test_lgn_grid_mapping_matches_the_generator_and_input_mask_is_retinotopic() 
     sizes = {s: len(net.positions_mm[s]) for s in net.positions_mm}
     positions = {s: (mozaik_positions(p, s).T if s in ("X_ON", "X_OFF") else p)
                  for s, p in net.positions_mm.items()}
-    cfg = ModelConfig(input_connectivity="retinotopic", input_sigma_mm=0.05, lgn_extent_mm=side)
+    cfg = model_config(input_connectivity="retinotopic", input_sigma_mm=0.05, lgn_extent_mm=side)
     model = CorticalRNN(cfg, sizes, positions)
     u = model.pathway_weight("X_ON", "V1_Exc_L4", 0).detach().numpy()  # [post, pre]
     v1, lgn = net.positions_mm["V1_Exc_L4"][:, None, :2], net.positions_mm["X_ON"][None, :, :2]
@@ -384,7 +385,7 @@ def test_matmul_nt_against_naive_sum():
         assert got32.dtype == torch.float32
         torch.testing.assert_close(got32.double(), naive, rtol=1e-5, atol=1e-5)
     with pytest.raises(CorticalRNNError, match="cpu_blas"):
-        ModelConfig(cpu_blas="blis")
+        model_config(cpu_blas="blis")
     with pytest.raises(ValueError, match="cpu_blas"):
         gemm.resolve("blis")
 
@@ -400,21 +401,22 @@ def test_graph_chunked_path_matches_reference(chunk, teacher, sign_mode):
     model._graphs.emulate = True
     assert_matches_reference(model, teacher, seed=4)
     assert model._graphs.replays == 2 * -(-6 // chunk)  # forward and backward chunks
-    again = make(cuda_graphs=True, graph_chunk=chunk, sign_mode=sign_mode, tbptt_steps=4).double()
+    again = make(cuda_graphs=True, graph_chunk=chunk, sign_mode=sign_mode).double()
     again._graphs.emulate = True
     x, _, _ = data(5)
-    torch.testing.assert_close(again(x), make(sign_mode=sign_mode, tbptt_steps=4).double()(x),
+    plain = make(sign_mode=sign_mode).double()
+    torch.testing.assert_close(again(x, detach_every=4), plain(x, detach_every=4),
                                rtol=1e-12, atol=1e-12)
 
 
 def test_graph_options_errors_and_copies():
     import copy
     with pytest.raises(CorticalRNNError, match="leaky"):
-        ModelConfig(cuda_graphs=True, neuron_model="gru")
+        model_config(cuda_graphs=True, neuron_model="gru")
     with pytest.raises(CorticalRNNError, match="graph_chunk"):
-        ModelConfig(graph_chunk=0)
+        model_config(graph_chunk=0)
     with pytest.raises(CorticalRNNError, match="sparse_grad_below"):
-        ModelConfig(sparse_grad_below=1.5)
+        model_config(sparse_grad_below=1.5)
     with pytest.raises(CorticalRNNError, match="sparse_below"):
         make(cuda_graphs=True, connectivity="distance", sparse_below=1.0)
     model = make(cuda_graphs=True, graph_chunk=2)
@@ -507,7 +509,7 @@ def test_sparse_storage_training_keeps_dale_and_roundtrips():
     opt = torch.optim.Adam(model.parameters(), lr=0.5)
     for _ in range(5):
         opt.zero_grad()
-        model.loss(model(x, y, mask, 0.5), y, mask).backward()
+        poisson_nll(model(x, y, mask, 0.5), y, mask).backward()
         opt.step()
         model.project_()
     assert not any(model.sign_violations().values())
@@ -525,8 +527,8 @@ def test_sparse_storage_training_keeps_dale_and_roundtrips():
     out.sum().backward()
     torch.testing.assert_close(out, model(x, y, mask, 0.5, torch.Generator().manual_seed(1)),
                                rtol=0.05, atol=0.05)
-    with pytest.raises(CorticalRNNError, match="weight_storage"):
-        ModelConfig(weight_storage="sparse")
+    with pytest.raises(CorticalRNNError, match="connectivity.storage"):
+        model_config(weight_storage="sparse")
 
 
 def test_distance_pairs_follow_the_distance_law():

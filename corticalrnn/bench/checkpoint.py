@@ -38,9 +38,9 @@ def measure(frac: float, kind: str) -> dict[str, Any]:
     if kind == "dense":
         model = _fast_model(sizes, 20.0, "fp32")
     else:
-        local: dict[str, Any] = {"weight_storage": "dense" if kind == "localdense" else "sparse"}
+        local: dict[str, Any] = {"connectivity.storage": "dense" if kind == "localdense" else "sparse"}
         if kind == "localid":
-            local |= {"input_connectivity": "gabor", "input_storage": "sparse"}
+            local |= {"connectivity.input_rule": "gabor", "connectivity.input_storage": "sparse"}
         model = _fast_model(sizes, 20.0, "fp32", local, sheet_mm=5.0 * math.sqrt(frac))
     build_s = time.perf_counter() - t0
     cfg = TrainConfig()

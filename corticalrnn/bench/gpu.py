@@ -14,7 +14,7 @@ and skipped when the ``--budget-s`` left, less the minimum needs of the parts af
                <= 0.5 s) and peak GPU memory, bf16 and fp32, without CUDA graphs;
 ``local``      the largest full-size local model (distance masks, sparse weight storage) that fits,
                at 20 ms bins, batch 8 (tries 100 %, 50 %, 25 %): step time and peak memory;
-``graphs``     ``ModelConfig.cuda_graphs``: outputs and gradients of captured-and-replayed chunks
+``graphs``     ``compute.cuda_graphs``: outputs and gradients of captured-and-replayed chunks
                against the plain loop (teacher forcing on), fp32 and bf16;
 ``ten_percent_graphs``  the 10 % figure again with CUDA graphs;
 ``local_long`` the local model that fitted, over 712 steps (a 1 ms window's length).
@@ -65,6 +65,7 @@ from corticalrnn.bench.model import (
 )
 from corticalrnn.errors import CorticalRNNError
 from corticalrnn.jsonio import write_json
+from corticalrnn.model.loss import poisson_nll
 from corticalrnn.tables import format_table, human_bytes
 
 TARGET_STEP_S = 0.5  # issue 14: 10 % size, 1 ms, batch 64
@@ -189,7 +190,7 @@ def _model_graph_run(model: Any, x: torch.Tensor, counts: torch.Tensor, mask: to
     for _ in range(iterations):
         model.zero_grad(set_to_none=True)
         rates = model(x, counts, mask, 0.5, torch.Generator(x.device).manual_seed(1))
-        model.loss(rates, counts, mask).backward()
+        poisson_nll(rates, counts, mask).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return rates.detach(), grads
 
@@ -278,7 +279,7 @@ def _compare_devices(sizes: dict[str, int], batch: int, steps: int, bin_ms: floa
         dev = torch.device("cpu") if where == "cpu" else device
         model = _fast_model(sizes, bin_ms, "fp32").to(dev)
         rates = model(x.to(dev))
-        loss = model.loss(rates, counts.to(dev), observed.bool().to(dev))
+        loss = poisson_nll(rates, counts.to(dev), observed.bool().to(dev))
         loss.backward()
         grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
         runs[where] = (rates.detach().cpu(), float(loss.detach()), grads)
@@ -308,7 +309,7 @@ def _trainer(model: Any, device: torch.device, precision: str, steps: int, x: to
     cfg.train.device, cfg.train.precision = str(device), precision
     cfg.train.max_steps, cfg.train.progress = steps, False
     cfg.validate()
-    return Trainer(cfg, model, TensorWindows(x, counts), None, observed.bool(), run_dir, {}, model.loss,
+    return Trainer(cfg, model, TensorWindows(x, counts), None, observed.bool(), run_dir, {}, poisson_nll,
                    project=model.project_, autocast=False, tensorboard=False)
 
 

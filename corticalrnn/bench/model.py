@@ -206,20 +206,22 @@ def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "c
 
 def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
                 local: dict[str, Any] | None = None, graph_chunk: int = 0, sheet_mm: float = 2.0):
-    """The fast path; with ``local`` (ModelConfig overrides: ``sparse_below``, ``sparse_grad_below``,
-    ``weight_storage``) a local model (distance masks; neurons uniform on a ``sheet_mm`` square,
+    """The fast path; with ``local`` (ModelConfig overrides by dotted key: ``compute.sparse_below``,
+    ``connectivity.storage``, ...) a local model (distance masks; neurons uniform on a ``sheet_mm`` square,
     ~1-2 % density at 10 % size on 2 mm); ``graph_chunk > 0`` turns on ``cuda_graphs``."""
     from corticalrnn.model import CorticalRNN, ModelConfig
-    graphs = {"cuda_graphs": graph_chunk > 0, "graph_chunk": max(1, graph_chunk)}
+    base = ModelConfig(bin_ms=bin_ms).with_values({"compute.precision": precision,
+                                                   "compute.cuda_graphs": graph_chunk > 0,
+                                                   "compute.graph_chunk": max(1, graph_chunk)})
     if local is None:
-        return CorticalRNN(ModelConfig(bin_ms=bin_ms, precision=precision, **graphs), sizes)
+        return CorticalRNN(base, sizes)
     rng = np.random.default_rng(0)
     pos = {s: rng.random((n, 2)) * sheet_mm for s, n in sizes.items()}
     # identity for gabor input: random orientation and phase (timing and memory do not depend on them)
     props = {s: {"ori": rng.uniform(0, np.pi, n), "phase": rng.uniform(0, 2 * np.pi, n)}
              for s, n in sizes.items() if s.startswith("V1")}
-    cfg = ModelConfig(bin_ms=bin_ms, precision=precision, connectivity="distance",
-                      distance_sigma_mm={"exc": 0.1, "inh": 0.08}, **local, **graphs)
+    cfg = base.with_values({"connectivity.rule": "distance",
+                            "connectivity.distance_sigma_mm": {"exc": 0.1, "inh": 0.08}, **local})
     return CorticalRNN(cfg, sizes, pos, props)
 
 
@@ -279,9 +281,9 @@ def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: s
     Gabor input weights stored sparse on each RF's footprint instead of dense LGN input."""
     sizes = scaled_sizes(frac)
     side = 5.0 * math.sqrt(frac)
-    local: dict[str, Any] = {"weight_storage": "sparse"}
+    local: dict[str, Any] = {"connectivity.storage": "sparse"}
     if identity_input:
-        local |= {"input_connectivity": "gabor", "input_storage": "sparse"}
+        local |= {"connectivity.input_rule": "gabor", "connectivity.input_storage": "sparse"}
     with _Memory(device) as mem:  # construction included: it is part of what must fit
         t0 = time.perf_counter()
         model = _fast_model(sizes, bin_ms, precision, local, sheet_mm=side).to(device)
@@ -426,10 +428,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["sparse_vs_dense"] = sp
         log("local model (distance masks, ~1-2 % density): training step, dense x mask vs sparse kernels")
         local = []
-        for label, thr in (("dense x mask", {"sparse_below": 0.0, "sparse_grad_below": 0.0}),
-                           ("CSR products", {"sparse_below": 0.1, "sparse_grad_below": 0.0}),
+        for label, thr in (("dense x mask", {"compute.sparse_below": 0.0, "compute.sparse_grad_below": 0.0}),
+                           ("CSR products", {"compute.sparse_below": 0.1, "compute.sparse_grad_below": 0.0}),
                            ("CSR products + SDDMM grads (default)", {}),
-                           ("sparse storage (weight_storage=sparse)", {"weight_storage": "sparse"})):
+                           ("sparse storage (connectivity.storage=sparse)",
+                            {"connectivity.storage": "sparse"})):
             r = _isolated(measure_fast, th, s, B, T, args.bin_ms, args.precision, max(1, args.repeats), thr,
                           dev)
             local.append({"kernel": label, "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+#: per variant, the ``[model.connectivity]`` keys it sets over the demo's config
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"connectivity": "distance", "input_connectivity": "dense",
-                 "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
-    "identity": {"connectivity": "feature", "input_connectivity": "gabor"},
-    "simulator": {"connectivity": "simulator", "input_connectivity": "gabor", "weight_storage": "dense"},
+    "baseline": {"rule": "distance", "input_rule": "dense", "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
+    "identity": {"rule": "feature", "input_rule": "gabor"},
+    "simulator": {"rule": "simulator", "input_rule": "gabor", "storage": "dense"},
 }
 
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (tests)")
     parser.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override for every variant (TOML value), e.g. "
-                             "neuron_model=\"adaptive\"; repeatable")
+                             "neurons.model=\"adaptive\"; repeatable")
 
 
 def _data(out: Path, quick: bool, seed: int) -> tuple[Any, Path, Path, Path]:
@@ -72,6 +72,7 @@ def matched_neighbours(store: Any, sheet: str, k: int = 5, pool: int = 30, seed:
     trial-averaged responses) between a neuron and the mean of ``k`` of its ``pool`` nearest cortical
     neighbours: the ``k`` most similar in orientation (and phase where recorded), and ``k`` random ones."""
     from corticalrnn.data import WindowBatches
+    from corticalrnn.sheets import surface_xy
 
     ori, xy = store.neuron_property(sheet, "ori"), store.positions(sheet)
     if ori is None or xy is None:
@@ -88,7 +89,8 @@ def matched_neighbours(store: Any, sheet: str, k: int = 5, pool: int = 30, seed:
     sim = np.cos(2 * (ori[:, None] - ori[None, :]))
     if phase is not None:
         sim = sim + np.cos(phase[:, None] - phase[None, :])
-    d = ((xy[:, None, :2] - xy[None, :, :2]) ** 2).sum(-1)
+    xy = surface_xy(xy)
+    d = ((xy[:, None] - xy[None, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {"r_matched": [], "r_random": [], "r_matched_avg": [], "r_random_avg": []}
@@ -161,7 +163,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for observed in args.observed:
         for variant in args.variants:
             cfg = demo_config(size, steps, 20, 1)
-            cfg["model"].update(VARIANTS[variant])
+            cfg["model"]["connectivity"].update(VARIANTS[variant])
             cfg = apply_overrides(cfg, [f"model.{text}" for text in args.model_set])
             exp = Experiment(train, test_store=test, workdir=args.out / "work", truth=truth, config=cfg)
             subset = exp.make_subset(fraction=size.fraction, observed=observed, method="spatial",

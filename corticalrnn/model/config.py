@@ -1,9 +1,22 @@
-"""Model configuration: plain dataclasses, serialisable to/from a dict (checkpoints, TOML)."""
+"""Model configuration: frozen dataclasses in four sections, serialisable to/from a dict
+(checkpoints, TOML)::
+
+    [model]                 bin_ms (from the store), seed
+    [model.architecture]    pathways, sign mode, initial scales, rate_scale, centered
+    [model.connectivity]    recurrent rule (+ its parameters, storage), LGN -> V1 rule (+ storage)
+    [model.neurons]         unit dynamics, time constants, how hidden units get their parameters
+    [model.compute]         precision, sparse thresholds, BLAS, CUDA graphs (results are the same)
+
+Training settings (loss, truncated BPTT, teacher forcing) live in the training config's
+``[objective]`` (:mod:`corticalrnn.train.config`). Older flat ``[model]`` keys are still read, with a
+warning naming each key's new place (:func:`migrate_flat`).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from corticalrnn.errors import CorticalRNNError
@@ -14,10 +27,9 @@ SIGN_MODES = ("projected", "reparam")
 REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance", "feature", "simulator")  # rules in model/connectivity.py
 INPUT_MASK_KINDS = ("dense", "retinotopic", "gabor")
+HIDDEN_WEIGHTS = ("free", "tied", "borrowed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_BLAS = ("auto", "torch", "openblas")  # see model/gemm.py
-LOSSES = ("poisson", "mse")
-SCHEDULES = ("constant", "linear", "exponential")
 
 
 @dataclass(frozen=True)
@@ -25,7 +37,7 @@ class PathwayConfig:
     """One projection ``pre -> post``; ``delay`` 0 = same time step, 1 = previous step.
 
     The sign comes from the presynaptic sheet (``corticalrnn.sheets``). ``mask`` ``None`` means the
-    model-wide ``ModelConfig.connectivity``; input (LGN) pathways are always dense.
+    model-wide ``connectivity.rule``; input (LGN) pathways are always dense.
     """
 
     pre: str
@@ -54,67 +66,10 @@ def default_pathways() -> tuple[PathwayConfig, ...]:
 
 
 @dataclass(frozen=True)
-class TeacherForcingConfig:
-    """Teacher forcing of observed neurons: the fraction of observed neurons (drawn per window)
-    whose previous-step rate is replaced by the data, as a function of the optimizer step."""
+class ArchitectureConfig:
+    """The pathways and how weights and currents are parametrised (``[model.architecture]``)."""
 
-    start: float = 1.0
-    end: float = 0.0
-    schedule: str = "linear"  # constant | linear | exponential
-    steps: int = 10_000  # steps to go from start to end (linear) or the e-folding steps (exponential)
-
-    def fraction_at(self, step: int) -> float:
-        """Teacher-forcing fraction at optimizer step ``step`` (clipped to [0, 1])."""
-        if self.schedule == "constant" or self.steps <= 0:
-            f = self.start
-        elif self.schedule == "linear":
-            f = self.start + (self.end - self.start) * min(step / self.steps, 1.0)
-        else:
-            f = self.end + (self.start - self.end) * math.exp(-step / self.steps)
-        return min(max(f, 0.0), 1.0)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that defines the network (not the data, not the optimiser).
-
-    ``bin_ms`` is needed to turn the time constants into per-step leak factors.
-    """
-
-    bin_ms: float = 20.0
     pathways: tuple[PathwayConfig, ...] = field(default_factory=default_pathways)
-    # dense | distance (needs positions) | feature (distance x orientation / phase similarity: needs
-    # per-neuron ori, phase) | simulator (the stored connectome of the simulator); see model/connectivity.py
-    connectivity: str = "dense"
-    feature_affinity: dict[str, float] = field(default_factory=lambda: {"ori": 1.5, "phase": 1.0})
-    distance_sigma_mm: dict[str, float] = field(
-        default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
-    distance_p_max: float = 1.0  # connection probability at distance 0
-    # LGN -> V1: dense, or retinotopic (Gaussian in cortical mm around each V1 neuron; LGN grid
-    # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
-    # ... or gabor: each unit's weights are a Gabor RF from its identity (model/identity.py; needs V1 and
-    # LGN positions, per-neuron ori and phase; frequency / size where recorded, else these, in LGN units)
-    input_connectivity: str = "dense"  # dense | retinotopic (needs positions) | gabor
-    rf_size: float = 0.0  # 0: 1.5 LGN grid steps
-    rf_frequency: float = 0.0  # 0: 1 / (4 rf_size)
-    # gabor input stored as values on each unit's RF footprint (LGN inputs within input_footprint
-    # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
-    input_storage: str = "dense"  # dense | sparse (gabor only)
-    input_footprint: float = 3.0
-    # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
-    # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
-    sparse_below: float = 0.1
-    # ... and their weight gradients are computed only on the mask's entries (SDDMM) below this one
-    # (measured on CPU, [4687 x 1800] @ [1800 x 8437]: 7.8x faster at 1 %, 1.3x at 5 %)
-    sparse_grad_below: float = 0.05
-    # BLAS for the CPU weight-gradient GEMMs: auto | torch | openblas (see model/gemm.py; measured
-    # 1.8-2x faster with numpy's OpenBLAS than torch's MKL on AMD; auto picks it on non-Intel CPUs)
-    cpu_blas: str = "auto"
-    # recurrent V1 blocks with masks stored as their values on the mask's pattern (parameters,
-    # gradients and Adam state O(synapses), per-step CSR, SDDMM gradients): dense | sparse
-    weight_storage: str = "dense"
-    input_sigma_mm: float = 0.1
-    lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     sign_mode: str = "projected"  # projected | reparam
     reparam: str = "softplus"  # softplus | abs (reparam mode only)
     spectral_radius: float = 0.9
@@ -129,6 +84,47 @@ class ModelConfig:
     # bias the units see is b - W r0 - U x0. Same function class; much better conditioned, since
     # growing a weight no longer shifts the mean current the bias must undo.
     centered: bool = False
+
+
+@dataclass(frozen=True)
+class ConnectivityConfig:
+    """Which synapses exist (``[model.connectivity]``): the recurrent rule and the LGN -> V1 rule."""
+
+    # dense | distance (needs positions) | feature (distance x orientation / phase similarity: needs
+    # per-neuron ori, phase) | simulator (the stored connectome of the simulator); see model/connectivity.py
+    rule: str = "dense"
+    feature_affinity: dict[str, float] = field(default_factory=lambda: {"ori": 1.5, "phase": 1.0})
+    distance_sigma_mm: dict[str, float] = field(
+        default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
+    distance_p_max: float = 1.0  # connection probability at distance 0
+    # recurrent V1 blocks with masks stored as their values on the mask's pattern (parameters,
+    # gradients and Adam state O(synapses), per-step CSR, SDDMM gradients): dense | sparse
+    storage: str = "dense"
+    # LGN -> V1: dense, or retinotopic (Gaussian in cortical mm around each V1 neuron; LGN grid
+    # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
+    # ... or gabor: each unit's weights are a Gabor RF from its identity (model/identity.py; needs V1 and
+    # LGN positions, per-neuron ori and phase; frequency / size where recorded, else these, in LGN units)
+    input_rule: str = "dense"  # dense | retinotopic (needs positions) | gabor
+    input_sigma_mm: float = 0.1
+    lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
+    rf_size: float = 0.0  # 0: 1.5 LGN grid steps
+    rf_frequency: float = 0.0  # 0: 1 / (4 rf_size)
+    # gabor input stored as values on each unit's RF footprint (LGN inputs within input_footprint
+    # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
+    input_storage: str = "dense"  # dense | sparse (gabor only)
+    input_footprint: float = 3.0
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """The units (``[model.neurons]``): their dynamics, and how hidden units get their parameters."""
+
+    model: str = "leaky"  # leaky | adaptive | mlp | gru (model/neurons.py)
+    hidden: int = 4  # hidden units of the MLP / GRU neuron models
+    tau_ms: dict[str, float] = field(
+        default_factory=lambda: {"V1_Exc_L4": 20.0, "V1_Inh_L4": 10.0, "V1_Exc_L2/3": 20.0,
+                                 "V1_Inh_L2/3": 10.0})
+    learn_tau: bool = True
     # hidden units' recurrent weights: free parameters, or their initial weights scaled by how much the
     # observed units of their population changed each pathway (model/tied.py; needs the observed set)
     # borrowed: every hidden unit's bias and dense weight rows are the average of the borrow_neighbours
@@ -141,144 +137,253 @@ class ModelConfig:
     # also the recurrent rows (restricted to the unit's own mask; ~3x slower step on the thesis sample,
     # since the averaged rows are materialised every step; input rows average the products instead)
     borrow_recurrent: bool = False
-    neuron_model: str = "leaky"  # leaky | mlp | gru
-    neuron_hidden: int = 4  # hidden units of the MLP / GRU neuron models
-    tau_ms: dict[str, float] = field(
-        default_factory=lambda: {"V1_Exc_L4": 20.0, "V1_Inh_L4": 10.0, "V1_Exc_L2/3": 20.0,
-                                 "V1_Inh_L2/3": 10.0})
-    learn_tau: bool = True
-    teacher: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
-    tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the loop computes and stores (``[model.compute]``); results are the same for every choice
+    up to rounding (precision: the matmul dtype)."""
+
     precision: str = "fp32"  # fp32 | bf16 | fp16 (matmul dtype; state and weights stay fp32)
+    # per-step products use a CSR copy of a recurrent block whose mask keeps less than this fraction
+    # (measured on CPU, [4687 x 8437] @ [8437 x 50]: CSR 18x faster at 1 %, 3.7x at 5 %, 0.83x at 20 %)
+    sparse_below: float = 0.1
+    # ... and their weight gradients are computed only on the mask's entries (SDDMM) below this one
+    # (measured on CPU, [4687 x 1800] @ [1800 x 8437]: 7.8x faster at 1 %, 1.3x at 5 %)
+    sparse_grad_below: float = 0.05
+    # BLAS for the CPU weight-gradient GEMMs: auto | torch | openblas (see model/gemm.py; measured
+    # 1.8-2x faster with numpy's OpenBLAS than torch's MKL on AMD; auto picks it on non-Intel CPUs)
+    cpu_blas: str = "auto"
     # leaky units on a GPU: replay each chunk of graph_chunk steps as one captured CUDA graph
     # (model/step_graphs.py); elsewhere the plain loop runs (StepGraphs.emulate: chunked, for tests)
     cuda_graphs: bool = False
     graph_chunk: int = 16
-    loss: str = "poisson"  # poisson | mse
+
+
+#: the sections of :class:`ModelConfig`, by name
+SECTIONS: dict[str, type] = {"architecture": ArchitectureConfig, "connectivity": ConnectivityConfig,
+                             "neurons": NeuronConfig, "compute": ComputeConfig}
+
+#: old flat ``[model]`` keys (before the sections) -> (section, key)
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    **{k: ("architecture", k) for k in ("pathways", "sign_mode", "reparam", "spectral_radius", "input_gain",
+                                         "init_rate", "rate_scale", "centered")},
+    "connectivity": ("connectivity", "rule"), "weight_storage": ("connectivity", "storage"),
+    "input_connectivity": ("connectivity", "input_rule"),
+    **{k: ("connectivity", k) for k in ("feature_affinity", "distance_sigma_mm", "distance_p_max",
+                                         "input_sigma_mm", "lgn_extent_mm", "rf_size", "rf_frequency",
+                                         "input_storage", "input_footprint")},
+    "neuron_model": ("neurons", "model"), "neuron_hidden": ("neurons", "hidden"),
+    **{k: ("neurons", k) for k in ("tau_ms", "learn_tau", "hidden_weights", "borrow_neighbours",
+                                    "borrow_sigma_mm", "borrow_kappa", "borrow_recurrent")},
+    **{k: ("compute", k) for k in ("precision", "sparse_below", "sparse_grad_below", "cpu_blas",
+                                    "cuda_graphs", "graph_chunk")},
+}
+#: old ``[model]`` keys that are training settings now (``[objective]`` of the training config)
+TRAINING_KEYS = ("loss", "tbptt_steps", "teacher")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines the network (not the data, not the optimiser, not the objective).
+
+    ``bin_ms`` is needed to turn the time constants into per-step leak factors.
+    """
+
+    bin_ms: float = 20.0
     seed: int = 0
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)
+    neurons: NeuronConfig = field(default_factory=NeuronConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def with_values(self, values: dict[str, Any]) -> ModelConfig:
+        """A copy with ``{"section.key": value}`` (or top-level ``"bin_ms"``/``"seed"``) replaced."""
+        top: dict[str, Any] = {}
+        parts: dict[str, dict[str, Any]] = {}
+        for key, v in values.items():
+            section, _, name = key.rpartition(".")
+            if not section:
+                top[key] = v
+            elif section in SECTIONS:
+                parts.setdefault(section, {})[name] = v
+            else:
+                raise CorticalRNNError(f"model config: unknown section {section!r} in {key!r} "
+                                       f"(sections: {', '.join(SECTIONS)})")
+        try:
+            for section, kw in parts.items():
+                top[section] = replace(getattr(self, section), **kw)
+            return replace(self, **top)
+        except TypeError as exc:
+            raise CorticalRNNError(f"model config: {exc}") from exc
 
     def validate(self) -> None:
         def bad(msg: str) -> CorticalRNNError:
             return CorticalRNNError(f"model config: {msg}")
 
-        import dataclasses as _dc
-
-        for f in _dc.fields(self):  # every number finite (NaN/inf would pass the range checks below)
-            v = getattr(self, f.name)
-            items = list(v.items()) if isinstance(v, dict) else [(None, v)]
-            if _dc.is_dataclass(v):
-                items = [(g.name, getattr(v, g.name)) for g in _dc.fields(v)]
-            for k, x in items:
-                if isinstance(x, int | float) and not isinstance(x, bool) and not math.isfinite(x):
-                    raise bad(f"{f.name}{'' if k is None else f'[{k!r}]'} must be a finite number, got {x}")
-        if self.input_gain < 0:
-            raise bad(f"input_gain must be >= 0, got {self.input_gain}")
-
-        for name, value, allowed in (("connectivity", self.connectivity, MASK_KINDS),
-                                     ("sign_mode", self.sign_mode, SIGN_MODES),
-                                     ("reparam", self.reparam, REPARAM_FUNCS),
-                                     ("neuron_model", self.neuron_model, NEURON_MODELS),
-                                     ("precision", self.precision, PRECISIONS),
-                                     ("cpu_blas", self.cpu_blas, CPU_BLAS),
-                                     ("weight_storage", self.weight_storage, ("dense", "sparse")),
-                                     ("loss", self.loss, LOSSES),
-                                     ("teacher.schedule", self.teacher.schedule, SCHEDULES)):
+        for key, x in _leaves(self):  # every number finite (NaN/inf would pass the range checks below)
+            if isinstance(x, int | float) and not isinstance(x, bool) and not math.isfinite(x):
+                raise bad(f"{key} must be a finite number, got {x}")
+        a, c, n, p = self.architecture, self.connectivity, self.neurons, self.compute
+        for name, value, allowed in (("connectivity.rule", c.rule, MASK_KINDS),
+                                     ("connectivity.storage", c.storage, ("dense", "sparse")),
+                                     ("connectivity.input_rule", c.input_rule, INPUT_MASK_KINDS),
+                                     ("connectivity.input_storage", c.input_storage, ("dense", "sparse")),
+                                     ("architecture.sign_mode", a.sign_mode, SIGN_MODES),
+                                     ("architecture.reparam", a.reparam, REPARAM_FUNCS),
+                                     ("neurons.model", n.model, NEURON_MODELS),
+                                     ("neurons.hidden_weights", n.hidden_weights, HIDDEN_WEIGHTS),
+                                     ("compute.precision", p.precision, PRECISIONS),
+                                     ("compute.cpu_blas", p.cpu_blas, CPU_BLAS)):
             if value not in allowed:
                 raise bad(f"{name}={value!r}; expected one of {', '.join(allowed)}")
         if self.bin_ms <= 0:
             raise bad(f"bin_ms must be > 0, got {self.bin_ms}")
-        if self.tbptt_steps < 0:
-            raise bad(f"tbptt_steps must be >= 0, got {self.tbptt_steps}")
-        if self.neuron_hidden < 1:
-            raise bad(f"neuron_hidden must be >= 1, got {self.neuron_hidden}")
-        if self.input_connectivity not in INPUT_MASK_KINDS:
-            raise bad(f"input_connectivity={self.input_connectivity!r}; expected one of "
-                      f"{', '.join(INPUT_MASK_KINDS)}")
-        if self.weight_storage == "sparse" and self.connectivity == "dense":
-            raise bad("weight_storage='sparse' needs a masked connectivity (distance, feature or simulator)")
-        if self.hidden_weights not in ("free", "tied", "borrowed"):
-            raise bad(f"hidden_weights={self.hidden_weights!r}; expected free, tied or borrowed")
-        if self.borrow_neighbours < 1:
-            raise bad(f"borrow_neighbours={self.borrow_neighbours}; expected >= 1")
-        if not (self.borrow_sigma_mm > 0 and math.isfinite(self.borrow_sigma_mm)):
-            raise bad(f"borrow_sigma_mm={self.borrow_sigma_mm}; expected a positive number of mm")
-        if not (self.borrow_kappa >= 0 and math.isfinite(self.borrow_kappa)):
-            raise bad(f"borrow_kappa={self.borrow_kappa}; expected >= 0")
-        if self.input_storage not in ("dense", "sparse"):
-            raise bad(f"input_storage={self.input_storage!r}; expected dense or sparse")
-        if self.input_storage == "sparse" and self.input_connectivity != "gabor":
-            raise bad("input_storage='sparse' needs input_connectivity='gabor' (a footprint to store)")
-        if not self.input_footprint > 0:
-            raise bad(f"input_footprint must be > 0, got {self.input_footprint}")
-        if self.rf_size < 0 or self.rf_frequency < 0:
-            raise bad("rf_size and rf_frequency must be >= 0 (0 = automatic)")
-        for key, v in self.feature_affinity.items():
-            if key not in ("ori", "phase") or not (math.isfinite(v) and v >= 0):
-                raise bad(f"feature_affinity[{key!r}]={v!r}: keys ori, phase with values >= 0")
-        if self.graph_chunk < 1:
-            raise bad(f"graph_chunk must be >= 1 step, got {self.graph_chunk}")
-        if self.cuda_graphs and self.neuron_model != "leaky":
-            raise bad(f"cuda_graphs supports neuron_model='leaky' only, got {self.neuron_model!r}")
-        for name in ("sparse_below", "sparse_grad_below"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise bad(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.input_sigma_mm <= 0 or self.lgn_extent_mm < 0:
-            raise bad("input_sigma_mm must be > 0 and lgn_extent_mm >= 0")
-        if not 0 < self.distance_p_max <= 1:
-            raise bad(f"distance_p_max must be in (0, 1], got {self.distance_p_max}")
-        if self.spectral_radius < 0 or self.init_rate <= 0:
-            raise bad("spectral_radius must be >= 0 and init_rate > 0")
-        if not (math.isfinite(self.rate_scale) and self.rate_scale > 0):
-            raise bad(f"rate_scale must be a positive number, got {self.rate_scale}")
+        if a.input_gain < 0:
+            raise bad(f"architecture.input_gain must be >= 0, got {a.input_gain}")
+        if a.spectral_radius < 0 or a.init_rate <= 0:
+            raise bad("architecture.spectral_radius must be >= 0 and architecture.init_rate > 0")
+        if not a.rate_scale > 0:
+            raise bad(f"architecture.rate_scale must be a positive number, got {a.rate_scale}")
+        if c.storage == "sparse" and c.rule == "dense":
+            raise bad("connectivity.storage='sparse' needs a masked connectivity.rule (distance, feature or "
+                      "simulator)")
+        if c.input_storage == "sparse" and c.input_rule != "gabor":
+            raise bad("connectivity.input_storage='sparse' needs connectivity.input_rule='gabor' "
+                      "(a footprint to store)")
+        if not c.input_footprint > 0:
+            raise bad(f"connectivity.input_footprint must be > 0, got {c.input_footprint}")
+        if c.rf_size < 0 or c.rf_frequency < 0:
+            raise bad("connectivity.rf_size and connectivity.rf_frequency must be >= 0 (0 = automatic)")
+        for key, v in c.feature_affinity.items():
+            if key not in ("ori", "phase") or not v >= 0:
+                raise bad(f"connectivity.feature_affinity[{key!r}]={v!r}: keys ori, phase with values >= 0")
+        if c.input_sigma_mm <= 0 or c.lgn_extent_mm < 0:
+            raise bad("connectivity.input_sigma_mm must be > 0 and connectivity.lgn_extent_mm >= 0")
+        if not 0 < c.distance_p_max <= 1:
+            raise bad(f"connectivity.distance_p_max must be in (0, 1], got {c.distance_p_max}")
         for key in ("exc", "inh"):
-            if self.distance_sigma_mm.get(key, 0) <= 0:
-                raise bad(f"distance_sigma_mm[{key!r}] must be > 0")
-        for sheet, tau in self.tau_ms.items():
+            if c.distance_sigma_mm.get(key, 0) <= 0:
+                raise bad(f"connectivity.distance_sigma_mm[{key!r}] must be > 0")
+        if n.hidden < 1:
+            raise bad(f"neurons.hidden must be >= 1, got {n.hidden}")
+        if n.borrow_neighbours < 1:
+            raise bad(f"neurons.borrow_neighbours={n.borrow_neighbours}; expected >= 1")
+        if not n.borrow_sigma_mm > 0:
+            raise bad(f"neurons.borrow_sigma_mm={n.borrow_sigma_mm}; expected a positive number of mm")
+        if not n.borrow_kappa >= 0:
+            raise bad(f"neurons.borrow_kappa={n.borrow_kappa}; expected >= 0")
+        for sheet, tau in n.tau_ms.items():
             if sheet not in SHEET_INFO or tau <= 0:
-                raise bad(f"tau_ms[{sheet!r}]={tau}: unknown sheet or non-positive time constant")
-        seen = set()
-        for p in self.pathways:
-            for s in (p.pre, p.post):
-                if s.replace("L23", "L2/3") not in ALL_SHEETS:
-                    raise bad(f"pathway {p.pre} -> {p.post}: unknown sheet {s!r}")
-            q = p.normalized()
-            if q.post in INPUT_SHEETS:
-                raise bad(f"pathway {q.pre} -> {q.post}: inputs cannot be postsynaptic")
-            if q.delay not in (0, 1):
-                raise bad(f"pathway {q.pre} -> {q.post}: delay must be 0 or 1, got {q.delay}")
-            if q.mask is not None and q.mask not in MASK_KINDS:
-                raise bad(f"pathway {q.pre} -> {q.post}: mask {q.mask!r} not in {MASK_KINDS}")
-            key = (q.pre, q.post, q.delay)
-            if key in seen:
-                raise bad(f"pathway {q.pre} -> {q.post} (delay {q.delay}) listed twice")
-            seen.add(key)
+                raise bad(f"neurons.tau_ms[{sheet!r}]={tau}: unknown sheet or non-positive time constant")
+        if p.graph_chunk < 1:
+            raise bad(f"compute.graph_chunk must be >= 1 step, got {p.graph_chunk}")
+        if p.cuda_graphs and n.model != "leaky":
+            raise bad(f"compute.cuda_graphs supports neurons.model='leaky' only, got {n.model!r}")
+        for name in ("sparse_below", "sparse_grad_below"):
+            if not 0 <= getattr(p, name) <= 1:
+                raise bad(f"compute.{name} must be in [0, 1], got {getattr(p, name)}")
+        _check_pathways(a.pathways, bad)
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (lists, dicts, numbers, strings): JSON/TOML friendly."""
+        """Nested dict of builtins (lists, dicts, numbers, strings): JSON/TOML friendly."""
         d = asdict(self)
-        d["pathways"] = [{k: v for k, v in p.items() if v is not None} for p in d["pathways"]]
+        d["architecture"]["pathways"] = [{k: v for k, v in p.items() if v is not None}
+                                         for p in d["architecture"]["pathways"]]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CorticalRNNError`."""
+    def from_dict(cls, d: dict[str, Any], source: str = "model config") -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CorticalRNNError`. Older flat keys
+        are moved to their section with a ``FutureWarning`` (:func:`migrate_flat`)."""
+        d, moved = migrate_flat(d)
+        if moved:
+            warnings.warn(f"{source}: flat [model] keys are deprecated; " + "; ".join(moved), FutureWarning,
+                          stacklevel=2)
+        training = sorted(set(d) & set(TRAINING_KEYS))
+        if training:
+            raise CorticalRNNError(f"{source}: {', '.join(training)} are training settings: set them in the "
+                                   f"training config's [objective] section (objective.{training[0]})")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise CorticalRNNError(f"model config: unknown key(s) {', '.join(unknown)}")
-        kw = dict(d)
-        try:
-            if "pathways" in kw:
-                kw["pathways"] = tuple(PathwayConfig(**p) for p in kw["pathways"])
-            if "teacher" in kw and isinstance(kw["teacher"], dict):
-                kw["teacher"] = TeacherForcingConfig(**kw["teacher"])
-        except TypeError as exc:
-            raise CorticalRNNError(f"model config: {exc}") from exc
-        for key in ("distance_sigma_mm", "tau_ms", "feature_affinity"):
-            if key in kw:
-                kw[key] = dict(kw[key])
+            raise CorticalRNNError(f"{source}: unknown key(s) {', '.join(unknown)} (known: "
+                                   f"{', '.join(sorted(known))})")
+        kw = {k: _section(k, v, source) if k in SECTIONS else v for k, v in d.items()}
         return cls(**kw)
+
+
+def _section(name: str, values: Any, source: str) -> Any:
+    """Section ``name`` of :class:`ModelConfig` from its table; unknown keys name their section."""
+    section_cls = SECTIONS[name]
+    if not isinstance(values, dict):
+        raise CorticalRNNError(f"{source}: {name} must be a table of keys, got {values!r}")
+    known = {f.name for f in fields(section_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CorticalRNNError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} "
+                               f"(known: {', '.join(sorted(known))})")
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    try:
+        if "pathways" in values:
+            values["pathways"] = tuple(PathwayConfig(**q) for q in values["pathways"])
+        return section_cls(**values)
+    except TypeError as exc:
+        raise CorticalRNNError(f"{source}: {name}: {exc}") from exc
+
+
+def to_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """Old flat names to today's dotted keys (``{"connectivity": "distance"}`` ->
+    ``{"connectivity.rule": "distance"}``), for :meth:`ModelConfig.with_values`; other keys unchanged."""
+    return {(".".join(FLAT_KEYS[k]) if k in FLAT_KEYS else k): v for k, v in values.items()}
+
+
+def migrate_flat(d: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A ``[model]`` table with the old flat keys moved into their sections, and one line per moved
+    key (``"connectivity -> connectivity.rule"``). Training keys (``loss``, ...) are left in place."""
+    out = {k: dict(v) if k in SECTIONS and isinstance(v, dict) else v for k, v in d.items()}
+    moved = []
+    for old, (section, new) in FLAT_KEYS.items():
+        if old not in d or (old in SECTIONS and isinstance(d[old], dict)):
+            continue
+        value = out.pop(old)
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise CorticalRNNError(f"model config: {section} must be a table of keys, got {target!r}")
+        if new in target:
+            raise CorticalRNNError(f"model config: {old} (flat, deprecated) and {section}.{new} both set")
+        target[new] = value
+        moved.append(f"{old} -> {section}.{new}")
+    return out, moved
+
+
+def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every scalar in a config (dict items as ``key[name]``)."""
+    if is_dataclass(obj):
+        return [kv for f in fields(obj) for kv in _leaves(getattr(obj, f.name), f"{prefix}{f.name}.")]
+    if isinstance(obj, dict):
+        return [(f"{prefix[:-1]}[{k!r}]", v) for k, v in obj.items()]
+    return [(prefix[:-1], obj)]
+
+
+def _check_pathways(pathways: tuple[PathwayConfig, ...], bad: Any) -> None:
+    seen = set()
+    for p in pathways:
+        for s in (p.pre, p.post):
+            if s.replace("L23", "L2/3") not in ALL_SHEETS:
+                raise bad(f"pathway {p.pre} -> {p.post}: unknown sheet {s!r}")
+        q = p.normalized()
+        if q.post in INPUT_SHEETS:
+            raise bad(f"pathway {q.pre} -> {q.post}: inputs cannot be postsynaptic")
+        if q.delay not in (0, 1):
+            raise bad(f"pathway {q.pre} -> {q.post}: delay must be 0 or 1, got {q.delay}")
+        if q.mask is not None and q.mask not in MASK_KINDS:
+            raise bad(f"pathway {q.pre} -> {q.post}: mask {q.mask!r} not in {MASK_KINDS}")
+        key = (q.pre, q.post, q.delay)
+        if key in seen:
+            raise bad(f"pathway {q.pre} -> {q.post} (delay {q.delay}) listed twice")
+        seen.add(key)

@@ -1,4 +1,4 @@
-"""Recurrent connectivity rules, registered by name (``ModelConfig.connectivity`` or a pathway's
+"""Recurrent connectivity rules, registered by name (``connectivity.rule`` of the model config or a pathway's
 ``mask``): each rule gives, for one pathway ``pre -> post``, a dense bool mask (dense weight storage)
 and the same kind of draw as ``(post, pre)`` index pairs (sparse storage).
 
@@ -89,9 +89,9 @@ class Distance(Rule):
 
     def _args(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int) -> tuple[Any, ...]:
         cfg = ctx.config
-        sigma = cfg.distance_sigma_mm["exc" if SHEET_INFO[pre].excitatory else "inh"]
+        sigma = cfg.connectivity.distance_sigma_mm["exc" if SHEET_INFO[pre].excitatory else "inh"]
         return (unit_positions(ctx.positions, pre, n_pre), unit_positions(ctx.positions, post, n_post), sigma,
-                cfg.distance_p_max, ctx.rng)
+                cfg.connectivity.distance_p_max, ctx.rng)
 
     def pairs(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -113,14 +113,14 @@ class Feature(Distance):
     name = "feature"
 
     def affinity(self, ctx: RuleContext, pre: str, post: str) -> LogAffinity | None:
-        k = ctx.config.feature_affinity
+        k = ctx.config.connectivity.feature_affinity
         a_pre, a_post = _props(ctx, pre), _props(ctx, post)
         ko = float(k.get("ori", 0.0)) if "ori" in a_pre and "ori" in a_post else 0.0
         in_l4 = SHEET_INFO[pre].layer == SHEET_INFO[post].layer == "L4"
         kp = float(k.get("phase", 0.0)) if in_l4 and "phase" in a_pre and "phase" in a_post else 0.0
         if not ko and not kp:
             raise DataMismatchError(
-                f"model: connectivity='feature' for {pre} -> {post} needs per-neuron 'ori' (and in L4 "
+                f"model: connectivity.rule='feature' for {pre} -> {post} needs per-neuron 'ori' (and in L4 "
                 "'phase') of both sheets; the store has none (extract them from the datastore's "
                 "neuron annotations, or import pos_ori_phase_dictionary.npz)")
         sign = SHEET_INFO[pre].sign
@@ -146,11 +146,12 @@ class Simulator(Rule):
               ) -> tuple[np.ndarray, np.ndarray]:
         if ctx.connectome is None:
             raise DataMismatchError(
-                "model: connectivity='simulator' needs the simulator's connections (extract a datastore "
+                "model: connectivity.rule='simulator' needs the simulator's connections (extract a datastore "
                 "whose datastore.analysis.pickle holds Connections, then trim it)")
         if (pre, post) not in ctx.connectome:
-            raise DataMismatchError(f"model: connectivity='simulator': the store has no projection {pre} -> "
-                                    f"{post} (has: {', '.join(f'{a}->{b}' for a, b in ctx.connectome)})")
+            has = ", ".join(f"{a}->{b}" for a, b in ctx.connectome)
+            raise DataMismatchError(f"model: connectivity.rule='simulator': the store has no projection "
+                                    f"{pre} -> {post} (has: {has})")
         r, c, _ = ctx.connectome[(pre, post)]
         r, c = np.asarray(r, np.int64), np.asarray(c, np.int64)
         keep = (r < n_post) & (c < n_pre) & (r >= 0) & (c >= 0)
@@ -176,5 +177,5 @@ def unit_positions(positions: Mapping[str, np.ndarray] | None, sheet: str, n: in
         raise DataMismatchError(f"model: no positions for sheet {sheet}")
     p = np.asarray(pos[sheet])
     if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
-        raise DataMismatchError(f"model: positions of {sheet} must be [{n}, 2 or 3], got {list(p.shape)}")
+        raise DataMismatchError(f"model: positions of {sheet} must be [{n}, D >= 2], got {list(p.shape)}")
     return p

@@ -121,7 +121,7 @@ class SignedWeight(nn.Module):
 
 class SparseSignedWeight(nn.Module):
     """A masked weight block stored as its values on the mask's fixed pattern: parameters, gradients
-    and optimiser state are ``[nnz]``, not ``[rows, cols]`` (``ModelConfig.weight_storage =
+    and optimiser state are ``[nnz]``, not ``[rows, cols]`` (``connectivity.storage =
     "sparse"``). Same modes as :class:`SignedWeight`; :meth:`weight` returns the signed values."""
 
     stored_sparse = True

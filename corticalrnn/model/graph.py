@@ -20,7 +20,14 @@ import numpy as np
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model.config import ModelConfig, PathwayConfig
-from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, V1_SHEETS, normalize_sheet_name
+from corticalrnn.sheets import (
+    ALL_SHEETS,
+    INPUT_SHEETS,
+    SHEET_INFO,
+    V1_SHEETS,
+    normalize_sheet_name,
+    surface_xy,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class Graph:
 
     def __init__(self, config: ModelConfig, sizes: dict[str, int]) -> None:
         self.sizes = _check_sizes(sizes)
-        self.pathways = tuple(p.normalized() for p in config.pathways)
+        self.pathways = tuple(p.normalized() for p in config.architecture.pathways)
         for p in self.pathways:
             if p.pre not in self.sizes or p.post not in self.sizes:
                 raise DataMismatchError(f"pathway {p.pre} -> {p.post}: sheet missing from sizes "
@@ -135,8 +142,7 @@ def distance_mask(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_ma
     plane (mm), times ``exp(log_affinity(post_idx, pre_idx))`` (``[len(post), len(pre)]``, <= 0) when
     given. Built in row chunks to bound memory."""
     out = np.empty((len(post_xy), len(pre_xy)), dtype=bool)
-    pre = np.asarray(pre_xy, dtype=np.float64)[:, :2]
-    post = np.asarray(post_xy, dtype=np.float64)[:, :2]
+    pre, post = surface_xy(pre_xy), surface_xy(post_xy)
     step = max(1, 2_000_000 // max(len(pre), 1))
     for i in range(0, len(post), step):
         d2 = ((post[i:i + step, None, :] - pre[None, :, :]) ** 2).sum(-1)
@@ -157,8 +163,7 @@ def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_m
     (a cell list of that size; farther pairs connect with probability below ``p_max * 3.7e-6`` at 5
     sigma and are dropped). Memory and time grow with the pairs inside the radius, not ``n_post *
     n_pre``. Another random stream than :func:`distance_mask`, so not the same draw."""
-    pre = np.asarray(pre_xy, dtype=np.float64)[:, :2]
-    post = np.asarray(post_xy, dtype=np.float64)[:, :2]
+    pre, post = surface_xy(pre_xy), surface_xy(post_xy)
     r = radius_sigmas * sigma_mm
     lo = np.minimum(pre.min(0), post.min(0)) if len(pre) and len(post) else np.zeros(2)
     cell_pre = np.floor((pre - lo) / r).astype(np.int64)

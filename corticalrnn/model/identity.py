@@ -1,6 +1,6 @@
 """Identity-conditioned LGN -> V1 input: each unit's afferent weights are a Gabor receptive field set
 by its recorded identity (retinotopic position, orientation, phase, frequency, size), with a few
-shape parameters per population learned from the observed units (``input_connectivity = "gabor"``).
+shape parameters per population learned from the observed units (``connectivity.input_rule = "gabor"``).
 
 A hidden unit has no loss of its own, so free per-unit input weights stay random for it; here its
 weights come from the same function of identity as the observed units' weights, which is what makes
@@ -31,12 +31,13 @@ from corticalrnn.errors import DataMismatchError
 from corticalrnn.model.dale import _pattern, _register_pattern, softplus_inv
 from corticalrnn.model.sparse import Pattern, pattern_from_pairs
 from corticalrnn.receptive_field import envelope, gabor
+from corticalrnn.sheets import surface_xy
 
 
 def lgn_extent(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre and side length per axis of the region LGN positions tile: the bounding box grown by
     one grid step (the median spacing of distinct coordinates), as cells of a grid cover it."""
-    xy = np.asarray(xy, np.float64)[:, :2]
+    xy = surface_xy(xy)
     lo, hi = xy.min(0), xy.max(0)
     step = []
     for k in range(2):
@@ -65,7 +66,7 @@ class GaborInputWeight(nn.Module):
             v = props.get(key)
             if v is None or len(v) != rows or not np.all(np.isfinite(v)):
                 raise DataMismatchError(
-                    f"{where}: input_connectivity='gabor' needs the {key!r} of every unit receiving LGN "
+                    f"{where}: connectivity.input_rule='gabor' needs the {key!r} of every unit receiving LGN "
                     "input (the store's per-neuron properties; Mozaik annotation "
                     f"{'LGNAfferentOrientation' if key == 'ori' else 'LGNAfferentPhase'})")
 
@@ -83,13 +84,13 @@ class GaborInputWeight(nn.Module):
         self.register_buffer("size0", size)
         self.register_buffer("freq0", freq)
         self.register_buffer("aspect", aspect)
-        self.register_buffer("unit_xy", torch.as_tensor(np.asarray(unit_xy)[:, :2], dtype=torch.float32))
-        self.register_buffer("lgn_xy", torch.as_tensor(np.asarray(lgn_xy)[:, :2], dtype=torch.float32))
+        self.register_buffer("unit_xy", torch.as_tensor(surface_xy(unit_xy), dtype=torch.float32))
+        self.register_buffer("lgn_xy", torch.as_tensor(surface_xy(lgn_xy), dtype=torch.float32))
         self.register_buffer("polarity", torch.as_tensor(polarity, dtype=torch.float32))
         self.register_buffer("row_pop", torch.as_tensor(row_pop, dtype=torch.int64))
         # retinotopic map: cortical position -> LGN units, by matching bounding boxes
         c_lgn, ext_lgn = lgn_extent(lgn_xy)
-        xy = np.asarray(unit_xy, np.float64)[:, :2]
+        xy = surface_xy(unit_xy)
         c_v1, ext_v1 = (xy.min(0) + xy.max(0)) / 2, np.maximum(xy.max(0) - xy.min(0), 1e-9)
         scale = ext_lgn / ext_v1
         self.retino_scale = nn.Parameter(torch.as_tensor(scale, dtype=torch.float32))
@@ -103,7 +104,7 @@ class GaborInputWeight(nn.Module):
         if footprint is not None:
             with torch.no_grad():
                 radius = (footprint * self.size0 / self.aspect.clamp(max=1.0)).numpy()
-                r, c = footprint_pairs(self.centres().numpy(), np.asarray(lgn_xy)[:, :2], radius)
+                r, c = footprint_pairs(self.centres().numpy(), surface_xy(lgn_xy), radius)
             self._pattern_keys = _register_pattern(self, pattern_from_pairs(
                 torch.as_tensor(r), torch.as_tensor(c), self.shape))
         with torch.no_grad():
@@ -230,5 +231,5 @@ def footprint_pairs(centres: np.ndarray, lgn_xy: np.ndarray, radius: np.ndarray
 def default_rf_size(lgn_xy: np.ndarray) -> float:
     """Envelope s.d. where none is recorded: 1.5 LGN grid steps."""
     _, ext = lgn_extent(lgn_xy)
-    n_side = max(math.sqrt(len(np.unique(np.asarray(lgn_xy)[:, :2], axis=0))), 1.0)
+    n_side = max(math.sqrt(len(np.unique(surface_xy(lgn_xy), axis=0))), 1.0)
     return float(1.5 * np.mean(ext) / n_side)

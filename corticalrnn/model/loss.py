@@ -45,3 +45,7 @@ def mse(rates: torch.Tensor, counts: torch.Tensor, observed_mask: torch.Tensor) 
     m = _weights(rates, counts, observed_mask)
     d = rates - counts.to(rates.dtype)
     return _mean(d * d, m)
+
+
+#: losses by name (the training config's ``objective.loss``)
+LOSSES = {"poisson": poisson_nll, "mse": mse}

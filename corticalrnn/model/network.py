@@ -12,7 +12,6 @@ from torch import nn
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import gemm
-from corticalrnn.model import loss as loss_mod
 from corticalrnn.model.config import ModelConfig
 from corticalrnn.model.connectivity import RuleContext, unit_positions
 from corticalrnn.model.connectivity import rule as conn_rule
@@ -30,7 +29,7 @@ from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
 from corticalrnn.model.tied import Borrow, BorrowedHidden, TiedHidden, neighbour_kernel
-from corticalrnn.sheets import V1_SHEETS, file_sheet_name
+from corticalrnn.sheets import V1_SHEETS, file_sheet_name, surface_xy
 
 _CDTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -67,16 +66,17 @@ class CorticalRNN(nn.Module):
                              persistent=False)
 
         # weight_storage = "sparse": recurrent blocks are built as their entries only (never dense)
-        sparse = config.weight_storage == "sparse"
+        sparse = config.connectivity.storage == "sparse"
         masks: dict[str, np.ndarray | None] = {}
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         gabor = {b.name: self._gabor_input(b, ctx) for b in g.blocks
-                 if b.source == "input" and config.input_connectivity == "gabor"}
+                 if b.source == "input" and config.connectivity.input_rule == "gabor"}
         for b in g.blocks:
             if sparse and b.source == "v1":
                 pairs[b.name] = self._block_pairs(b, ctx)
             elif b.name not in gabor:
                 masks[b.name] = self._block_mask(b, ctx)
+        arch = config.architecture
         mags: dict[str, torch.Tensor] = {}
         for st in range(g.n_stages):
             v1b = [b for b in g.blocks if b.row0 == g.stage_rows[st][0] and b.source == "v1"]
@@ -89,32 +89,32 @@ class CorticalRNN(nn.Module):
                     m = torch.rand(b.shape, generator=gen)
                     if masks[b.name] is not None:
                         m *= torch.as_tensor(masks[b.name])
-                    mags[b.name] = m * (config.input_gain / m.sum(1, keepdim=True).clamp_min(1e-12))
+                    mags[b.name] = m * (arch.input_gain / m.sum(1, keepdim=True).clamp_min(1e-12))
         radius = self._radius([b for b in g.blocks if b.source == "v1"], mags, pairs)
         if radius > 0:
             for b in g.blocks:
                 if b.source == "v1":
-                    mags[b.name] *= config.spectral_radius / radius
-        mode, rp = config.sign_mode, config.reparam
+                    mags[b.name] *= arch.spectral_radius / radius
+        mode, rp = arch.sign_mode, arch.reparam
         self.weights = nn.ModuleDict({
             b.name: gabor[b.name] if b.name in gabor else
             SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
             if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
-        if config.hidden_weights == "tied":
+        if config.neurons.hidden_weights == "tied":
             self._tie_hidden(observed)
         self.borrow: Borrow | None = None
-        if config.hidden_weights == "borrowed":
+        if config.neurons.hidden_weights == "borrowed":
             self._borrow_hidden(observed, ctx)
         self.bias = nn.Parameter(torch.full(
-            (g.n_v1,), float(softplus_inv(torch.tensor(config.init_rate * config.rate_scale)))))
+            (g.n_v1,), float(softplus_inv(torch.tensor(arch.init_rate * arch.rate_scale)))))
         # centres of presynaptic activity (ModelConfig.centered): V1 from the config, LGN from data
-        self.register_buffer("rate_center", torch.full((g.n_v1,), config.init_rate * config.rate_scale),
-                             persistent=config.centered)
-        self.register_buffer("input_center", torch.zeros(g.n_in), persistent=config.centered)
+        self.register_buffer("rate_center", torch.full((g.n_v1,), arch.init_rate * arch.rate_scale),
+                             persistent=arch.centered)
+        self.register_buffer("input_center", torch.zeros(g.n_in), persistent=arch.centered)
         self.units = nn.ModuleDict({
-            file_sheet_name(s): make_unit(config.neuron_model, config.tau_ms[s], config.bin_ms,
-                                          config.neuron_hidden, config.learn_tau, gen)
+            file_sheet_name(s): make_unit(config.neurons.model, config.neurons.tau_ms[s], config.bin_ms,
+                                          config.neurons.hidden, config.neurons.learn_tau, gen)
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
         density.update(dict.fromkeys(gabor, 1.0))
@@ -124,19 +124,19 @@ class CorticalRNN(nn.Module):
         stored = {b.name: b.name in pairs for b in g.blocks}
         self.layout = RecLayout(tuple(g.stage_rows), tuple(
             RecBlock(st, b.delay, b.row0, b.row1, b.col0, b.col1,
-                     stored[b.name] or density[b.name] < config.sparse_below,
-                     stored[b.name] or density[b.name] < config.sparse_grad_below, stored[b.name])
+                     stored[b.name] or density[b.name] < config.compute.sparse_below,
+                     stored[b.name] or density[b.name] < config.compute.sparse_grad_below, stored[b.name])
             for b in g.blocks if b.source == "v1"
             for st in [next(i for i, (r0, _) in enumerate(g.stage_rows) if r0 == b.row0)]),
-            gemm.resolve(config.cpu_blas))
+            gemm.resolve(config.compute.cpu_blas))
         self._v1_blocks = [b.name for b in g.blocks if b.source == "v1"]
-        self._graphs = StepGraphs(config.graph_chunk) if config.cuda_graphs else None
+        self._graphs = StepGraphs(config.compute.graph_chunk) if config.compute.cuda_graphs else None
         for name, b in zip(self._v1_blocks, self.layout.blocks):
             if (b.sparse or b.sparse_grad) and not b.stored_sparse:
                 self.weights[name].enable_pattern()
-        if config.cuda_graphs and any(b.sparse for b in self.layout.blocks):
+        if config.compute.cuda_graphs and any(b.sparse for b in self.layout.blocks):
             raise CorticalRNNError("model config: cuda_graphs needs dense per-step products; blocks "
-                                   f"below sparse_below={config.sparse_below} density would use CSR "
+                                   f"below sparse_below={config.compute.sparse_below} density would use CSR "
                                    "(set sparse_below = 0)")
         self._in_blocks = [b for b in g.blocks if b.source == "input"]
 
@@ -145,20 +145,21 @@ class CorticalRNN(nn.Module):
         g, cfg = self.graph, self.config
         m = g.structure(b)
         if b.source == "input":
-            if cfg.input_connectivity != "retinotopic":
+            if cfg.connectivity.input_rule != "retinotopic":
                 return m
             if m is None:
                 m = np.ones(b.shape, dtype=bool)
             for p in b.pathways:
                 post_xy = unit_positions(ctx.positions, p.post, g.sizes[p.post])
                 pre_xy = lgn_grid_to_mm(unit_positions(ctx.positions, p.pre, g.sizes[p.pre]),
-                                        cfg.lgn_extent_mm or self._v1_extent_mm(ctx.positions))
+                                        cfg.connectivity.lgn_extent_mm or self._v1_extent_mm(ctx.positions))
                 rs, cs = g.slice(p.post), g.slice(p.pre)
                 m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
-                    pre_xy, post_xy, cfg.input_sigma_mm, cfg.distance_p_max, ctx.rng)
+                    pre_xy, post_xy, cfg.connectivity.input_sigma_mm, cfg.connectivity.distance_p_max,
+                    ctx.rng)
             return m
         for p in b.pathways:
-            rule = conn_rule(p.mask or cfg.connectivity)
+            rule = conn_rule(p.mask or cfg.connectivity.rule)
             pm = rule.mask(ctx, p.pre, p.post, g.sizes[p.pre], g.sizes[p.post])
             if pm is None:
                 continue
@@ -175,7 +176,7 @@ class CorticalRNN(nn.Module):
         rows, cols = [], []
         for p in b.pathways:
             rs, cs = g.slice(p.post), g.slice(p.pre)
-            r, c = conn_rule(p.mask or cfg.connectivity).pairs(ctx, p.pre, p.post, g.sizes[p.pre],
+            r, c = conn_rule(p.mask or cfg.connectivity.rule).pairs(ctx, p.pre, p.post, g.sizes[p.pre],
                                                                 g.sizes[p.post])
             rows.append(r + (rs.start - b.row0))
             cols.append(c + (cs.start - b.col0))
@@ -208,19 +209,20 @@ class CorticalRNN(nn.Module):
         (:func:`~corticalrnn.model.tied.neighbour_kernel`)."""
         g, cfg = self.graph, self.config
         obs = self._observed_internal(observed, "borrowed")
-        xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
+        xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in g.v1_order])
 
         def prop(key: str) -> np.ndarray:
             return np.concatenate([np.asarray(_sheet_props(ctx, s).get(key, np.full(g.sizes[s], np.nan)),
                                               np.float64) for s in g.v1_order])
 
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
-        hid, src, w = neighbour_kernel(xy, prop("ori"), prop("phase"), pop, obs, cfg.borrow_neighbours,
-                                       cfg.borrow_sigma_mm, cfg.borrow_kappa)
+        nc = cfg.neurons
+        hid, src, w = neighbour_kernel(xy, prop("ori"), prop("phase"), pop, obs, nc.borrow_neighbours,
+                                       nc.borrow_sigma_mm, nc.borrow_kappa)
         self.borrow = Borrow(hid, src, w, g.n_v1)
         for b in g.blocks:
             inner = self.weights[b.name]
-            if isinstance(inner, GaborInputWeight) or (b.source == "v1" and not cfg.borrow_recurrent):
+            if isinstance(inner, GaborInputWeight) or (b.source == "v1" and not nc.borrow_recurrent):
                 continue
             if inner.stored_sparse:
                 raise CorticalRNNError("model config: hidden_weights='borrowed' needs dense weight storage "
@@ -238,7 +240,7 @@ class CorticalRNN(nn.Module):
         g, cfg = self.graph, self.config
         posts = [s for s in g.v1_order if g.offset[s] >= b.row0 and g.offset[s] + g.sizes[s] <= b.row1]
         pres = [s for s in g.inputs if g.offset[s] >= b.col0 and g.offset[s] + g.sizes[s] <= b.col1]
-        unit_xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in posts])
+        unit_xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in posts])
         props = {k: np.concatenate([np.asarray(_sheet_props(ctx, s).get(k, np.full(g.sizes[s], np.nan)),
                                                np.float64) for s in posts])
                  for k in ("ori", "phase", "frequency", "size", "aspect_ratio")}
@@ -250,17 +252,18 @@ class CorticalRNN(nn.Module):
                 f"model: input_connectivity='gabor' needs the positions of the LGN inputs "
                 f"({', '.join(missing)} have none in the store; the thesis .npz layout records none): use "
                 "input_connectivity='dense' or 'retinotopic', or extract the Mozaik datastores, which do")
-        lgn_xy = np.concatenate([unit_positions(ctx.positions, s, g.sizes[s])[:, :2] for s in pres])
+        lgn_xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in pres])
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
-        size = cfg.rf_size or default_rf_size(lgn_xy)
-        return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity, cfg.input_gain, size,
-                                cfg.rf_frequency or 1.0 / (4.0 * size),
-                                footprint=cfg.input_footprint if cfg.input_storage == "sparse" else None)
+        cc = cfg.connectivity
+        size = cc.rf_size or default_rf_size(lgn_xy)
+        return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
+                                cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
+                                footprint=cc.input_footprint if cc.input_storage == "sparse" else None)
 
     def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
         """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
         g = self.graph
-        xy = np.concatenate([unit_positions(positions, s, g.sizes[s])[:, :2] for s in g.v1_order])
+        xy = np.concatenate([surface_xy(unit_positions(positions, s, g.sizes[s])) for s in g.v1_order])
         return float((xy.max(0) - xy.min(0)).max())
 
     def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor],
@@ -355,10 +358,10 @@ class CorticalRNN(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def _cdtype(self) -> torch.dtype:
-        """Matmul dtype: ``config.precision``; with ``fp32`` an enclosing ``torch.autocast`` decides
+        """Matmul dtype: ``config.compute.precision``; with ``fp32`` an enclosing ``torch.autocast`` decides
         (the recurrence itself always runs with autocast off and casts explicitly)."""
-        if self.config.precision in _CDTYPES:
-            return _CDTYPES[self.config.precision]
+        if self.config.compute.precision in _CDTYPES:
+            return _CDTYPES[self.config.compute.precision]
         dev = self.bias.device.type
         if torch.is_autocast_enabled(dev):
             return torch.get_autocast_dtype(dev)
@@ -399,7 +402,7 @@ class CorticalRNN(nn.Module):
         order, e.g. the training data's; NaN for hidden units: their population's mean of the known) and
         set each unit's bias so that it rests at that rate when its inputs sit at their centres
         (leaky and adaptive units; other units keep their bias)."""
-        if not self.config.centered:
+        if not self.config.architecture.centered:
             raise CorticalRNNError("model: start_at_rates needs centered = true")
         r = torch.as_tensor(np.asarray(rates), dtype=torch.float64).clone()
         if r.shape != (self.n_v1,):
@@ -409,9 +412,9 @@ class CorticalRNN(nn.Module):
             n = self.sizes.get(s, 0)
             part = r[start:start + n]
             known = torch.isfinite(part)
-            part[~known] = part[known].mean() if known.any() else self.config.init_rate
+            part[~known] = part[known].mean() if known.any() else self.config.architecture.init_rate
             start += n
-        r = (r * self.config.rate_scale).clamp_min(1e-4)
+        r = (r * self.config.architecture.rate_scale).clamp_min(1e-4)
         if self._perm is not None:
             r = r[self._perm.cpu()]
         self.rate_center.copy_(r.to(self.rate_center.dtype))
@@ -424,14 +427,14 @@ class CorticalRNN(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
         # centered checkpoints written before the V1 centre was saved: it was init_rate x rate_scale
-        if self.config.centered:
+        if self.config.architecture.centered:
             state_dict.setdefault(prefix + "rate_center", self.rate_center.clone())
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def effective_bias(self) -> torch.Tensor:
         """The constant current every unit sees: ``b`` or, centered, ``b - W r0 - U x0`` (internal order)."""
         bias = self.unit_bias()
-        if not self.config.centered:
+        if not self.config.architecture.centered:
             return bias
         shift = torch.zeros_like(bias)
         for b in self.graph.blocks:
@@ -464,27 +467,29 @@ class CorticalRNN(nn.Module):
 
     def forward(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
                 teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, detach_every: int = 0) -> torch.Tensor:
         """Rates ``[B, T, N_v1]``. With ``teacher`` (data ``[B,T,N_v1]``) and ``teacher_mask`` (bool
         ``[N_v1]``, the observed neurons), a random ``teacher_fraction`` of the observed neurons (drawn
         per window) feed the data instead of their own rate to the network; the prediction of every
-        neuron is always the model's. Without ``teacher`` the network runs free (evaluation)."""
+        neuron is always the model's. Without ``teacher`` the network runs free (evaluation).
+        ``detach_every`` N > 0: the state is detached every N steps (truncated BPTT)."""
         self._check(lgn, teacher, teacher_mask)
-        return self.run(lgn, teacher, teacher_mask, teacher_fraction, generator)[0]
+        return self.run(lgn, teacher, teacher_mask, teacher_fraction, generator, detach_every=detach_every)[0]
 
     def run(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
             teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0,
-            generator: torch.Generator | None = None, state: object | None = None
+            generator: torch.Generator | None = None, state: object | None = None, detach_every: int = 0
             ) -> tuple[torch.Tensor, object]:
         """Like :meth:`forward` but also takes/returns the network state, so a trainer can run a long
         window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
         cdtype = self._cdtype()
         with torch.autocast(lgn.device.type, enabled=False):
-            return self._run(lgn, teacher, teacher_mask, teacher_fraction, generator, state, cdtype)
+            return self._run(lgn, teacher, teacher_mask, teacher_fraction, generator, state, cdtype,
+                             detach_every)
 
     def _run(self, lgn: torch.Tensor, teacher: torch.Tensor | None, teacher_mask: torch.Tensor | None,
              teacher_fraction: float, generator: torch.Generator | None, state: object | None,
-             cdtype: torch.dtype) -> tuple[torch.Tensor, object]:
+             cdtype: torch.dtype, detach_every: int) -> tuple[torch.Tensor, object]:
         B, T, _ = lgn.shape
         dtype = self.bias.dtype
         x = lgn.to(dtype).permute(2, 1, 0).contiguous()
@@ -493,7 +498,7 @@ class CorticalRNN(nn.Module):
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
             f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)
             # unobserved data may be NaN; units see rates times rate_scale (ModelConfig)
-            y = torch.where(f[:, None, :], teacher.to(dtype) * self.config.rate_scale, 0.0)
+            y = torch.where(f[:, None, :], teacher.to(dtype) * self.config.architecture.rate_scale, 0.0)
             if self._perm is not None:
                 y, f = y[..., self._perm], f[:, self._perm]
             y = y.permute(2, 1, 0).contiguous()
@@ -515,7 +520,7 @@ class CorticalRNN(nn.Module):
         # CUDA graphs only pay off on a GPU; elsewhere the plain loop runs unless a test asks for the
         # chunked path (StepGraphs.emulate)
         graphs = self._graphs if self._graphs is not None and (lgn.is_cuda or self._graphs.emulate) else None
-        chunk = self.config.tbptt_steps or T
+        chunk = detach_every or T
         outs = []
         for t0 in range(0, T, chunk):
             sl = slice(t0, min(t0 + chunk, T))
@@ -533,8 +538,8 @@ class CorticalRNN(nn.Module):
             outs.append(r)
         rates = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         rates = rates.permute(2, 1, 0)
-        if self.config.rate_scale != 1.0:
-            rates = rates / self.config.rate_scale
+        if self.config.architecture.rate_scale != 1.0:
+            rates = rates / self.config.architecture.rate_scale
         if self._inv_perm is not None:
             rates = rates[..., self._inv_perm]
         return rates, state
@@ -546,10 +551,6 @@ class CorticalRNN(nn.Module):
         draw = torch.rand(batch, self.n_v1, generator=generator, device=teacher_mask.device) < fraction
         return draw & teacher_mask
 
-    def loss(self, rates: torch.Tensor, counts: torch.Tensor, observed_mask: torch.Tensor) -> torch.Tensor:
-        """Configured loss (Poisson NLL or MSE) averaged over observed neurons, bins and windows."""
-        fn = loss_mod.poisson_nll if self.config.loss == "poisson" else loss_mod.mse
-        return fn(rates, counts, observed_mask)
 
 
 EXACT_RADIUS_MAX = 2500  # V1 neurons up to which the initial spectral radius is computed exactly
@@ -585,7 +586,7 @@ def lgn_grid_to_mm(ij: np.ndarray, extent_mm: float) -> np.ndarray:
     ``side`` is the grid side (largest index + 1), the grid spanning the V1 sheet's extent centred at 0,
     as the synthetic cortex places its LGN.
     """
-    ij = np.asarray(ij, dtype=np.float64)[:, :2]
+    ij = surface_xy(ij)
     side = float(ij.max()) + 1.0
     return ((ij + 0.5) / side - 0.5) * extent_mm
 

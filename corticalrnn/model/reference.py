@@ -35,7 +35,7 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
     unit_bias = model.unit_bias()
     bias = {s: unit_bias[g.slice(s)] for s in V1_SHEETS}  # initial state
     current0 = dict(bias)  # the constant current; centered models: b - sum_p W_p c_pre
-    if model.config.centered:
+    if model.config.architecture.centered:
         for p in g.pathways:
             c = model.input_center if p.pre in INPUT_SHEETS else model.rate_center
             current0[p.post] = current0[p.post] - W[(p.pre, p.post, p.delay)] @ c[g.slice(p.pre)].to(dtype)
@@ -74,10 +74,11 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
                 rates[s] = r
                 if teacher is not None and force is not None:
                     f = force[:, ext[s]]
-                    now[s] = torch.where(f, teacher[:, t, ext[s]].to(dtype) * model.config.rate_scale, r)
+                    scale = model.config.architecture.rate_scale
+                    now[s] = torch.where(f, teacher[:, t, ext[s]].to(dtype) * scale, r)
                 else:
                     now[s] = r
                 todo.remove(s)
         seen = now
         out.append(torch.cat([rates[s] for s in V1_SHEETS], 1))
-    return torch.stack(out, 1) / model.config.rate_scale
+    return torch.stack(out, 1) / model.config.architecture.rate_scale

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from corticalrnn.sheets import surface_xy
+
 
 class _WrappedBlock(nn.Module):
     """What a wrapper of a weight block passes through to its ``inner`` block."""
@@ -126,7 +128,7 @@ def neighbour_kernel(xy: np.ndarray, ori: np.ndarray, phase: np.ndarray, pop: np
     softmax of ``s`` over the ``k`` best, so ``sigma -> inf, kappa = 0`` gives the population mean.
     Returns ``(hidden, source, weight)`` per entry (unit indices into the given arrays). Memory is
     ``chunk x observed`` at a time, so it scales to the full model."""
-    xy = np.asarray(xy, np.float64)[:, :2]
+    xy = surface_xy(xy)
     ori, phase = np.asarray(ori, np.float64), np.asarray(phase, np.float64)
     pop, obs = np.asarray(pop), np.asarray(observed, bool)
     hid_all, src_all, w_all = [], [], []

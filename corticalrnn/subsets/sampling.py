@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.sheets import surface_xy
 
 METHODS: tuple[str, ...] = ("random", "spatial", "explicit")
 _HILBERT_ORDER = 16  # 65536 x 65536 grid over the bounding box of the positions
@@ -77,7 +78,7 @@ def select_spatial(positions: np.ndarray, k: int, rng: np.random.Generator) -> n
         return np.arange(n, dtype=np.int64)
     theta = rng.uniform(0.0, 2.0 * np.pi)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    keys = hilbert_index(positions[:, :2] @ rot.T)
+    keys = hilbert_index(surface_xy(positions) @ rot.T)
     order = np.lexsort((rng.random(n), keys))  # random tie-break for neurons in one curve cell
     step = n / k
     picks = np.floor(rng.random() * step + step * np.arange(k)).astype(np.int64)
@@ -108,7 +109,7 @@ def _select(
             raise CorticalRNNError(f"{where}: spatial selection needs neuron positions, which it lacks")
         if positions.ndim != 2 or positions.shape[0] != len(ids) or positions.shape[1] < 2:
             raise DataMismatchError(
-                f"{where}: positions have shape {positions.shape}, expected ({len(ids)}, 2 or 3)"
+                f"{where}: positions have shape {positions.shape}, expected ({len(ids)}, D >= 2)"
             )
         return select_spatial(positions, k, rng)
     raise CorticalRNNError(f"{where}: method {method!r} cannot draw neurons (explicit needs id lists)")

@@ -13,15 +13,20 @@ A config file mirrors the dataclasses section by section::
     max_steps = 2000
 
 Unknown keys (in the file or in overrides) raise :class:`~corticalrnn.errors.CorticalRNNError`
-naming every offending key. The ``[model]`` section is kept as a plain table and handed to the
-model's own config dataclass (``corticalrnn.model``), which validates it the same way.
+naming every offending key. The ``[model]`` section is kept as a plain (nested) table and handed
+to the model's own config dataclass (:mod:`corticalrnn.model.config`), which validates it the same
+way. Files written before the model's sections existed still load: their flat ``[model]`` keys move to
+their sections, and ``model.loss`` / ``model.tbptt_steps`` / ``[model.teacher]`` to ``[objective]``,
+with a warning naming each key's new place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +98,40 @@ class LoopConfig:
     progress: bool = True  # tqdm progress bar on stderr (rank 0 only)
 
 
+@dataclass(frozen=True)
+class TeacherForcingConfig:
+    """Teacher forcing of observed neurons: the fraction of observed neurons (drawn per window)
+    whose previous-step rate is replaced by the data, as a function of the optimizer step."""
+
+    start: float = 1.0
+    end: float = 0.0
+    schedule: str = "linear"  # constant | linear | exponential
+    steps: int = 10_000  # steps to go from start to end (linear) or the e-folding steps (exponential)
+
+    def fraction_at(self, step: int) -> float:
+        """Teacher-forcing fraction at optimizer step ``step`` (clipped to [0, 1])."""
+        if self.schedule == "constant" or self.steps <= 0:
+            f = self.start
+        elif self.schedule == "linear":
+            f = self.start + (self.end - self.start) * min(step / self.steps, 1.0)
+        else:
+            f = self.end + (self.start - self.end) * math.exp(-step / self.steps)
+        return min(max(f, 0.0), 1.0)
+
+    @property
+    def active(self) -> bool:
+        return self.start > 0 or self.end > 0
+
+
+@dataclass
+class ObjectiveConfig:
+    """What training minimises and how the gradient is taken."""
+
+    loss: str = "poisson"  # poisson | mse (corticalrnn.model.loss)
+    tbptt_steps: int = 0  # 0 = full BPTT; else the state is detached every this many steps
+    teacher: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
+
+
 @dataclass
 class TrainConfig:
     """Everything ``corticalrnn train`` needs."""
@@ -101,6 +140,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: dict[str, Any] = field(default_factory=dict)  # validated by corticalrnn.model's config
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +159,13 @@ class TrainConfig:
             problems.append(f"data.val_fraction must be in [0, 1), not {self.data.val_fraction}")
         if not 0.0 <= self.train.ema_decay < 1.0:
             problems.append(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
+        if self.objective.loss not in ("poisson", "mse"):
+            problems.append(f"objective.loss must be poisson or mse, not {self.objective.loss!r}")
+        if self.objective.tbptt_steps < 0:
+            problems.append(f"objective.tbptt_steps must be >= 0, not {self.objective.tbptt_steps}")
+        if self.objective.teacher.schedule not in ("constant", "linear", "exponential"):
+            problems.append("objective.teacher.schedule must be constant, linear or exponential, not "
+                            f"{self.objective.teacher.schedule!r}")
         for name in ("max_steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
             if getattr(self.train, name) < 1:
                 problems.append(f"train.{name} must be >= 1")
@@ -153,16 +200,16 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("train", "eval_every"): (1, 2**62, True, True),
     ("train", "checkpoint_every"): (1, 2**62, True, True),
     ("train", "log_every"): (1, 2**62, True, True),
+    ("objective", "tbptt_steps"): (0, 2**31, True, True),
 }
 
 
 def _numeric_problems(cfg: TrainConfig) -> list[str]:
     """Range and finiteness of every numeric field, each problem naming its key."""
-    import math
-
     problems = []
-    for section in ("data", "optim", "schedule", "train"):
-        obj = getattr(cfg, section)
+    sections = [(s, getattr(cfg, s)) for s in ("data", "optim", "schedule", "train", "objective")]
+    sections.append(("objective.teacher", cfg.objective.teacher))
+    for section, obj in sections:
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
             if isinstance(v, bool) or not isinstance(v, int | float):
@@ -237,10 +284,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of the nested dict ``data`` with ``key=value`` overrides applied."""
+    """Return a copy of the nested dict ``data`` with ``key=value`` overrides applied (an old flat
+    ``model.`` key goes to its place today, with a warning: :func:`migrate_key`)."""
     out = _deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
+        new = migrate_key(path)
+        if new != path:
+            warnings.warn(f"override {text!r}: {'.'.join(path)} is now {'.'.join(new)}", FutureWarning,
+                          stacklevel=2)
+            path = new
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -248,6 +301,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise CorticalRNNError(f"override {text!r}: {part!r} is not a table")
         node[path[-1]] = value
     return out
+
+
+def migrate_key(path: list[str]) -> list[str]:
+    """A dotted config key in today's layout: ``model.neuron_model`` -> ``model.neurons.model``,
+    ``model.teacher.steps`` -> ``objective.teacher.steps``; today's keys come back unchanged."""
+    from corticalrnn.model.config import FLAT_KEYS, SECTIONS, TRAINING_KEYS
+
+    if len(path) < 2 or path[0] != "model" or (path[1] in SECTIONS and len(path) > 2):
+        return path
+    if path[1] in TRAINING_KEYS:
+        return ["objective", *path[1:]]
+    if path[1] in FLAT_KEYS:
+        return ["model", *FLAT_KEYS[path[1]], *path[2:]]
+    return path
 
 
 def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
@@ -267,19 +334,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise CorticalRNNError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise CorticalRNNError(f"{path}: not valid TOML: {exc}") from None
+    data = migrate_config(data, source)
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = migrate_config(apply_overrides(data, overrides), "--set")
         source += f" (with {', '.join(overrides)})"  # the overrides given (--set, --store, --subset)
     cfg = from_dict(TrainConfig, data, source)
     cfg.validate()
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from a nested dict (e.g. a checkpoint's copy)."""
-    cfg = from_dict(TrainConfig, data, source)
+def config_from_dict(data: dict[str, Any], source: str = "config", warn: bool = True) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a nested dict (e.g. a checkpoint's copy; older
+    layouts are migrated, with a warning unless ``warn`` is false)."""
+    cfg = from_dict(TrainConfig, migrate_config(data, source, warn), source)
     cfg.validate()
     return cfg
+
+
+def migrate_config(data: dict[str, Any], source: str = "config", warn: bool = True) -> dict[str, Any]:
+    """A config dict in today's layout: flat ``[model]`` keys moved into the model's sections and the
+    training keys of ``[model]`` (``loss``, ``tbptt_steps``, ``teacher``) into ``[objective]``; a
+    ``FutureWarning`` names each moved key (``warn``). Today's layout comes back unchanged."""
+    from corticalrnn.model.config import TRAINING_KEYS, migrate_flat
+
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return data
+    model, moved = migrate_flat(model)
+    objective = dict(data.get("objective") or {})
+    for key in TRAINING_KEYS:
+        if key in model:
+            if key in objective:
+                raise CorticalRNNError(f"{source}: model.{key} (deprecated) and objective.{key} both set")
+            objective[key] = model.pop(key)
+            moved.append(f"model.{key} -> objective.{key}")
+    if not moved:
+        return data
+    if warn:
+        warnings.warn(f"{source}: config keys moved (the old names still load, for now): " + "; ".join(
+            m if m.startswith("model.") else "model." + m.replace(" -> ", " -> model.") for m in moved),
+            FutureWarning, stacklevel=3)
+    out = {**data, "model": model}
+    if objective:
+        out["objective"] = objective
+    return out
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from corticalrnn.data.batches import subset_windows
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
+from corticalrnn.model.loss import LOSSES
 from corticalrnn.train.config import TrainConfig
 from corticalrnn.train.spec import build_model, make_spec, rebin_hint
 from corticalrnn.train.trainer import Trainer, TrainResult, resolve_device, resolve_precision
@@ -30,9 +31,10 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
         raise DataMismatchError(f"config model.bin_ms={data['bin_ms']} but the store has {bin_ms} ms bins; "
                                 f"{rebin_hint(data['bin_ms'])}, or drop model.bin_ms (the store sets it)")
     data["bin_ms"] = float(bin_ms)
-    if "precision" not in data:
-        data["precision"] = precision
-    return ModelConfig.from_dict(data)
+    mcfg = ModelConfig.from_dict(data, "config [model]")
+    if "precision" not in (data.get("compute") or {}):
+        mcfg = mcfg.with_values({"compute.precision": precision})
+    return mcfg
 
 
 def mean_counts(data: Any, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,23 +138,23 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
     train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
     val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)
-    model = build_model(spec, mcfg.precision)
-    if mcfg.centered:  # centres from the training data; units start at their (population's) mean rate
+    model = build_model(spec, mcfg.compute.precision)
+    if mcfg.architecture.centered:  # centres from the training data; units start at their population's rate
         lgn_mean, v1_mean = mean_counts(train_data)
         model.set_input_center(lgn_mean)
         obs_mask = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
         model.start_at_rates(torch.where(obs_mask, v1_mean, torch.nan))
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
-    teacher = mcfg.teacher
+    teacher = cfg.objective.teacher
     penalty = None
     if cfg.optim.hidden_rate_prior > 0:
         from corticalrnn.train.rate_prior import HiddenRatePrior
 
         prior, weight = HiddenRatePrior(subset.v1_sheet_labels(), observed), cfg.optim.hidden_rate_prior
         penalty = lambda rates, target: weight * prior(rates, target)  # noqa: E731
-    trainer = Trainer(cfg, model, train_data, val_data, observed, run_dir, spec, model.loss,
+    trainer = Trainer(cfg, model, train_data, val_data, observed, run_dir, spec, LOSSES[cfg.objective.loss],
                       subset=subset.to_json_dict(), project=model.project_,
-                      teacher_fraction=teacher.fraction_at if teacher.start > 0 or teacher.end > 0 else None,
+                      teacher_fraction=teacher.fraction_at if teacher.active else None,
                       split=split.to_json_dict(), autocast=False, penalty=penalty)
     return trainer
 

@@ -3,7 +3,9 @@
 A spec is a plain dict of tensors and numbers (stored as ``spec`` in every checkpoint,
 :mod:`corticalrnn.train.checkpoint`)::
 
-    model_config  the ModelConfig as a dict, without ``precision`` (a runtime choice)
+    model_config  the ModelConfig as a (nested) dict, without ``compute.precision`` (a runtime choice);
+                  checkpoints from before the model's sections hold the flat layout: read with
+                  :func:`spec_model_config`
     sizes         {sheet: number of modelled neurons}
     neuron_ids    {sheet: int64 tensor}, the modelled neurons (subset order)
     observed      {sheet: int64 tensor}, the observed ones among them
@@ -71,13 +73,14 @@ def check_store_fits(spec: dict[str, Any], subset: Any, store: Any, checkpoint: 
 def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
     """What the model *is*, for checkpoints (the layout: this module's docstring)."""
     spec_cfg = mcfg.to_dict()
-    spec_cfg.pop("precision", None)  # a runtime choice (bf16 on GPU, fp32 on CPU), not architecture
+    spec_cfg["compute"].pop("precision")  # a runtime choice (bf16 on GPU, fp32 on CPU), not architecture
     from corticalrnn.subsets import subset_identity
 
     positions = subset.positions(store)
     ident = subset_identity(subset, store)
     props = {s: p for s, p in ident.properties.items() if p}
-    uses_connectome = mcfg.connectivity == "simulator" or any(p.mask == "simulator" for p in mcfg.pathways)
+    uses_connectome = (mcfg.connectivity.rule == "simulator"
+                       or any(p.mask == "simulator" for p in mcfg.architecture.pathways))
     return {
         "model_config": spec_cfg,
         "sizes": {s: int(n) for s, n in subset.sizes().items()},
@@ -122,11 +125,23 @@ def _connectome_arg(spec: dict[str, Any]) -> dict[tuple[str, str], tuple[np.ndar
             for k, d in spec["connectome"].items()}
 
 
+def spec_model_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's model config in today's nested layout: a checkpoint from before the model's sections
+    holds flat keys (moved to their sections) and the training keys (``loss``, ``tbptt_steps``,
+    ``teacher``: dropped, they are in the checkpoint's training config)."""
+    from corticalrnn.model.config import TRAINING_KEYS, migrate_flat
+
+    d, _ = migrate_flat(dict(spec.get("model_config") or {}))
+    d.get("compute", {}).pop("precision", None)
+    return {k: v for k, v in d.items() if k not in TRAINING_KEYS}
+
+
 def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
     """A fresh CorticalRNN for ``spec`` (weights initialised from the config's seed)."""
     from corticalrnn.model import CorticalRNN, ModelConfig
 
-    mcfg = ModelConfig.from_dict({**spec["model_config"], "precision": precision})
+    mcfg = ModelConfig.from_dict(spec_model_config(spec), "checkpoint spec")
+    mcfg = mcfg.with_values({"compute.precision": precision})
     positions = properties = None
     if spec.get("positions") is not None:
         positions = {s: p.cpu().numpy() for s, p in spec["positions"].items()}
@@ -148,7 +163,7 @@ def model_bytes_lower_bound(spec: dict[str, Any]) -> int:
     sizes = {normalize_sheet_name(k): int(v) for k, v in spec["sizes"].items()}
     n_v1 = sum(v for k, v in sizes.items() if k in V1_SHEETS)
     n_in = sum(v for k, v in sizes.items() if k in INPUT_SHEETS)
-    sparse = (spec.get("model_config") or {}).get("weight_storage") == "sparse"
+    sparse = spec_model_config(spec).get("connectivity", {}).get("storage") == "sparse"
     return 4 * n_v1 * (n_in + (0 if sparse else n_v1))
 
 
@@ -267,8 +282,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Keys where two model specs differ (tensors compared by value); empty when compatible."""
-    fa, fb = _flat(a), _flat(b)
+    """Keys where two model specs differ (tensors compared by value; model configs in today's layout,
+    :func:`spec_model_config`); empty when compatible."""
+    fa, fb = (_flat({**s, "model_config": spec_model_config(s)}) for s in (a, b))
     diffs = []
     for key in sorted(set(fa) | set(fb)):
         va, vb = fa.get(key), fb.get(key)

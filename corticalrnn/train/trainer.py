@@ -287,10 +287,12 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor], fraction: float) -> torch.Tensor:
         lgn = batch["lgn"].to(self.device, non_blocking=True)
+        # truncated BPTT (objective.tbptt_steps): only asked of models that take it
+        kw = {"detach_every": self.cfg.objective.tbptt_steps} if self.cfg.objective.tbptt_steps else {}
         if fraction > 0:
             v1 = batch["v1"].to(self.device, non_blocking=True)
-            return model(lgn, teacher=v1, teacher_mask=self.observed, teacher_fraction=fraction)
-        return model(lgn)
+            return model(lgn, teacher=v1, teacher_mask=self.observed, teacher_fraction=fraction, **kw)
+        return model(lgn, **kw)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         """One optimizer step; returns (loss, grad norm). Raises TrainingDiverged on NaN/inf."""
