@@ -529,3 +529,10 @@ def test_positions_with_a_depth_column_build_the_same_model(kw):
     torch.testing.assert_close(three(x), flat(x), rtol=0, atol=0)
     with pytest.raises(DataMismatchError, match="D >= 2"):
         CorticalRNN(cfg, SIZES, {s: p[:, :1] for s, p in pos.items()}, props, observed=observed)
+
+
+def test_input_rules_registry_matches_config():
+    from corticalrnn.model.config import INPUT_MASK_KINDS
+    from corticalrnn.model.input_rules import INPUT_RULES
+
+    assert set(INPUT_RULES) == set(INPUT_MASK_KINDS)

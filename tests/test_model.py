@@ -313,7 +313,7 @@ def test_enclosing_autocast_sets_matmul_dtype():
 def test_lgn_grid_mapping_matches_the_generator_and_input_mask_is_retinotopic() -> None:
     """Grid indices as Mozaik stores them map back to the generator's own LGN positions (mm), and a
     retinotopic model connects each V1 neuron only to LGN cells near it."""
-    from corticalrnn.model.network import lgn_grid_to_mm
+    from corticalrnn.model.input_rules import lgn_grid_to_mm
     from corticalrnn.synth import CortexConfig
     from corticalrnn.synth.cortex import build_network
     from corticalrnn.synth.mozaik_writer import mozaik_positions

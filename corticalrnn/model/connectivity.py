@@ -161,9 +161,14 @@ class Simulator(Rule):
         return np.divmod(key, n_pre)
 
 
-def _props(ctx: RuleContext, sheet: str) -> dict[str, np.ndarray]:
+def sheet_properties(ctx: RuleContext, sheet: str) -> dict[str, np.ndarray]:
+    """Per-neuron properties of one sheet (``ori``, ``phase``, ...) as given (may hold NaN)."""
     props = {normalize_sheet_name(k): v for k, v in (ctx.properties or {}).items()}
-    return {k: np.asarray(v, np.float64) for k, v in props.get(sheet, {}).items()
+    return dict(props.get(sheet, {}))
+
+
+def _props(ctx: RuleContext, sheet: str) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in sheet_properties(ctx, sheet).items()
             if v is not None and np.all(np.isfinite(v))}
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import gemm
 from corticalrnn.model.config import ModelConfig
-from corticalrnn.model.connectivity import RuleContext, unit_positions
+from corticalrnn.model.connectivity import RuleContext, sheet_properties, unit_positions
 from corticalrnn.model.connectivity import rule as conn_rule
 from corticalrnn.model.dale import (
     SignedWeight,
@@ -23,8 +23,9 @@ from corticalrnn.model.dale import (
     softplus_inv,
     spectral_radius,
 )
-from corticalrnn.model.graph import Block, Graph, distance_mask
-from corticalrnn.model.identity import GaborInputWeight, default_rf_size
+from corticalrnn.model.graph import Block, Graph
+from corticalrnn.model.identity import GaborInputWeight
+from corticalrnn.model.input_rules import input_rule
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
 from corticalrnn.model.step_graphs import StepGraphs
@@ -69,12 +70,16 @@ class CorticalRNN(nn.Module):
         sparse = config.connectivity.storage == "sparse"
         masks: dict[str, np.ndarray | None] = {}
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        gabor = {b.name: self._gabor_input(b, ctx) for b in g.blocks
-                 if b.source == "input" and config.connectivity.input_rule == "gabor"}
+        # input blocks: the input rule's own weight module, or a mask (model/input_rules.py)
+        in_rule = input_rule(config.connectivity.input_rule)
+        own = {b.name: w for b in g.blocks
+               if b.source == "input" and (w := in_rule.weight(g, b, ctx)) is not None}
         for b in g.blocks:
             if sparse and b.source == "v1":
                 pairs[b.name] = self._block_pairs(b, ctx)
-            elif b.name not in gabor:
+            elif b.source == "input" and b.name not in own:
+                masks[b.name] = in_rule.mask(g, b, ctx)
+            elif b.name not in own:
                 masks[b.name] = self._block_mask(b, ctx)
         arch = config.architecture
         mags: dict[str, torch.Tensor] = {}
@@ -85,7 +90,7 @@ class CorticalRNN(nn.Module):
                     balanced_magnitudes(shapes, signs, [masks[b.name] for b in v1b], gen))
             mags.update(zip([b.name for b in v1b], vals))
             for b in g.blocks:
-                if b.row0 == g.stage_rows[st][0] and b.source == "input" and b.name not in gabor:
+                if b.row0 == g.stage_rows[st][0] and b.source == "input" and b.name not in own:
                     m = torch.rand(b.shape, generator=gen)
                     if masks[b.name] is not None:
                         m *= torch.as_tensor(masks[b.name])
@@ -97,7 +102,7 @@ class CorticalRNN(nn.Module):
                     mags[b.name] *= arch.spectral_radius / radius
         mode, rp = arch.sign_mode, arch.reparam
         self.weights = nn.ModuleDict({
-            b.name: gabor[b.name] if b.name in gabor else
+            b.name: own[b.name] if b.name in own else
             SparseSignedWeight(mags.pop(b.name), b.col_sign, *pairs[b.name], b.shape, mode, rp)
             if b.name in pairs else SignedWeight(mags.pop(b.name), b.col_sign, masks[b.name], mode, rp)
             for b in g.blocks})
@@ -117,7 +122,7 @@ class CorticalRNN(nn.Module):
                                           config.neurons.hidden, config.neurons.learn_tau, gen)
             for s in g.v1_order})
         density = {n: 1.0 if m is None else float(np.mean(m)) for n, m in masks.items()}
-        density.update(dict.fromkeys(gabor, 1.0))
+        density.update(dict.fromkeys(own, 1.0))
         for b in g.blocks:
             if b.name in pairs:
                 density[b.name] = pairs[b.name][0].numel() / (b.shape[0] * b.shape[1])
@@ -142,22 +147,9 @@ class CorticalRNN(nn.Module):
 
     # -- construction helpers -------------------------------------------------------------------
     def _block_mask(self, b: Block, ctx: RuleContext) -> np.ndarray | None:
+        """Mask of a recurrent block from each pathway's connectivity rule (``model/connectivity.py``)."""
         g, cfg = self.graph, self.config
         m = g.structure(b)
-        if b.source == "input":
-            if cfg.connectivity.input_rule != "retinotopic":
-                return m
-            if m is None:
-                m = np.ones(b.shape, dtype=bool)
-            for p in b.pathways:
-                post_xy = unit_positions(ctx.positions, p.post, g.sizes[p.post])
-                pre_xy = lgn_grid_to_mm(unit_positions(ctx.positions, p.pre, g.sizes[p.pre]),
-                                        cfg.connectivity.lgn_extent_mm or self._v1_extent_mm(ctx.positions))
-                rs, cs = g.slice(p.post), g.slice(p.pre)
-                m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = distance_mask(
-                    pre_xy, post_xy, cfg.connectivity.input_sigma_mm, cfg.connectivity.distance_p_max,
-                    ctx.rng)
-            return m
         for p in b.pathways:
             rule = conn_rule(p.mask or cfg.connectivity.rule)
             pm = rule.mask(ctx, p.pre, p.post, g.sizes[p.pre], g.sizes[p.post])
@@ -212,7 +204,7 @@ class CorticalRNN(nn.Module):
         xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in g.v1_order])
 
         def prop(key: str) -> np.ndarray:
-            return np.concatenate([np.asarray(_sheet_props(ctx, s).get(key, np.full(g.sizes[s], np.nan)),
+            return np.concatenate([np.asarray(sheet_properties(ctx, s).get(key, np.full(g.sizes[s], np.nan)),
                                               np.float64) for s in g.v1_order])
 
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
@@ -234,37 +226,6 @@ class CorticalRNN(nn.Module):
     def unit_bias(self) -> torch.Tensor:
         """Each unit's bias ``b`` (internal order); hidden units' are borrowed (``hidden_weights``)."""
         return self.bias if self.borrow is None else self.borrow(self.bias)
-
-    def _gabor_input(self, b: Block, ctx: RuleContext) -> GaborInputWeight:
-        """Identity-conditioned weights of an input block (``input_connectivity = "gabor"``)."""
-        g, cfg = self.graph, self.config
-        posts = [s for s in g.v1_order if g.offset[s] >= b.row0 and g.offset[s] + g.sizes[s] <= b.row1]
-        pres = [s for s in g.inputs if g.offset[s] >= b.col0 and g.offset[s] + g.sizes[s] <= b.col1]
-        unit_xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in posts])
-        props = {k: np.concatenate([np.asarray(_sheet_props(ctx, s).get(k, np.full(g.sizes[s], np.nan)),
-                                               np.float64) for s in posts])
-                 for k in ("ori", "phase", "frequency", "size", "aspect_ratio")}
-        row_pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(posts)])
-        missing = [s for s in pres if ctx.positions is None or
-                   s not in {k.replace("L23", "L2/3") for k in ctx.positions}]
-        if missing:
-            raise DataMismatchError(
-                f"model: input_connectivity='gabor' needs the positions of the LGN inputs "
-                f"({', '.join(missing)} have none in the store; the thesis .npz layout records none): use "
-                "input_connectivity='dense' or 'retinotopic', or extract the Mozaik datastores, which do")
-        lgn_xy = np.concatenate([surface_xy(unit_positions(ctx.positions, s, g.sizes[s])) for s in pres])
-        polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
-        cc = cfg.connectivity
-        size = cc.rf_size or default_rf_size(lgn_xy)
-        return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
-                                cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
-                                footprint=cc.input_footprint if cc.input_storage == "sparse" else None)
-
-    def _v1_extent_mm(self, positions: dict[str, np.ndarray] | None) -> float:
-        """Side of the bounding box of all modelled V1 neurons (x, y in mm)."""
-        g = self.graph
-        xy = np.concatenate([surface_xy(unit_positions(positions, s, g.sizes[s])) for s in g.v1_order])
-        return float((xy.max(0) - xy.min(0)).max())
 
     def _radius(self, blocks: list[Block], mags: dict[str, torch.Tensor],
                 pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -578,22 +539,6 @@ def _detach(state: object) -> object:
     if isinstance(state, (tuple, list)):
         return type(state)(_detach(s) for s in state)
     return state
-
-
-def lgn_grid_to_mm(ij: np.ndarray, extent_mm: float) -> np.ndarray:
-    """LGN grid indices [N, >=2] -> cortical x, y in mm: ``((ij + 0.5) / side - 0.5) * extent``.
-
-    ``side`` is the grid side (largest index + 1), the grid spanning the V1 sheet's extent centred at 0,
-    as the synthetic cortex places its LGN.
-    """
-    ij = surface_xy(ij)
-    side = float(ij.max()) + 1.0
-    return ((ij + 0.5) / side - 0.5) * extent_mm
-
-
-def _sheet_props(ctx: RuleContext, sheet: str) -> dict[str, np.ndarray]:
-    props = {k.replace("L23", "L2/3"): v for k, v in (ctx.properties or {}).items()}
-    return dict(props.get(sheet, {}))
 
 
 __all__ = ["CorticalRNN", "V1_SHEETS"]
