@@ -526,7 +526,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
 
     from tqdm import tqdm
 
-    from corticalrnn.data import subset_windows
+    from corticalrnn.data import dense_batches, subset_windows
     from corticalrnn.metrics import StreamingSummary
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
@@ -590,9 +590,11 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     try:
         bar = tqdm(total=n_img, desc="evaluate", unit="image", disable=not progress, file=sys.stderr,
                    leave=False)
-        for a in range(0, n_img, per_chunk):
+        # chunks of whole images through the one batch path the trainer uses (corticalrnn.data)
+        starts = range(0, n_img, per_chunk)
+        plan = [np.arange(a * k, min(n_img, a + per_chunk) * k) for a in starts]
+        for a, batch in zip(starts, dense_batches(data, plan, "cpu", num_workers=None, prefetch=False)):
             b = min(n_img, a + per_chunk)
-            batch = data.batch(np.arange(a * k, b * k))
             v1 = batch["v1"].numpy().reshape(b - a, k, n_t, n_v1)
             lgn = batch["lgn"].numpy().reshape(b - a, k, n_t, n_in)
             pred = predict(model, lgn, batch_size, str(dev), progress=False)
