@@ -142,14 +142,15 @@ def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int) ->
 
 
 def _child(checkpoint: str, store: str, max_images: int, batch_size: int, device: str, save: str) -> None:
-    """Runs in a fresh process: one streaming evaluation; prints a JSON line of its figures."""
+    """Runs in a fresh process: one streaming evaluation (its progress bar on stderr, so a run cut
+    off by a time limit shows how far it got); prints a JSON line of its figures."""
     import resource
 
     t0 = time.perf_counter()
     from corticalrnn.evaluate import evaluate
 
     res = evaluate(checkpoint, store, None, device=device, batch_size=batch_size, figures=False,
-                   progress=False, max_images=max_images, save_predictions=save or None,
+                   progress=True, max_images=max_images, save_predictions=save or None,
                    predictions_dtype="float16")
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -166,10 +167,13 @@ def _run_child(args: argparse.Namespace, ckpt: Path, store: Path, n: int) -> dic
     save = str(args.dir / f"pred-{n}.npy") if args.save_predictions else ""
     code = (f"from corticalrnn.bench.evaluate import _child; _child({str(ckpt)!r}, {str(store)!r}, {n}, "
             f"{args.batch_size}, {args.device!r}, {save!r})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    print(f"evaluating {n} test images in a fresh process (progress below)", file=sys.stderr, flush=True)
+    # stderr is this process's: the child's progress and messages stream while it runs
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ))
     line = [x for x in out.stdout.splitlines() if x.startswith("BENCH-EVAL ")]
     if out.returncode or not line:
-        raise RuntimeError(f"evaluate child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"evaluate child failed (exit {out.returncode}); its messages are above")
     return json.loads(line[-1][len("BENCH-EVAL "):])
 
 
