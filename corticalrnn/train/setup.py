@@ -25,6 +25,7 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
     """The model's config from the ``[model]`` table; ``bin_ms`` comes from the store and the
     matmul precision from the trainer (fp32 on CPU)."""
     from corticalrnn.model import ModelConfig
+    from corticalrnn.model.config import migrate_flat
 
     data = dict(cfg.model)
     if "bin_ms" in data and float(data["bin_ms"]) != float(bin_ms):
@@ -32,7 +33,7 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
                                 f"{rebin_hint(data['bin_ms'])}, or drop model.bin_ms (the store sets it)")
     data["bin_ms"] = float(bin_ms)
     mcfg = ModelConfig.from_dict(data, "config [model]")
-    if "precision" not in (data.get("compute") or {}):
+    if "precision" not in (migrate_flat(data)[0].get("compute") or {}):  # a flat layout's key counts too
         mcfg = mcfg.with_values({"compute.precision": precision})
     return mcfg
 
