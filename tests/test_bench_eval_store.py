@@ -32,3 +32,32 @@ def test_parallel_store_is_reproducible(tmp_path):
         for field in ("window", "bin", "column", "count"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert (np.asarray(stores[0].windows.split) == "test").sum() == 80
+
+
+def test_local_checkpoint_is_sparse_and_evaluates(tmp_path):
+    """``bench eval --model local``: the store carries positions and identity, the checkpoint's model
+    stores its recurrent and input weights sparse, reloads to the same outputs and evaluates."""
+    import torch
+
+    from corticalrnn.bench.evaluate import build_checkpoint
+    from corticalrnn.evaluate import evaluate
+    from corticalrnn.train.checkpoint import load_checkpoint
+    from corticalrnn.train.spec import build_model, model_from_checkpoint
+
+    sizes = {"X_ON": 16, "X_OFF": 16, "V1_Exc_L4": 24, "V1_Inh_L4": 6, "V1_Exc_L2/3": 24, "V1_Inh_L2/3": 6}
+    store = build_store(tmp_path / "s.zarr", sizes, 4, 3, 2, 20, 4.5, sheet_mm=0.5)
+    st = open_store(store)
+    assert all(st.positions(s) is not None for s in sizes)
+    ckpt = build_checkpoint(tmp_path / "m.pt", store, 20, 4, "local")
+    ck = load_checkpoint(ckpt)
+    assert ck["spec"]["model_config"]["connectivity"]["storage"] == "sparse"
+    assert ck["spec"]["model_config"]["connectivity"]["input_storage"] == "sparse"
+    fresh = build_model(ck["spec"])
+    loaded, _ = model_from_checkpoint(ckpt)
+    assert loaded.n_synapses() < 0.5 * (loaded.n_v1 * (loaded.n_v1 + loaded.n_in))
+    x = torch.rand(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), loaded(x))
+    res = evaluate(ckpt, store, None, device="cpu", figures=False, progress=False)
+    assert len(res.test.image_ids) == 3
+    assert any(r["predictor"] == "model" for r in res.rows)

@@ -536,3 +536,26 @@ def test_input_rules_registry_matches_config():
     from corticalrnn.model.input_rules import INPUT_RULES
 
     assert set(INPUT_RULES) == set(INPUT_MASK_KINDS)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"connectivity": "feature", "weight_storage": "sparse", "input_connectivity": "gabor",
+     "input_storage": "sparse", "centered": True, "neuron_model": "adaptive"},
+    {"connectivity": "feature", "hidden_weights": "borrowed", "borrow_neighbours": 2},
+])
+def test_model_built_without_initial_scaling_equals_it_after_loading_the_state(kw):
+    """``initialize=False`` (checkpoint loading skips the spectral-radius estimate) gives the same model
+    once the state is loaded: nothing outside the state depends on the initial scale."""
+    pos, props = identity()
+    n_v1 = sum(SIZES[s] for s in V1_SHEETS)
+    observed = np.arange(n_v1) % 3 == 0
+    cfg = model_config(bin_ms=5.0, distance_sigma_mm={"exc": 0.3, "inh": 0.3}, **kw)
+    a = CorticalRNN(cfg, SIZES, pos, props, observed=observed)
+    b = CorticalRNN(cfg, SIZES, pos, props, observed=observed, initialize=False)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items())  # the scale was skipped
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 6, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))

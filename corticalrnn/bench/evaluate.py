@@ -3,19 +3,22 @@
 Builds (once, in ``--dir``) a synthetic store at ``--scale`` of the full model (0.1: 720 + 720 LGN,
 9,374 V1 neurons) with ``--bin-ms`` bins over 712 ms windows: ``--train-images`` training images (one
 trial each, for the time-course baselines) and ``max(--images)`` test images × ``--trials`` trials,
-Poisson counts with log-normal per-neuron rates (mean ``--rate-hz``); no simulation. The model is
-:func:`corticalrnn.bench.model._fast_model` (dense, fp32, untrained) saved with
-:mod:`corticalrnn.train.checkpoint` (weights only, no optimizer state). Then, for each ``--images``
-count, ``evaluate`` runs in a fresh child process (``--max-images``, no figures): its peak RSS
-(``ru_maxrss``), the wall time, and the part spent after the model was loaded. Memory must not grow
-with the number of images; the time per image extrapolates to ``--target-images`` (900 by default,
-the lab's test set), labelled as an extrapolation.
+Poisson counts with log-normal per-neuron rates (mean ``--rate-hz``); no simulation; neurons placed at
+the full model's density (:func:`corticalrnn.bench.model.random_identity`). The model
+(:func:`corticalrnn.bench.model.fast_config`, fp32, untrained) is ``--model dense`` (every pathway
+dense) or ``local`` (distance masks and Gabor input, both stored sparse: the layout that scales to the
+full model), saved with :mod:`corticalrnn.train.checkpoint` (weights only, no optimizer state). Then,
+for each ``--images`` count, ``evaluate`` runs in a fresh child process (``--max-images``, no
+figures): its peak RSS (``ru_maxrss``), the wall time, and the part spent after the model was
+loaded. Memory must not grow with the number of images; the time per image extrapolates to
+``--target-images`` (900 by default, the lab's test set), labelled as an extrapolation.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-images", type=int, default=900, help="extrapolate the time to this many images")
     p.add_argument("--budget-gb", type=float, default=3.0, help="peak RSS the run must stay within")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", choices=("dense", "local"), default="dense",
+                   help="dense: every pathway dense (the most compute per neuron); local: distance masks and "
+                        "Gabor LGN input, both stored sparse")
     p.add_argument("--workers", type=int, default=1,
                    help="processes drawing the synthetic store (1: the original single stream)")
     p.add_argument("--save-predictions", action="store_true", help="also write float16 predictions")
@@ -80,18 +86,22 @@ def _block_worker(job: tuple[dict[str, np.ndarray], int, int, int, int]) -> dict
 
 
 def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, trials: int, bin_ms: int,
-                rate_hz: float, seed: int = 0, workers: int = 1) -> Path:
+                rate_hz: float, seed: int = 0, workers: int = 1, sheet_mm: float = 1.6) -> Path:
     """Synthetic store of Poisson counts (see the module doc); written in blocks of 32 windows.
 
     ``workers > 1`` draws the blocks in that many processes (one seeded stream per block, so the counts
-    differ from the one-process stream but not between runs); the writer stays the one process."""
+    differ from the one-process stream but not between runs); the writer stays the one process.
+    Positions and identity: :func:`corticalrnn.bench.model.random_identity` on a ``sheet_mm`` square."""
+    from corticalrnn.bench.model import random_identity
     from corticalrnn.sheets import ALL_SHEETS
     from corticalrnn.store import SheetMeta, StoreMeta, StoreWriter, WindowBlock
 
     n_bins = int(WINDOW_MS // bin_ms)
     rng = np.random.default_rng(seed)
+    pos, props = random_identity(sizes, sheet_mm, seed)
     meta = StoreMeta(bin_ms, n_bins, {"origin": "bench eval", "t0_ms": 0.0},
-                     [SheetMeta(s, np.arange(n) + 1_000_000 * ALL_SHEETS.index(s)) for s, n in sizes.items()])
+                     [SheetMeta(s, np.arange(n) + 1_000_000 * ALL_SHEETS.index(s), pos[s], props.get(s, {}))
+                      for s, n in sizes.items()])
     sigma = 1.0
     lam = {s: rng.lognormal(np.log(rate_hz) - sigma**2 / 2, sigma, n) * bin_ms / 1000.0
            for s, n in sizes.items()}
@@ -117,25 +127,29 @@ def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, tr
     return path
 
 
-def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int) -> Path:
-    """The untrained fast-path model of the store's neurons (all modelled, 10 % observed) as a checkpoint."""
-    from corticalrnn.bench.model import _fast_model
-    from corticalrnn.model import ModelConfig
+LOCAL = {"connectivity.storage": "sparse", "connectivity.input_rule": "gabor",
+         "connectivity.input_storage": "sparse"}
+
+
+def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int, model: str = "dense") -> Path:
+    """The untrained fast-path model (``dense`` or ``local``, see the module doc) of the store's neurons
+    (all modelled, 10 % observed) as a checkpoint."""
+    from corticalrnn.bench.model import fast_config
     from corticalrnn.store import open_store
     from corticalrnn.subsets import SubsetConfig, make_subset
     from corticalrnn.train.checkpoint import save_checkpoint
     from corticalrnn.train.config import TrainConfig
-    from corticalrnn.train.spec import make_spec
+    from corticalrnn.train.spec import build_model, make_spec
 
     st = open_store(store_path)
     subset = make_subset(st, SubsetConfig(fraction=1.0, observed=0.1, method="random"))
-    model = _fast_model(subset.sizes(), float(bin_ms), "fp32")
+    spec = make_spec(fast_config(float(bin_ms), "fp32", LOCAL if model == "local" else None), subset, st)
+    net = build_model(spec)
     cfg = TrainConfig().to_dict()
     cfg["data"]["store"] = str(store_path)
     save_checkpoint(path, {
-        "config": cfg, "spec": make_spec(ModelConfig(bin_ms=float(bin_ms)), subset, st),
-        "model": model.state_dict(), "ema": None, "progress": {"step": 0, "best_step": None},
-        "subset": subset.to_json_dict(), "precision": "fp32",
+        "config": cfg, "spec": spec, "model": net.state_dict(), "ema": None,
+        "progress": {"step": 0, "best_step": None}, "subset": subset.to_json_dict(), "precision": "fp32",
         "split": {"train": list(range(n_train)), "validation": [], "test": []},
     })
     return path
@@ -216,21 +230,46 @@ def _metrics_child(n_images: int, trials: int, n_bins: int, n_v1: int, chunk: in
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """One run per work folder at a time (its lock); the store and model are built under temporary
+    names and renamed when complete, so a run stopped while building leaves nothing that a later run
+    would take for finished."""
+    from corticalrnn.locking import exclusive_lock
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(args.dir / "bench-eval", "used by bench eval"):
+        return _run_bench(args)
+
+
+def _build_once(final: Path, build: Any) -> bool:
+    """``build(tmp_path)`` then rename to ``final``; False when ``final`` already exists."""
+    import shutil
+
+    if final.exists():
+        return False
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    tmp.unlink(missing_ok=True)
+    build(tmp)
+    os.replace(tmp, final)
+    return True
+
+
+def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sizes = _sizes(args.scale)
     counts = sorted(set(args.images))
     n_test = counts[-1]
-    args.dir.mkdir(parents=True, exist_ok=True)
     tag = f"s{args.scale:g}-b{args.bin_ms}-i{n_test}x{args.trials}-t{args.train_images}"
-    store = args.dir / f"store-{tag}.zarr"
-    ckpt = args.dir / f"model-s{args.scale:g}-b{args.bin_ms}.pt"
+    store = args.dir / f"store-{tag}-placed.zarr"  # "placed": with positions and identity
+    ckpt = args.dir / f"model-{args.model}-s{args.scale:g}-b{args.bin_ms}.pt"
     t = time.perf_counter()
-    if not (store / "zarr.json").exists():
-        build_store(store, sizes, args.train_images, n_test, args.trials, args.bin_ms, args.rate_hz,
-                    workers=args.workers)
+    if _build_once(store, lambda tmp: build_store(tmp, sizes, args.train_images, n_test, args.trials,
+                                                  args.bin_ms, args.rate_hz, workers=args.workers,
+                                                  sheet_mm=5.0 * math.sqrt(args.scale))):
         print(f"built {store} in {time.perf_counter() - t:.1f} s")
-    if not ckpt.exists():
-        t = time.perf_counter()
-        build_checkpoint(ckpt, store, args.bin_ms, args.train_images)
+    t = time.perf_counter()
+    if _build_once(ckpt, lambda tmp: build_checkpoint(tmp, store, args.bin_ms, args.train_images,
+                                                      args.model)):
         print(f"built {ckpt} in {time.perf_counter() - t:.1f} s ({human_bytes(ckpt.stat().st_size)})")
     n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
     n_in = sizes["X_ON"] + sizes["X_OFF"]
@@ -246,12 +285,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                      "predict+score s": round(r["seconds"]["predict_and_score"], 1),
                      "peak RSS": human_bytes(r["peak_rss"]),
                      "in-memory arrays (old path)": human_bytes(in_memory)})
-    print(f"\nstreaming evaluate, {args.scale:g} size ({n_in} LGN, {n_v1} V1), {args.bin_ms} ms bins "
-          f"x {n_bins}, {args.trials} trials/image, batch {args.batch_size}, device {args.device}; "
+    print(f"\nstreaming evaluate, {args.model} model, {args.scale:g} size ({n_in} LGN, {n_v1} V1), "
+          f"{args.bin_ms} ms bins x {n_bins}, {args.trials} trials/image, batch {args.batch_size}, "
+          f"device {args.device}; "
           f"model load alone: {load['wall_s']:.1f} s, peak RSS {human_bytes(load['peak_rss'])}")
     print(format_table(rows))
-    out: dict[str, Any] = {"scale": args.scale, "n_in": n_in, "n_v1": n_v1, "bin_ms": args.bin_ms,
-                           "n_bins": n_bins, "trials": args.trials, "batch_size": args.batch_size,
+    out: dict[str, Any] = {"model": args.model, "scale": args.scale, "n_in": n_in, "n_v1": n_v1,
+                           "bin_ms": args.bin_ms, "n_bins": n_bins, "trials": args.trials,
+                           "batch_size": args.batch_size,
                            "model_load": load, "runs": runs}
     if len(runs) >= 2:
         a, b = runs[0], runs[-1]

@@ -204,25 +204,40 @@ def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "c
     return x.to(device), counts.to(device), observed.to(device)
 
 
-def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
-                local: dict[str, Any] | None = None, graph_chunk: int = 0, sheet_mm: float = 2.0):
-    """The fast path; with ``local`` (ModelConfig overrides by dotted key: ``compute.sparse_below``,
-    ``connectivity.storage``, ...) a local model (distance masks; neurons uniform on a ``sheet_mm`` square,
-    ~1-2 % density at 10 % size on 2 mm); ``graph_chunk > 0`` turns on ``cuda_graphs``."""
-    from corticalrnn.model import CorticalRNN, ModelConfig
+def fast_config(bin_ms: float, precision: str, local: dict[str, Any] | None = None, graph_chunk: int = 0):
+    """The benchmarks' ModelConfig: dense, or with ``local`` (ModelConfig overrides by dotted key:
+    ``compute.sparse_below``, ``connectivity.storage``, ...) distance masks; ``graph_chunk > 0`` turns on
+    ``cuda_graphs``."""
+    from corticalrnn.model import ModelConfig
     base = ModelConfig(bin_ms=bin_ms).with_values({"compute.precision": precision,
                                                    "compute.cuda_graphs": graph_chunk > 0,
                                                    "compute.graph_chunk": max(1, graph_chunk)})
     if local is None:
-        return CorticalRNN(base, sizes)
-    rng = np.random.default_rng(0)
+        return base
+    return base.with_values({"connectivity.rule": "distance",
+                             "connectivity.distance_sigma_mm": {"exc": 0.1, "inh": 0.08}, **local})
+
+
+def random_identity(sizes: dict[str, int], sheet_mm: float = 2.0, seed: int = 0
+                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Positions uniform on a ``sheet_mm`` square (every sheet) and, for V1, random orientation and
+    phase (for the Gabor input; timing and memory do not depend on their values)."""
+    rng = np.random.default_rng(seed)
     pos = {s: rng.random((n, 2)) * sheet_mm for s, n in sizes.items()}
-    # identity for gabor input: random orientation and phase (timing and memory do not depend on them)
     props = {s: {"ori": rng.uniform(0, np.pi, n), "phase": rng.uniform(0, 2 * np.pi, n)}
              for s, n in sizes.items() if s.startswith("V1")}
-    cfg = base.with_values({"connectivity.rule": "distance",
-                            "connectivity.distance_sigma_mm": {"exc": 0.1, "inh": 0.08}, **local})
-    return CorticalRNN(cfg, sizes, pos, props)
+    return pos, props
+
+
+def _fast_model(sizes: dict[str, int], bin_ms: float, precision: str,
+                local: dict[str, Any] | None = None, graph_chunk: int = 0, sheet_mm: float = 2.0):
+    """The fast path (:func:`fast_config`); a local model places its neurons with
+    :func:`random_identity` (~1-2 % density at 10 % size on 2 mm)."""
+    from corticalrnn.model import CorticalRNN
+    cfg = fast_config(bin_ms, precision, local, graph_chunk)
+    if local is None:
+        return CorticalRNN(cfg, sizes)
+    return CorticalRNN(cfg, sizes, *random_identity(sizes, sheet_mm))
 
 
 def _trainer_step(model: nn.Module, sizes: dict[str, int], B: int, T: int, device: str,

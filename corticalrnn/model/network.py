@@ -47,12 +47,14 @@ class CorticalRNN(nn.Module):
                  positions: dict[str, np.ndarray] | None = None,
                  properties: dict[str, dict[str, np.ndarray]] | None = None,
                  connectome: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
-                 observed: np.ndarray | None = None) -> None:
+                 observed: np.ndarray | None = None, initialize: bool = True) -> None:
         """``properties``: per sheet, per-neuron identity (``ori``, ``phase``, ...; modelled neurons in
         model order), used by ``feature`` connectivity and ``gabor`` input; ``connectome``: the
         simulator's connections among modelled neurons, ``(pre, post) -> (post_idx, pre_idx, weight)``,
         used by ``simulator`` connectivity; ``observed``: bool per V1 neuron (canonical order), needed by
-        ``hidden_weights = "tied"``."""
+        ``hidden_weights = "tied"``; ``initialize=False`` skips scaling the initial weights to the
+        configured spectral radius (for weights about to be replaced by a checkpoint's: at 10 % size the
+        radius estimate alone takes ~10 s)."""
         super().__init__()
         self.config = config
         self.graph = g = Graph(config, sizes)
@@ -95,7 +97,7 @@ class CorticalRNN(nn.Module):
                     if masks[b.name] is not None:
                         m *= torch.as_tensor(masks[b.name])
                     mags[b.name] = m * (arch.input_gain / m.sum(1, keepdim=True).clamp_min(1e-12))
-        radius = self._radius([b for b in g.blocks if b.source == "v1"], mags, pairs)
+        radius = self._radius([b for b in g.blocks if b.source == "v1"], mags, pairs) if initialize else 0.0
         if radius > 0:
             for b in g.blocks:
                 if b.source == "v1":

@@ -136,8 +136,9 @@ def spec_model_config(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in TRAINING_KEYS}
 
 
-def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
-    """A fresh CorticalRNN for ``spec`` (weights initialised from the config's seed)."""
+def build_model(spec: dict[str, Any], precision: str = "fp32", initialize: bool = True) -> Any:
+    """A fresh CorticalRNN for ``spec`` (weights initialised from the config's seed; ``initialize=False``:
+    not scaled to the initial spectral radius, for weights a checkpoint's state replaces)."""
     from corticalrnn.model import CorticalRNN, ModelConfig
 
     mcfg = ModelConfig.from_dict(spec_model_config(spec), "checkpoint spec")
@@ -148,7 +149,7 @@ def build_model(spec: dict[str, Any], precision: str = "fp32") -> Any:
     if spec.get("properties") is not None:
         properties = {s: {k: v.cpu().numpy() for k, v in p.items()} for s, p in spec["properties"].items()}
     return CorticalRNN(mcfg, dict(spec["sizes"]), positions, properties, _connectome_arg(spec),
-                       _observed_mask(spec))
+                       _observed_mask(spec), initialize=initialize)
 
 
 MAX_SHEET_SIZE = 10_000_000  # neurons of one sheet in a checkpoint's spec (Mozaik's V1: ~10^5)
@@ -264,7 +265,8 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     ck = load_checkpoint(path) if ck is None else ck
     device = torch.device(device)
     check_checkpoint(ck, path, store, device)
-    model = build_model(ck["spec"], "fp32" if device.type == "cpu" else ck.get("precision", "fp32"))
+    model = build_model(ck["spec"], "fp32" if device.type == "cpu" else ck.get("precision", "fp32"),
+                        initialize=False)  # every weight comes from the state below
     state = ck["model"]
     if weights == "auto" and ck.get("ema") is not None:
         state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
