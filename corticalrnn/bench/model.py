@@ -19,6 +19,7 @@ import argparse
 import functools
 import math
 import multiprocessing as mp
+import statistics
 import sys
 import time
 import warnings
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-window-ms", type=float, default=24.0,
                    help="shorter window for the fine-bin measurement")
     p.add_argument("--repeats", type=int, default=2, help="timed training steps of the fast path")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run every case this many times, round-robin; ratios are medians of per-round "
+                        "ratios (their two sides measured minutes apart at most), with their spread")
     p.add_argument("--naive-repeats", type=int, default=1)
     p.add_argument("--naive-max-steps", type=int, default=8,
                    help="run the naive baseline on at most this many time steps and extrapolate "
@@ -335,9 +339,10 @@ def train_flops(sizes: dict[str, int], B: int, T: int) -> float:
     return 3 * 2 * B * T * n_w
 
 
-def sparse_vs_dense(rows: int, cols: int, B: int, densities: list[float], repeats: int = 3
+def sparse_vs_dense(rows: int, cols: int, B: int, densities: list[float], pairs: int = 15
                     ) -> list[dict[str, Any]]:
-    """Per-step product W @ r^T: dense W (masked, zeros stored) vs CSR W (torch.sparse.mm)."""
+    """Per-step product W @ r^T: dense W (masked, zeros stored) vs CSR W (torch.sparse.mm), the two
+    alternated ``pairs`` times; times are medians, the speedup the median of the per-pair ratios."""
     out = []
     g = torch.Generator().manual_seed(0)
     r = torch.rand(cols, B, generator=g)
@@ -346,17 +351,34 @@ def sparse_vs_dense(rows: int, cols: int, B: int, densities: list[float], repeat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             ws = w.to_sparse_csr()
-        td = time_call(functools.partial(torch.mm, w, r), repeats=repeats).median
-        tsp = time_call(functools.partial(torch.mm, ws, r), repeats=repeats).median
-        out.append({"density": d, "dense_ms": td * 1e3, "csr_ms": tsp * 1e3, "csr_speedup": td / tsp})
+        dense, csr = functools.partial(torch.mm, w, r), functools.partial(torch.mm, ws, r)
+        dense(), csr()  # warm-up
+        td, tsp = [], []
+        for _ in range(pairs):
+            td.append(time_call(dense, repeats=1, warmup=0).best)
+            tsp.append(time_call(csr, repeats=1, warmup=0).best)
+        speedup, spread = _per_round(td, tsp)
+        out.append({"density": d, "dense_ms": statistics.median(td) * 1e3,
+                    "csr_ms": statistics.median(tsp) * 1e3, "csr_speedup": speedup, "pairs": pairs})
         del w, ws
     return out
 
 
+def _per_round(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Median over rounds of the ratio ``a_i / b_i`` (both measured in round i, minutes apart at most)
+    and the spread of those ratios (largest / smallest - 1)."""
+    r = [x / y for x, y in zip(a, b)]
+    return statistics.median(r), max(r) / min(r) - 1
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Every case runs once per round in a fresh process, round-robin over ``--rounds`` rounds; each
+    ratio is the median of its per-round ratios, whose two sides ran minutes apart at most, so load
+    that drifts over the run cancels (a case measured once, 10 minutes after its baseline, moved the
+    ratios by up to 79 % between runs here)."""
     if args.quick:
         args.scale, args.sizes, args.repeats = 0.025, "0.01,0.025", 1
-    B, dev = args.batch, args.device
+    B, dev, R = args.batch, args.device, max(1, args.rounds)
     chunk = args.graph_chunk if args.cuda_graphs else 0
     T = int(round(args.window_ms / args.bin_ms))
     T_fine = int(round(args.fine_window_ms / args.fine_bin_ms))
@@ -374,39 +396,85 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         gemms.append(g)
         return g
 
-    log(f"threads={th}; device {dev}; GEMM rate measured before each case")
+    log(f"threads={th}; device {dev}; GEMM rate measured before each case; {R} round(s)")
     results: dict[str, Any] = {"gemm_gflops": gemm_now()["gflops"], "threads": th, "device": dev,
-                               "batch": B, "precision": args.precision, "cuda_graphs": bool(chunk)}
+                               "batch": B, "precision": args.precision, "cuda_graphs": bool(chunk),
+                               "rounds": R}
+    # the cases: name -> (function, args); each returns a dict with step_s
+    main_sizes = scaled_sizes(args.scale)
+    fracs = [float(x) for x in args.sizes.split(",") if x]
+    cases: dict[str, tuple[Any, tuple[Any, ...], bool]] = {}  # name -> (fn, args, with a GEMM rate)
+    for label, bin_ms, steps in (("coarse", args.bin_ms, T), ("fine", args.fine_bin_ms, T_fine)):
+        cases[f"{label}/fast"] = (measure_fast, (main_sizes, B, steps, bin_ms, args.precision, args.repeats,
+                                                 None, dev, chunk), True)
+        if not args.skip_naive:
+            cases[f"{label}/naive"] = (measure_naive, (main_sizes, B, steps, bin_ms, args.naive_repeats,
+                                                       args.naive_max_steps, dev), True)
+    for frac in fracs:
+        if frac != args.scale:  # the main coarse measurement is that row
+            cases[f"scaling/{frac}"] = (measure_fast, (scaled_sizes(frac), B, T, args.bin_ms, args.precision,
+                                                       max(1, args.repeats), None, dev, chunk), True)
+    kernels = (("dense x mask", {"compute.sparse_below": 0.0, "compute.sparse_grad_below": 0.0}),
+               ("CSR products", {"compute.sparse_below": 0.1, "compute.sparse_grad_below": 0.0}),
+               ("CSR products + SDDMM grads (default)", {}),
+               ("sparse storage (connectivity.storage=sparse)", {"connectivity.storage": "sparse"}))
+    if not args.skip_sparse:
+        for label, thr in kernels:
+            cases[f"local/{label}"] = (measure_fast, (main_sizes, B, T, args.bin_ms, args.precision,
+                                                      max(1, args.repeats), thr, dev), False)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
+    for r in range(R):
+        for name, (fn, fargs, with_gemm) in cases.items():
+            log(f"round {r + 1}/{R}: {name}")
+            g = gemm_now() if with_gemm else None
+            runs[name].append({**_isolated(fn, th, *fargs), "gemm": g})
+
+    def med(name: str, key: str = "step_s") -> float:
+        return statistics.median(x[key] for x in runs[name])
+
+    def bound_ratio(name: str, sizes: dict[str, int], steps: int) -> tuple[float, float]:
+        """(step / FLOP bound), each round's step against the GEMM rate measured right before it."""
+        f = train_flops(sizes, B, steps)
+        return _per_round([x["step_s"] for x in runs[name]],
+                          [f / (x["gemm"]["gflops"] * 1e9) for x in runs[name]])
+
+    def summary(name: str) -> dict[str, Any]:
+        """The case's median round, with every round's step time."""
+        xs = sorted(runs[name], key=lambda x: x["step_s"])
+        return {**xs[(len(xs) - 1) // 2], "round_step_s": [x["step_s"] for x in runs[name]]}
+
     main_rows = []
     for label, bin_ms, steps in (("coarse", args.bin_ms, T), ("fine", args.fine_bin_ms, T_fine)):
-        sizes = scaled_sizes(args.scale)
-        log(f"{label}: scale {args.scale} bins {bin_ms} ms x {steps} steps, fast path")
-        g = gemm_now()
-        fast = _isolated(measure_fast, th, sizes, B, steps, bin_ms, args.precision, args.repeats, None, dev,
-                         chunk)
-        bound = train_flops(sizes, B, steps) / (g["gflops"] * 1e9)
+        fast = summary(f"{label}/fast")
+        fb, fb_spread = bound_ratio(f"{label}/fast", main_sizes, steps)
+        rates = [x["gemm"]["gflops"] for x in runs[f"{label}/fast"]]
         row = {"case": f"{args.scale:.1%} {bin_ms:g}ms x{steps}", "fast_s": fast["step_s"],
-               "fast_mem": human_bytes(fast["peak_bytes"]), "bound_s": bound,
-               "fast/bound": fast["step_s"] / bound, "GFLOP/s": g["gflops"], "spread": g["spread"]}
-        res = {"sizes": sizes, "steps": steps, "bin_ms": bin_ms, "fast": fast, "flop_bound_s": bound,
-               "gemm": g}
+               "fast_mem": human_bytes(fast["peak_bytes"]), "bound_s": fast["step_s"] / fb,
+               "fast/bound": fb, "GFLOP/s": statistics.median(rates), "spread": max(rates) / min(rates) - 1}
+        if R > 1:
+            row["fast/bound spread"] = fb_spread
+        res = {"sizes": main_sizes, "steps": steps, "bin_ms": bin_ms, "fast": fast,
+               "flop_bound_s": row["bound_s"], "gemm": fast["gemm"], "fast_over_bound": fb,
+               "fast_over_bound_spread": fb_spread}
         if not args.skip_naive:
-            log(f"{label}: naive baseline ({min(steps, args.naive_max_steps)} steps)")
-            gn = gemm_now()
-            naive = _isolated(measure_naive, th, sizes, B, steps, bin_ms, args.naive_repeats,
-                              args.naive_max_steps, dev)
-            res["naive"], res["naive_gemm"] = naive, gn
+            naive = summary(f"{label}/naive")
+            nf, nf_spread = _per_round([x["step_s"] for x in runs[f"{label}/naive"]],
+                                       [x["step_s"] for x in runs[f"{label}/fast"]])
+            nb, _ = bound_ratio(f"{label}/naive", main_sizes, steps)
+            res["naive"], res["naive_gemm"] = naive, naive["gemm"]
+            res["naive_over_fast"], res["naive_over_fast_spread"] = nf, nf_spread
             # naive/bound: the most ANY implementation doing these dense FLOPs at this GEMM rate
             # could gain over the naive baseline (its bound at the rate measured right before it)
             row.update({"naive_s": naive["step_s"], "naive_mem": human_bytes(naive["peak_bytes"]),
-                        "naive/fast": naive["step_s"] / fast["step_s"],
-                        "naive/bound": naive["step_s"] * gn["gflops"] * 1e9 / train_flops(sizes, B, steps),
+                        "naive/fast": nf, **({"naive/fast spread": nf_spread} if R > 1 else {}),
+                        "naive/bound": nb,
                         "naive_note": f"extrap. from {naive['measured_steps']} steps"
                         if naive["extrapolated"] else "measured"})
         results[label] = res
         main_rows.append(row)
-    print(f"GEMM rate (best of {args.gemm_repeats}, right before each case; spread = slowest/fastest - 1): "
-          f"{args.precision}, {dev}, {th} threads; batch {B}; step = fwd + Poisson loss + bwd + Adam"
+    print(f"GEMM rate (best of {args.gemm_repeats}, right before each case; spread = slowest/fastest - 1 "
+          f"over rounds): {args.precision}, {dev}, {th} threads; batch {B}; step = fwd + Poisson loss + bwd "
+          f"+ Adam; {R} round(s), ratios = median of per-round ratios"
           + (f"; CUDA graphs of {chunk} steps" if chunk else ""))
     print(format_table(main_rows))
     if not args.skip_naive:
@@ -414,46 +482,43 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
               "implementation could reach at this GEMM rate")
 
     table = []
-    for frac in [float(s) for s in args.sizes.split(",") if s]:
+    for frac in fracs:
         sizes = scaled_sizes(frac)
-        if frac == args.scale:  # the main coarse measurement is this row
-            fast, g = results["coarse"]["fast"], results["coarse"]["gemm"]
-        else:
-            log(f"scaling: {frac:.1%}")
-            g = gemm_now()
-            fast = _isolated(measure_fast, th, sizes, B, T, args.bin_ms, args.precision,
-                             max(1, args.repeats), None, dev, chunk)
+        name = "coarse/fast" if frac == args.scale else f"scaling/{frac}"
+        fast = summary(name)
+        sb, sb_spread = bound_ratio(name, sizes, T)
         n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
-        bound = train_flops(sizes, B, T) / (g["gflops"] * 1e9)
+        rates = [x["gemm"]["gflops"] for x in runs[name]]
         table.append({"size": f"{frac:.1%}", "V1 neurons": n_v1, "weights (M)": fast["weights"] / 1e6,
                       "step_s": fast["step_s"], "peak_mem": human_bytes(fast["peak_bytes"]),
-                      "bound_s": bound, "step/bound": fast["step_s"] / bound, "GFLOP/s": g["gflops"],
-                      "spread": g["spread"]})
+                      "bound_s": fast["step_s"] / sb, "step/bound": sb,
+                      **({"step/bound spread": sb_spread} if R > 1 else {}),
+                      "GFLOP/s": statistics.median(rates)})
     print(f"\nscaling ({args.bin_ms:g} ms bins, {T} steps, batch {B}, fast path)")
     print(format_table(table))
     results["scaling"] = table
 
     if not args.skip_sparse:
-        s = scaled_sizes(args.scale)
+        s = main_sizes
         rows, cols = s["V1_Exc_L4"] + s["V1_Inh_L4"], s["V1_Exc_L4"] + s["V1_Inh_L4"] + s["V1_Exc_L2/3"]
         log("sparse vs dense x mask")
         sp = sparse_vs_dense(rows, cols, B, [0.01, 0.05, 0.2])
-        print(f"\nper-step product [{rows} x {cols}] @ [{cols} x {B}] (CPU): dense x mask vs CSR")
+        print(f"\nper-step product [{rows} x {cols}] @ [{cols} x {B}] (CPU): dense x mask vs CSR, "
+              f"alternated, median of {sp[0]['pairs']} pairs")
         print(format_table(sp))
         results["sparse_vs_dense"] = sp
-        log("local model (distance masks, ~1-2 % density): training step, dense x mask vs sparse kernels")
         local = []
-        for label, thr in (("dense x mask", {"compute.sparse_below": 0.0, "compute.sparse_grad_below": 0.0}),
-                           ("CSR products", {"compute.sparse_below": 0.1, "compute.sparse_grad_below": 0.0}),
-                           ("CSR products + SDDMM grads (default)", {}),
-                           ("sparse storage (connectivity.storage=sparse)",
-                            {"connectivity.storage": "sparse"})):
-            r = _isolated(measure_fast, th, s, B, T, args.bin_ms, args.precision, max(1, args.repeats), thr,
-                          dev)
+        base = f"local/{kernels[0][0]}"
+        for label, _ in kernels:
+            name = f"local/{label}"
+            r = summary(name)
+            sp_up, sp_spread = _per_round([x["step_s"] for x in runs[base]],
+                                          [x["step_s"] for x in runs[name]])
             local.append({"kernel": label, "step_s": r["step_s"], "peak_mem": human_bytes(r["peak_bytes"]),
-                          "synapses (M)": r["weights"] / 1e6,
-                          "speedup": local[0]["step_s"] / r["step_s"] if local else 1.0})
-        print(f"\nlocal {args.scale:.1%} model, {T} steps, batch {B}: training step")
+                          "synapses (M)": r["weights"] / 1e6, "speedup": sp_up,
+                          **({"speedup spread": sp_spread} if R > 1 else {})})
+        print(f"\nlocal {args.scale:.1%} model (distance masks, ~1-2 % density), {T} steps, batch {B}: "
+              "training step")
         print(format_table(local))
         results["local_sparse_step"] = local
     if args.sheet_local > 0:
