@@ -303,10 +303,11 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
         growth = (b["peak_rss"] - a["peak_rss"]) / (b["images"] - a["images"])
         peak_est = b["peak_rss"] + max(0.0, growth) * (args.target_images - b["images"])
         ok = peak_est <= args.budget_gb * 1e9
+        how = "MEASURED" if b["images"] == args.target_images else "EXTRAPOLATED"
         print(f"per test image {per_image:.2f} s ({per_image / args.trials:.3f} s per window), "
               f"fixed {fixed:.1f} s; "
-              f"EXTRAPOLATED to {args.target_images} images: {est / 60:.1f} min. Peak RSS growth "
-              f"{human_bytes(max(0.0, growth))}/image -> EXTRAPOLATED peak at {args.target_images} images "
+              f"{how} at {args.target_images} images: {est / 60:.1f} min. Peak RSS growth "
+              f"{human_bytes(max(0.0, growth))}/image -> {how} peak at {args.target_images} images "
               f"{human_bytes(peak_est)} ({'within' if ok else 'OVER'} {args.budget_gb:g} GB)")
         out.update({"seconds_per_image": per_image, "fixed_seconds": fixed,
                     "extrapolated_seconds": est, "target_images": args.target_images,
