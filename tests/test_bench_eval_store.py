@@ -61,3 +61,42 @@ def test_local_checkpoint_is_sparse_and_evaluates(tmp_path):
     res = evaluate(ckpt, store, None, device="cpu", figures=False, progress=False)
     assert len(res.test.image_ids) == 3
     assert any(r["predictor"] == "model" for r in res.rows)
+
+
+def _bench_args(tmp_path):
+    import argparse
+
+    from corticalrnn.bench.evaluate import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--scale", "0.005", "--images", "1", "2", "--trials", "2", "--dir", str(tmp_path)])
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    import pytest
+
+    from corticalrnn.bench.evaluate import run_bench
+    from corticalrnn.locking import LockedError, exclusive_lock
+
+    with exclusive_lock(tmp_path / "bench-eval"), pytest.raises(LockedError, match="bench-eval"):
+        run_bench(_bench_args(tmp_path))
+    assert not list(tmp_path.glob("store-*"))
+
+
+def test_store_build_that_fails_leaves_nothing_under_its_final_name(tmp_path, monkeypatch):
+    """A build stopped half-way (here: an error after some windows) leaves no store that a later run
+    would take for finished, and no temporary folder."""
+    import pytest
+
+    import corticalrnn.bench.evaluate as be
+
+    def half(path, *a, **k):
+        path.mkdir()
+        (path / "zarr.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(be, "build_store", half)
+    with pytest.raises(OSError, match="disk full"):
+        be.run_bench(_bench_args(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -29,7 +29,7 @@ def measure(frac: float, kind: str) -> dict[str, Any]:
     """Build, step once and save a model of ``kind`` at ``frac``; sizes in bytes."""
     import torch
 
-    from corticalrnn.bench.model import _fast_model, scaled_sizes
+    from corticalrnn.bench.model import SPARSE_LOCAL, _fast_model, scaled_sizes
     from corticalrnn.train.config import TrainConfig
     from corticalrnn.train.trainer import Trainer
 
@@ -38,9 +38,8 @@ def measure(frac: float, kind: str) -> dict[str, Any]:
     if kind == "dense":
         model = _fast_model(sizes, 20.0, "fp32")
     else:
-        local: dict[str, Any] = {"connectivity.storage": "dense" if kind == "localdense" else "sparse"}
-        if kind == "localid":
-            local |= {"connectivity.input_rule": "gabor", "connectivity.input_storage": "sparse"}
+        local: dict[str, Any] = (SPARSE_LOCAL if kind == "localid" else
+                                 {"connectivity.storage": "dense" if kind == "localdense" else "sparse"})
         model = _fast_model(sizes, 20.0, "fp32", local, sheet_mm=5.0 * math.sqrt(frac))
     build_s = time.perf_counter() - t0
     cfg = TrainConfig()

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from corticalrnn.atomic import atomic_path
 from corticalrnn.tables import format_table, human_bytes
 
 WINDOW_MS = 712.0
@@ -127,14 +128,10 @@ def build_store(path: Path, sizes: dict[str, int], n_train: int, n_test: int, tr
     return path
 
 
-LOCAL = {"connectivity.storage": "sparse", "connectivity.input_rule": "gabor",
-         "connectivity.input_storage": "sparse"}
-
-
 def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int, model: str = "dense") -> Path:
     """The untrained fast-path model (``dense`` or ``local``, see the module doc) of the store's neurons
     (all modelled, 10 % observed) as a checkpoint."""
-    from corticalrnn.bench.model import fast_config
+    from corticalrnn.bench.model import SPARSE_LOCAL, fast_config
     from corticalrnn.store import open_store
     from corticalrnn.subsets import SubsetConfig, make_subset
     from corticalrnn.train.checkpoint import save_checkpoint
@@ -143,7 +140,8 @@ def build_checkpoint(path: Path, store_path: Path, bin_ms: int, n_train: int, mo
 
     st = open_store(store_path)
     subset = make_subset(st, SubsetConfig(fraction=1.0, observed=0.1, method="random"))
-    spec = make_spec(fast_config(float(bin_ms), "fp32", LOCAL if model == "local" else None), subset, st)
+    mcfg = fast_config(float(bin_ms), "fp32", SPARSE_LOCAL if model == "local" else None)
+    spec = make_spec(mcfg, subset, st)
     net = build_model(spec)
     cfg = TrainConfig().to_dict()
     cfg["data"]["store"] = str(store_path)
@@ -240,21 +238,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         return _run_bench(args)
 
 
-def _build_once(final: Path, build: Any) -> bool:
-    """``build(tmp_path)`` then rename to ``final``; False when ``final`` already exists."""
-    import shutil
-
-    if final.exists():
-        return False
-    tmp = final.with_name(final.name + ".partial")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    tmp.unlink(missing_ok=True)
-    build(tmp)
-    os.replace(tmp, final)
-    return True
-
-
 def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sizes = _sizes(args.scale)
     counts = sorted(set(args.images))
@@ -263,13 +246,14 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     store = args.dir / f"store-{tag}-placed.zarr"  # "placed": with positions and identity
     ckpt = args.dir / f"model-{args.model}-s{args.scale:g}-b{args.bin_ms}.pt"
     t = time.perf_counter()
-    if _build_once(store, lambda tmp: build_store(tmp, sizes, args.train_images, n_test, args.trials,
-                                                  args.bin_ms, args.rate_hz, workers=args.workers,
-                                                  sheet_mm=5.0 * math.sqrt(args.scale))):
+    if not store.exists():
+        with atomic_path(store, fsync=False) as tmp:
+            build_store(tmp, sizes, args.train_images, n_test, args.trials, args.bin_ms, args.rate_hz,
+                        workers=args.workers, sheet_mm=5.0 * math.sqrt(args.scale))
         print(f"built {store} in {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    if _build_once(ckpt, lambda tmp: build_checkpoint(tmp, store, args.bin_ms, args.train_images,
-                                                      args.model)):
+    if not ckpt.exists():  # save_checkpoint writes atomically
+        t = time.perf_counter()
+        build_checkpoint(ckpt, store, args.bin_ms, args.train_images, args.model)
         print(f"built {ckpt} in {time.perf_counter() - t:.1f} s ({human_bytes(ckpt.stat().st_size)})")
     n_v1 = sum(v for k, v in sizes.items() if k.startswith("V1"))
     n_in = sizes["X_ON"] + sizes["X_OFF"]

@@ -208,6 +208,12 @@ def _data(sizes: dict[str, int], B: int, T: int, seed: int = 0, device: str = "c
     return x.to(device), counts.to(device), observed.to(device)
 
 
+#: a local model at scale: sparse recurrent storage and identity-conditioned (Gabor) LGN input stored
+#: sparse on each receptive field's footprint (with :func:`fast_config`'s distance masks)
+SPARSE_LOCAL: dict[str, Any] = {"connectivity.storage": "sparse", "connectivity.input_rule": "gabor",
+                                "connectivity.input_storage": "sparse"}
+
+
 def fast_config(bin_ms: float, precision: str, local: dict[str, Any] | None = None, graph_chunk: int = 0):
     """The benchmarks' ModelConfig: dense, or with ``local`` (ModelConfig overrides by dotted key:
     ``compute.sparse_below``, ``connectivity.storage``, ...) distance masks; ``graph_chunk > 0`` turns on
@@ -300,9 +306,7 @@ def measure_sheet_local(frac: float, B: int, T: int, bin_ms: float, precision: s
     Gabor input weights stored sparse on each RF's footprint instead of dense LGN input."""
     sizes = scaled_sizes(frac)
     side = 5.0 * math.sqrt(frac)
-    local: dict[str, Any] = {"connectivity.storage": "sparse"}
-    if identity_input:
-        local |= {"connectivity.input_rule": "gabor", "connectivity.input_storage": "sparse"}
+    local = SPARSE_LOCAL if identity_input else {"connectivity.storage": "sparse"}
     with _Memory(device) as mem:  # construction included: it is part of what must fit
         t0 = time.perf_counter()
         model = _fast_model(sizes, bin_ms, precision, local, sheet_mm=side).to(device)
@@ -428,9 +432,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             log(f"round {r + 1}/{R}: {name}")
             g = gemm_now() if with_gemm else None
             runs[name].append({**_isolated(fn, th, *fargs), "gemm": g})
-
-    def med(name: str, key: str = "step_s") -> float:
-        return statistics.median(x[key] for x in runs[name])
 
     def bound_ratio(name: str, sizes: dict[str, int], steps: int) -> tuple[float, float]:
         """(step / FLOP bound), each round's step against the GEMM rate measured right before it."""
