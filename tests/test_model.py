@@ -13,6 +13,7 @@ from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model import CorticalRNN, ModelConfig, PathwayConfig, poisson_nll
 from corticalrnn.model.dale import spectral_radius
 from corticalrnn.model.reference import reference_forward
+from corticalrnn.sheets import V1_SHEETS
 
 SIZES = {"X_ON": 4, "X_OFF": 3, "V1_Exc_L4": 6, "V1_Inh_L4": 3, "V1_Exc_L2/3": 5, "V1_Inh_L2/3": 2}
 N_V1, N_IN = 16, 7
@@ -584,3 +585,69 @@ def test_adaptive_unit_against_hand_written_equations():
     np.testing.assert_allclose(got, r_ref, rtol=1e-12)
     peak = int(np.argmax(got))
     assert 5 <= peak < 12 and got[-1] < 0.8 * got[peak]  # transient, then adapted
+
+
+def _drive_kw(bins: int, sheets: object = True) -> dict:
+    return {"architecture.time_drive": sheets, "architecture.time_drive_bins": bins}
+
+
+def _with_time_drive(model: CorticalRNN, seed: int) -> CorticalRNN:
+    """``model`` with a non-zero stimulus-locked drive (it starts at zero)."""
+    with torch.no_grad():
+        model.time_drive.copy_(torch.randn(model.time_drive.shape,
+                                           generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+@pytest.mark.parametrize("neuron_model", ["leaky", "adaptive"])
+@pytest.mark.parametrize("pathways", ["default", "odd"])
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("sheets", [True, ["V1_Inh_L23", "V1_Exc_L4"]])
+def test_time_drive_matches_reference(neuron_model, pathways, teacher, sheets):
+    # 4 bins of drive, 6-step windows: the last two steps hold the last value (the reference indexes
+    # by sheet in the config's order; the odd graph reorders units internally)
+    kw = {"pathways": ODD_PATHWAYS} if pathways == "odd" else {}
+    model = _with_time_drive(make(neuron_model=neuron_model, **_drive_kw(4, sheets), **kw), 2)
+    assert model.time_drive.shape == (4 if sheets is True else 2, 4)
+    assert_matches_reference(model, teacher, seed=4)
+
+
+def test_time_drive_is_shared_by_a_population_and_chunks_continue_it():
+    model = _with_time_drive(make(**_drive_kw(5)), 3).double()
+    d = model.stimulus_drive(7)
+    g, td = model.graph, model.time_drive
+    for s in g.v1_order:  # every unit of a population, observed or hidden, gets its population's value
+        rows = d[g.offset[s]:g.offset[s] + g.sizes[s]]
+        want = td[V1_SHEETS.index(s), [0, 1, 2, 3, 4, 4, 4]]
+        torch.testing.assert_close(rows, want.expand_as(rows), rtol=0, atol=0)
+    x, _, _ = data(5, T=6)
+    whole = model(x)
+    first, state = model.run(x[:, :4])
+    rest, _ = model.run(x[:, 4:], state=state, t0=4)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, rtol=1e-12, atol=1e-12)
+    with pytest.raises(CorticalRNNError, match="time_drive_bins"):
+        make(**_drive_kw(0))  # no length and no store to take it from
+    with pytest.raises(CorticalRNNError, match="time_drive_bins"):
+        model_config(**{"architecture.time_drive_bins": -1})
+    with pytest.raises(CorticalRNNError, match="X_ON is not a V1 sheet"):
+        model_config(**_drive_kw(3, ["X_ON"]))
+    part = make(**_drive_kw(3, ["V1_Exc_L2/3"]))
+    assert part.config.architecture.time_drive == ("V1_Exc_L2/3",)
+    with torch.no_grad():
+        part.time_drive.fill_(1.0)
+    d = part.stimulus_drive(4).detach()
+    e23 = slice(g.offset["V1_Exc_L2/3"], g.offset["V1_Exc_L2/3"] + g.sizes["V1_Exc_L2/3"])
+    assert bool((d[e23] == 1).all()) and float(d.abs().sum()) == d[e23].numel()  # other sheets: none
+    cfg = ModelConfig.from_dict(json.loads(json.dumps(part.config.to_dict())))
+    assert cfg == part.config  # the sheet list survives a checkpoint's JSON
+
+
+def test_trainer_sets_time_drive_bins_from_the_store_window():
+    from corticalrnn.train.config import TrainConfig
+    from corticalrnn.train.setup import model_config as train_model_config
+
+    cfg = TrainConfig(model={"architecture": {"time_drive": True}})
+    assert train_model_config(cfg, 20.0, "fp32", n_bins=35).architecture.time_drive_bins == 35
+    cfg = TrainConfig(model={"architecture": {"time_drive": True, "time_drive_bins": 12}})
+    assert train_model_config(cfg, 20.0, "fp32", n_bins=35).architecture.time_drive_bins == 12
+    assert train_model_config(TrainConfig(), 20.0, "fp32", n_bins=35).architecture.time_drive_bins == 0

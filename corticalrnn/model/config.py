@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from corticalrnn.errors import CorticalRNNError
-from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, normalize_sheet_name
+from corticalrnn.sheets import ALL_SHEETS, INPUT_SHEETS, SHEET_INFO, V1_SHEETS, normalize_sheet_name
 
 NEURON_MODELS = ("leaky", "mlp", "gru", "adaptive")
 SIGN_MODES = ("projected", "reparam")
@@ -84,6 +84,30 @@ class ArchitectureConfig:
     # bias the units see is b - W r0 - U x0. Same function class; much better conditioned, since
     # growing a weight no longer shifts the mean current the bias must undo.
     centered: bool = False
+    # stimulus-locked drive: for the V1 sheets listed (true: all), a learned current per sheet and window
+    # bin, added to every unit of the sheet, observed and hidden alike: the time course all its neurons
+    # share (onset transient, the blank after the image), which the network then modulates unit by unit.
+    # Windows are aligned to the image onset (trim), so bin t of every window is the same time after
+    # onset. time_drive_bins: the bins it covers; 0 = the training store's window length (the trainer
+    # fills it in); later bins hold the last value
+    time_drive: tuple[str, ...] = ()
+    time_drive_bins: int = 0
+
+    def __post_init__(self) -> None:
+        td = self.time_drive
+        if isinstance(td, bool):
+            td = V1_SHEETS if td else ()
+        elif isinstance(td, str):
+            td = (td,)
+        try:
+            names = {normalize_sheet_name(str(s)) for s in td}
+        except TypeError as exc:
+            raise CorticalRNNError(f"architecture.time_drive: expected true/false or a list of V1 sheets, "
+                                   f"got {self.time_drive!r}") from exc
+        if names - set(V1_SHEETS):
+            raise CorticalRNNError(f"architecture.time_drive: {', '.join(sorted(names - set(V1_SHEETS)))} "
+                                   f"is not a V1 sheet (V1 sheets: {', '.join(V1_SHEETS)})")
+        object.__setattr__(self, "time_drive", tuple(s for s in V1_SHEETS if s in names))
 
 
 @dataclass(frozen=True)
@@ -246,6 +270,9 @@ class ModelConfig:
             raise bad(f"architecture.input_gain must be >= 0, got {a.input_gain}")
         if a.spectral_radius < 0 or a.init_rate <= 0:
             raise bad("architecture.spectral_radius must be >= 0 and architecture.init_rate > 0")
+        if a.time_drive_bins < 0:
+            raise bad(f"architecture.time_drive_bins must be >= 0 (0: the store's window length), got "
+                      f"{a.time_drive_bins}")
         if not a.rate_scale > 0:
             raise bad(f"architecture.rate_scale must be a positive number, got {a.rate_scale}")
         if c.storage == "sparse" and c.rule == "dense":

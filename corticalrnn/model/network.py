@@ -119,6 +119,19 @@ class CorticalRNN(nn.Module):
         self.register_buffer("rate_center", torch.full((g.n_v1,), arch.init_rate * arch.rate_scale),
                              persistent=arch.centered)
         self.register_buffer("input_center", torch.zeros(g.n_in), persistent=arch.centered)
+        # stimulus-locked drive (ArchitectureConfig.time_drive): [population (canonical order), window bin]
+        self.time_drive: nn.Parameter | None = None
+        if arch.time_drive:
+            if arch.time_drive_bins < 1:
+                raise CorticalRNNError("model config: architecture.time_drive needs time_drive_bins >= 1 "
+                                       "(the trainer sets it to the store's window length)")
+            # [driven sheet (architecture.time_drive order), window bin]; other sheets' units index the
+            # zero row appended after the last
+            self.time_drive = nn.Parameter(torch.zeros(len(arch.time_drive), arch.time_drive_bins))
+            k = len(arch.time_drive)
+            pop = np.concatenate([np.full(g.sizes[s], arch.time_drive.index(s) if s in arch.time_drive else k)
+                                  for s in g.v1_order])
+            self.register_buffer("_drive_pop", torch.as_tensor(pop, dtype=torch.long), persistent=False)
         self.units = nn.ModuleDict({
             file_sheet_name(s): make_unit(config.neurons.model, config.neurons.tau_ms[s], config.bin_ms,
                                           config.neurons.hidden, config.neurons.learn_tau, gen)
@@ -413,11 +426,23 @@ class CorticalRNN(nn.Module):
                 shift[b.row0:b.row1] += w.weight().to(shift.dtype) @ center
         return bias - shift
 
-    def _drive(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-        """Bias + input projection for all steps, ``[N_v1, T, B]``: one GEMM per input block.
-        ``x`` is ``[N_in, T, B]``."""
+    def stimulus_drive(self, T: int, t0: int = 0) -> torch.Tensor | None:
+        """The stimulus-locked drive of every unit at window bins ``t0 .. t0+T-1``, ``[N_v1, T]`` (internal
+        order; bins past ``time_drive_bins`` hold the last value); None without ``time_drive``."""
+        if self.time_drive is None:
+            return None
+        td = self.time_drive
+        idx = torch.arange(t0, t0 + T, device=td.device).clamp(max=td.shape[1] - 1)
+        return torch.cat([td, td.new_zeros(1, td.shape[1])])[:, idx][self._drive_pop]
+
+    def _drive(self, x: torch.Tensor, cd: torch.dtype, t0: int = 0) -> torch.Tensor:
+        """Bias (+ stimulus-locked drive) + input projection for all steps, ``[N_v1, T, B]``: one GEMM per
+        input block. ``x`` is ``[N_in, T, B]``; ``t0`` its first bin within the window."""
         _, T, B = x.shape
         drive = self.effective_bias()[:, None, None].expand(self.n_v1, T, B).clone()
+        locked = self.stimulus_drive(T, t0)
+        if locked is not None:
+            drive += locked.to(drive.dtype)[:, :, None]
         for b in self._in_blocks:
             w = self.weights[b.name]
             xs = x[b.col0:b.col1].reshape(b.col1 - b.col0, T * B).to(cd)
@@ -441,22 +466,23 @@ class CorticalRNN(nn.Module):
 
     def run(self, lgn: torch.Tensor, teacher: torch.Tensor | None = None,
             teacher_mask: torch.Tensor | None = None, teacher_fraction: float = 1.0,
-            generator: torch.Generator | None = None, state: object | None = None, detach_every: int = 0
-            ) -> tuple[torch.Tensor, object]:
+            generator: torch.Generator | None = None, state: object | None = None, detach_every: int = 0,
+            t0: int = 0) -> tuple[torch.Tensor, object]:
         """Like :meth:`forward` but also takes/returns the network state, so a trainer can run a long
-        window in chunks with one backward per chunk (truncated BPTT that also bounds memory)."""
+        window in chunks with one backward per chunk (truncated BPTT that also bounds memory); ``t0``:
+        the chunk's first bin within its window (for the stimulus-locked drive)."""
         cdtype = self._cdtype()
         with torch.autocast(lgn.device.type, enabled=False):
             return self._run(lgn, teacher, teacher_mask, teacher_fraction, generator, state, cdtype,
-                             detach_every)
+                             detach_every, t0)
 
     def _run(self, lgn: torch.Tensor, teacher: torch.Tensor | None, teacher_mask: torch.Tensor | None,
              teacher_fraction: float, generator: torch.Generator | None, state: object | None,
-             cdtype: torch.dtype, detach_every: int) -> tuple[torch.Tensor, object]:
+             cdtype: torch.dtype, detach_every: int, t0: int) -> tuple[torch.Tensor, object]:
         B, T, _ = lgn.shape
         dtype = self.bias.dtype
         x = lgn.to(dtype).permute(2, 1, 0).contiguous()
-        drive = self._drive(x, cdtype)
+        drive = self._drive(x, cdtype, t0)
         y = force = None
         if teacher is not None and teacher_mask is not None and teacher_fraction > 0:
             f = self.draw_force(B, teacher_mask.to(lgn.device), teacher_fraction, generator)

@@ -57,6 +57,10 @@ def reference_forward(model: CorticalRNN, lgn: torch.Tensor, teacher: torch.Tens
                 if any(pre not in now for pre in same_step):
                     continue
                 current = current0[s].expand(B, -1)
+                driven = model.config.architecture.time_drive  # stimulus-locked: one value per sheet, bin
+                if s in driven:
+                    last = model.time_drive.shape[1] - 1
+                    current = current + model.time_drive[driven.index(s), min(t, last)]
                 for p in g.pathways:
                     if p.post != s:
                         continue

@@ -21,9 +21,10 @@ from corticalrnn.train.spec import build_model, make_spec, rebin_hint
 from corticalrnn.train.trainer import Trainer, TrainResult, resolve_device, resolve_precision
 
 
-def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
-    """The model's config from the ``[model]`` table; ``bin_ms`` comes from the store and the
-    matmul precision from the trainer (fp32 on CPU)."""
+def model_config(cfg: TrainConfig, bin_ms: float, precision: str, n_bins: int = 0) -> Any:
+    """The model's config from the ``[model]`` table; ``bin_ms`` (and, for a stimulus-locked drive
+    without its own length, ``architecture.time_drive_bins``: the window's ``n_bins``) come from the
+    store and the matmul precision from the trainer (fp32 on CPU)."""
     from corticalrnn.model import ModelConfig
     from corticalrnn.model.config import migrate_flat
 
@@ -35,6 +36,8 @@ def model_config(cfg: TrainConfig, bin_ms: float, precision: str) -> Any:
     mcfg = ModelConfig.from_dict(data, "config [model]")
     if "precision" not in (migrate_flat(data)[0].get("compute") or {}):  # a flat layout's key counts too
         mcfg = mcfg.with_values({"compute.precision": precision})
+    if mcfg.architecture.time_drive and mcfg.architecture.time_drive_bins == 0 and n_bins > 0:
+        mcfg = mcfg.with_values({"architecture.time_drive_bins": int(n_bins)})
     return mcfg
 
 
@@ -133,7 +136,7 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
     if subset is None:
         subset = NeuronSubset.load(cfg.data.subset)
     precision = resolve_precision(cfg.train.precision, device)
-    mcfg = model_config(cfg, store.bin_ms, precision)
+    mcfg = model_config(cfg, store.bin_ms, precision, store.n_bins)
     spec = make_spec(mcfg, subset, store)
     train_w, val_w, split = split_training_windows(store, cfg)
     train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
