@@ -49,7 +49,13 @@ TABLE_CAPTION = ("med: median over the group's neurons; pooled: one value from t
                  "averaged over trials (neuralpredictors' pooled variant: oracle_r_jackknife in report.json)")
 TRUTH_COLUMNS: tuple[str, ...] = ("population", "neurons", "n", "r_model_truth_median",
                                   "r_population_truth_median", "r_psth_truth_median", "r_data_truth_median",
-                                  "r_model_truth_imgspec_median", "r_data_truth_imgspec_median")
+                                  "r_ceiling_truth_median", "r_model_truth_imgspec_median",
+                                  "r_data_truth_imgspec_median", "r_ceiling_truth_imgspec_median")
+TRUTH_NOTE = """\
+r_ceiling: the highest r with the true rates that a predictor of each image's trial-invariant rate can
+  reach: the test trials' own noise (noise current, LGN spikes) stays in their average (sqrt of the true
+  rates' split-half r, even vs odd trials, Spearman-Brown corrected; TruthCeiling). imgspec: after
+  removing each neuron's mean time course over the test images; image-blind predictors score 0 there."""
 # the model beside the baselines and ceilings, per population x observed / hidden (med: medians over
 # neurons; bits/spike pooled over the group's neurons)
 COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -210,7 +216,8 @@ def truth_rows(r: dict[str, np.ndarray], labels: np.ndarray, observed: np.ndarra
     from corticalrnn.metrics import POPULATIONS
     from corticalrnn.sheets import population_label
 
-    fixed = ("model", "data", "model_imgspec", "data_imgspec", "mean_rate", "baseline")
+    fixed = ("model", "data", "model_imgspec", "data_imgspec", "mean_rate", "baseline", "ceiling",
+             "ceiling_imgspec")
     lab = np.array([population_label(str(x)) for x in labels], dtype=object)
     rows = []
     for pop in [p for p in POPULATIONS if p in set(lab)] + ["all"]:
@@ -223,6 +230,9 @@ def truth_rows(r: dict[str, np.ndarray], labels: np.ndarray, observed: np.ndarra
                    "r_data_truth_median": _nanmedian(r["data"][sel]),
                    "r_model_truth_imgspec_median": _nanmedian(r["model_imgspec"][sel]),
                    "r_data_truth_imgspec_median": _nanmedian(r["data_imgspec"][sel])}
+            if "ceiling" in r:  # TruthCeiling: what a predictor of the trial-invariant rate can reach
+                row["r_ceiling_truth_median"] = _nanmedian(r["ceiling"][sel])
+                row["r_ceiling_truth_imgspec_median"] = _nanmedian(r["ceiling_imgspec"][sel])
             for k, v in r.items():
                 if k not in fixed:
                     row[f"r_{k}_truth_median"] = _nanmedian(v[sel])
@@ -237,7 +247,9 @@ def true_rates_for(path: str | Path, image_ids: np.ndarray, subset: Any, store: 
 
 
 def truth_reader(path: str | Path, subset: Any, store: Any) -> Any:
-    """A function ``image_ids -> [images, T, N_v1]`` of :func:`true_rates_for` (file read once)."""
+    """A function ``(image_ids, per_trial=False) -> [images, T, N_v1]`` of :func:`true_rates_for` (file
+    read once); ``per_trial=True``: ``[images, trials, T, N_v1]``, each trial's true rates (that trial's
+    noise included), as many trials as every image in ``image_ids`` has."""
     from corticalrnn.synth.truth import read_truth
 
     gt = read_truth(path)
@@ -262,17 +274,71 @@ def truth_reader(path: str | Path, subset: Any, store: Any) -> Any:
     missing = [int(i) for i in wanted if int(i) not in col]
     if missing:
         raise DataMismatchError(f"{path}: lacks {len(missing)} of the model's neurons (e.g. {missing[:5]})")
-    rows = {int(i): r for r, i in enumerate(gt.avg_image_id)}
     cols = np.array([col[int(i)] for i in wanted], dtype=np.int64)
+    by_trial = {int(i): np.flatnonzero(gt.image_id == i) for i in np.unique(gt.image_id)}
+    sources = {False: (gt.avg_rates_v1, {int(i): np.array([r]) for r, i in enumerate(gt.avg_image_id)}),
+               True: (gt.rates_v1, by_trial)}
 
-    def rates(image_ids: np.ndarray) -> np.ndarray:
-        absent = [int(i) for i in image_ids if int(i) not in rows]
+    def rates(image_ids: np.ndarray, per_trial: bool = False) -> np.ndarray:
+        rates_v1, trials = sources[per_trial]
+        absent = [int(i) for i in image_ids if int(i) not in trials]
         if absent:
             raise DataMismatchError(f"{path}: has no true rates for test images {absent}")
-        r = gt.avg_rates_v1[[rows[int(i)] for i in image_ids]][:, k0:k0 + T * per][..., cols]
-        return r.reshape(len(image_ids), T, per, len(cols)).mean(2).astype(np.float64) * (b / 1000.0)
+        k = min(len(trials[int(i)]) for i in image_ids)
+        rows = np.concatenate([trials[int(i)][:k] for i in image_ids])
+        r = rates_v1[rows][:, k0:k0 + T * per][..., cols]
+        r = r.reshape(len(image_ids), k, T, per, len(cols)).mean(3).astype(np.float64) * (b / 1000.0)
+        return r if per_trial else r[:, 0]
 
     return rates
+
+
+class TruthCeiling:
+    """Per neuron, the highest r with the trial-averaged true rates that a predictor of the *trial-
+    invariant* rate (what one image drives, the same in every trial) can reach, streamed over chunks of
+    images' per-trial true rates ``[images, trials, T, N]`` (:func:`truth_reader` ``per_trial``).
+
+    The trials' own noise (the generator's noise current, its LGN spikes) stays in the trial average,
+    so this is sqrt of the split-half r (even vs odd trials' averages, Spearman-Brown corrected to all
+    trials) over images x time (``total``), and after removing each neuron's mean time course over the
+    images (``imgspec``: the ceiling of the image-specific r). A model that sees each trial's LGN spikes
+    can exceed it by what those spikes explain."""
+
+    def __init__(self, n_t: int, n: int) -> None:
+        self.sums = {k: np.zeros((n_t, n)) for k in ("a", "b", "aa", "bb", "ab")}
+        self.n_img = 0
+        self.k = 0
+
+    def update(self, per_trial: np.ndarray) -> None:
+        if per_trial.shape[1] < 2:
+            self.k = 1
+            return
+        a = per_trial[:, 0::2].mean(1, dtype=np.float64)
+        b = per_trial[:, 1::2].mean(1, dtype=np.float64)
+        for key, v in (("a", a), ("b", b), ("aa", a * a), ("bb", b * b), ("ab", a * b)):
+            self.sums[key] += v.sum(0)
+        self.n_img += len(a)
+        self.k = per_trial.shape[1] if not self.k else min(self.k, per_trial.shape[1])
+
+    def result(self) -> dict[str, np.ndarray]:
+        s, n_img = self.sums, self.n_img
+        n = s["a"].shape[1]
+        if self.k < 2 or n_img < 1:
+            return {"total": np.full(n, np.nan), "imgspec": np.full(n, np.nan)}
+        m = n_img * s["a"].shape[0]
+        ma, mb = s["a"].sum(0) / m, s["b"].sum(0) / m
+        moments = {"total": (s["ab"].sum(0) - m * ma * mb, s["aa"].sum(0) - m * ma * ma,
+                             s["bb"].sum(0) - m * mb * mb),
+                   "imgspec": ((s["ab"] - s["a"] * s["b"] / n_img).sum(0),
+                               (s["aa"] - s["a"] ** 2 / n_img).sum(0),
+                               (s["bb"] - s["b"] ** 2 / n_img).sum(0))}
+        out = {}
+        for key, (cov, va, vb) in moments.items():
+            den = np.sqrt(np.clip(va, 0, None) * np.clip(vb, 0, None))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
+                out[key] = np.sqrt(np.clip(2 * r / (1 + r), 0, 1))  # Spearman-Brown: two halves -> all
+        return out
 
 
 def _training_baselines(ck: dict[str, Any], subset: Any, train_store: Any, notes: list[str]) -> Any:
@@ -573,6 +639,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
                            baselines=None if base is None else {"psth": base.psth,
                                                                 "population": base.population})
     true_rates = None if truth is None else truth_reader(truth, subset, st)
+    ceiling = None if truth is None else TruthCeiling(n_t, n_v1)
     per_chunk = chunk_images or chunk_images_for(k, n_t, n_in, n_v1, batch_size)
     t_stream = time.perf_counter()
     keeper = _Keeper(keep_images)
@@ -600,6 +667,8 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
             pred = predict(model, lgn, batch_size, str(dev), progress=False)
             tr = None if true_rates is None else true_rates(imgs[a:b])
             acc.update(v1, pred, tr)
+            if ceiling is not None:
+                ceiling.update(true_rates(imgs[a:b], per_trial=True))
             if writer is not None:
                 writer.write(pred)
             spikes = v1.sum(axis=(1, 2, 3), dtype=np.float64)
@@ -627,6 +696,9 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     skipped = dict(summary.skipped)
     per = summary.results["model"].per_neuron
     truth_r = None if truth is None else acc.truth_r()
+    if truth_r is not None and ceiling is not None:
+        c = ceiling.result()
+        truth_r.update({"ceiling": c["total"], "ceiling_imgspec": c["imgspec"]})
     truth_rows_ = None if truth_r is None else truth_rows(truth_r, labels, observed)
     from corticalrnn.results import per_neuron_table
 
@@ -727,6 +799,7 @@ def print_result(res: EvalResult, file: Any = None) -> None:
         print("\ncomparison with the generator's true rates (Pearson r over images x time, median):",
               file=file)
         print(format_table(res.truth_rows, list(TRUTH_COLUMNS), drop_empty=True), file=file)
+        print(TRUTH_NOTE, file=file)
     if res.report_path is not None:
         print(f"\nreport: {res.report_path}", file=file)
         tables = [v for k, v in (r.get("files") or {}).items() if k.startswith("per_neuron")]

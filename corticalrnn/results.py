@@ -125,9 +125,11 @@ def per_neuron_table(neuron_ids: np.ndarray, sheets: np.ndarray, observed: np.nd
         key = f"{base}_r_truth" + ("_imgspec" if imgspec else "")
         who = "the trial-averaged data" if base == "data" else PREDICTOR_TEXT.get(base, base)
         cols[key] = v
-        desc[key] = (f"Pearson r of {who} with the generator's true rate over images x time"
-                     + (", after removing each neuron's mean time course over the test images"
-                        if imgspec else ""))
+        desc[key] = ("the highest r with the generator's true rate (trial average) that a predictor of "
+                     "the trial-invariant rate can reach (sqrt of the true rates' split-half r)"
+                     if base == "ceiling" else
+                     f"Pearson r of {who} with the generator's true rate over images x time")
+        desc[key] += ", after removing each neuron's mean time course over the test images" if imgspec else ""
     return cols, desc
 
 

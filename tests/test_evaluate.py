@@ -452,3 +452,44 @@ def test_train_test_images_moves_test_images_into_training(tmp_path):
     assert split(0)[2].test.tolist() == [200, 201, 202]
     with pytest.raises(CorticalRNNError, match="train_test_images = 3 would leave no test image"):
         split(3)
+
+
+def _naive_ceiling(per_trial: np.ndarray, imgspec: bool) -> np.ndarray:
+    """Independent reference of TruthCeiling: np.corrcoef per neuron on the half averages."""
+    a, b = per_trial[:, 0::2].mean(1), per_trial[:, 1::2].mean(1)
+    if imgspec:
+        a, b = a - a.mean(0), b - b.mean(0)
+    out = []
+    for j in range(a.shape[-1]):
+        r = np.corrcoef(a[..., j].ravel(), b[..., j].ravel())[0, 1]
+        out.append(np.sqrt(max(0.0, 2 * r / (1 + r))))
+    return np.array(out)
+
+
+def test_truth_ceiling_streams_equal_the_naive_formula_and_the_theory():
+    from corticalrnn.evaluate import TruthCeiling
+
+    rng = np.random.default_rng(0)
+    n_img, k, n_t, n = 200, 10, 20, 4
+    course = rng.normal(0, 1.0, (1, n_t, n))  # the mean time course, the same for every image
+    specific = rng.normal(0, 1.0, (n_img, n_t, n))  # what each image drives (trial-invariant)
+    sigma = np.array([0.5, 2.0, 4.0, 6.0])  # per-trial noise of each neuron
+    per_trial = (course + specific)[:, None] + rng.normal(0, 1, (n_img, k, n_t, n)) * sigma
+    one = TruthCeiling(n_t, n)
+    one.update(per_trial)
+    chunks = TruthCeiling(n_t, n)
+    for a in range(0, n_img, 7):
+        chunks.update(per_trial[a:a + 7])
+    got, streamed = one.result(), chunks.result()
+    for key, imgspec in (("total", False), ("imgspec", True)):
+        np.testing.assert_allclose(streamed[key], got[key], rtol=1e-12)
+        np.testing.assert_allclose(got[key], _naive_ceiling(per_trial, imgspec), rtol=1e-10)
+    # theory: r of the k-trial average with its trial-invariant part = sqrt(var S / (var S + sigma^2 / k))
+    want_spec = np.sqrt(1 / (1 + sigma ** 2 / k))
+    want_total = np.sqrt(2 / (2 + sigma ** 2 / k))
+    np.testing.assert_allclose(got["imgspec"], want_spec, atol=0.03)
+    np.testing.assert_allclose(got["total"], want_total, atol=0.03)
+    assert np.all(np.diff(got["imgspec"]) < 0)  # noisier neurons, lower ceiling
+    single = TruthCeiling(n_t, n)
+    single.update(per_trial[:, :1])
+    assert np.isnan(single.result()["total"]).all()  # one trial: no ceiling to estimate
