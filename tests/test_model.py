@@ -651,3 +651,34 @@ def test_trainer_sets_time_drive_bins_from_the_store_window():
     cfg = TrainConfig(model={"architecture": {"time_drive": True, "time_drive_bins": 12}})
     assert train_model_config(cfg, 20.0, "fp32", n_bins=35).architecture.time_drive_bins == 12
     assert train_model_config(TrainConfig(), 20.0, "fp32", n_bins=35).architecture.time_drive_bins == 0
+
+
+def test_expected_weight_init_is_the_connection_probability():
+    # distance rule: mask = pairs with p >= expected_p_min, magnitude proportional to p before the row's
+    # E/I balance (one factor for a row's excitatory entries); p computed here from the positions
+    kw = {"connectivity.weight_init": "expected", "connectivity.expected_p_min": 0.1}
+    model = make(connectivity="distance", **kw).double()
+    pos = positions()
+    sigma = model.config.connectivity.distance_sigma_mm["exc"]
+    d2 = ((pos["V1_Exc_L4"][:, None, :] - pos["V1_Exc_L4"][None, :, :]) ** 2).sum(-1)
+    p = np.exp(-d2 / (2 * sigma**2))
+    with torch.no_grad():
+        w = model.pathway_weight("V1_Exc_L4", "V1_Exc_L4", 1).numpy()
+    assert np.array_equal(w > 0, p >= 0.1)
+    for i in range(len(p)):
+        ratio = w[i][p[i] >= 0.1] / p[i][p[i] >= 0.1]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+    random = make(connectivity="distance").double()  # the default: one Bernoulli draw, random magnitudes
+    with torch.no_grad():
+        wr = random.pathway_weight("V1_Exc_L4", "V1_Exc_L4", 1).numpy()
+    assert not np.array_equal(wr > 0, p >= 0.1)
+    assert_matches_reference(model, teacher=True)
+    with pytest.raises(CorticalRNNError, match="expected_p_min"):
+        model_config(**{"connectivity.expected_p_min": 0.0})
+    # sparse storage (pairs from the cell list, never a dense matrix): the same synapses and weights
+    sparse = make(connectivity="distance", **kw, **{"connectivity.storage": "sparse"}).double()
+    with torch.no_grad():
+        for pre, post, delay in (("V1_Exc_L4", "V1_Exc_L4", 1), ("V1_Inh_L2/3", "V1_Exc_L2/3", 1),
+                                 ("V1_Exc_L4", "V1_Inh_L2/3", 0)):
+            torch.testing.assert_close(sparse.pathway_weight(pre, post, delay),
+                                       model.pathway_weight(pre, post, delay), rtol=1e-6, atol=1e-9)

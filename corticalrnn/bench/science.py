@@ -133,8 +133,12 @@ def _criteria(table: list[dict[str, Any]], variant: str) -> list[str]:
         need = 0.7 if variant == "simulator" else 0.5
         ok = gap >= 0.1 and r[bps] > 0 and ratio >= need
         ceiling = r.get(_column("model", "cc_max_median"), np.nan)
+        oracle = r.get("r_avg of true rates", np.nan)
         reach = (f"; pop + 0.1 = {r[r_pop] + 0.1:.3f} is above the ceiling CC_max {ceiling:.3f}: "
                  "unreachable with this test set's trials" if r[r_pop] + 0.1 > ceiling else "")
+        if r[r_pop] + 0.1 > oracle:
+            reach += (f"; the generator's true rates themselves reach r_avg {oracle:.3f} < pop + 0.1: no "
+                      "predictor can pass")
         lines.append(f"  {r['population']:6s} hidden: r_avg {r[r_model]:.3f} vs pop "
                      f"{r[r_pop]:.3f} ({gap:+.3f}), bits/spike vs pop "
                      f"{r[bps]:+.4f}, "
@@ -179,7 +183,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 tr = truth_by.get((r["population"], r["neurons"]), {})
                 row["r(true) model"] = tr.get("r_model_truth_median", np.nan)
                 row["r(true) pop"] = tr.get("r_population_truth_median", np.nan)
+                row["r(true) ceiling"] = tr.get("r_ceiling_truth_median", np.nan)
                 row["imgspec r(true)"] = tr.get("r_model_truth_imgspec_median", np.nan)
+                row["imgspec ceiling"] = tr.get("r_ceiling_truth_imgspec_median", np.nan)
+                # the generator's own rates as the predictor of the data's trial average: an oracle
+                row["r_avg of true rates"] = tr.get("r_data_truth_median", np.nan)
                 table.append(row)
             print(f"\n== {variant}, observed {observed:g} ({steps} steps, trained in {train_s:.0f} s)")
             print(format_table(table))

@@ -121,6 +121,13 @@ class ConnectivityConfig:
     distance_sigma_mm: dict[str, float] = field(
         default_factory=lambda: {"exc": 0.25, "inh": 0.12})  # Gaussian profile width by presynaptic sign
     distance_p_max: float = 1.0  # connection probability at distance 0
+    # initial recurrent weights: "random" (each rule draws its pairs once; uniform random magnitudes) or
+    # "expected" (distance / feature rules: every pair whose connection probability is at least
+    # expected_p_min x distance_p_max, magnitude proportional to that probability): a unit starts with the
+    # input its similar neighbours give on average. Hidden units keep roughly their initial input
+    # weights (no loss of their own), so this is what ties their input to their identity
+    weight_init: str = "random"
+    expected_p_min: float = 0.02
     # recurrent V1 blocks with masks stored as their values on the mask's pattern (parameters,
     # gradients and Adam state O(synapses), per-step CSR, SDDMM gradients): dense | sparse
     storage: str = "dense"
@@ -256,6 +263,7 @@ class ModelConfig:
                                      ("connectivity.storage", c.storage, ("dense", "sparse")),
                                      ("connectivity.input_rule", c.input_rule, INPUT_MASK_KINDS),
                                      ("connectivity.input_storage", c.input_storage, ("dense", "sparse")),
+                                     ("connectivity.weight_init", c.weight_init, ("random", "expected")),
                                      ("architecture.sign_mode", a.sign_mode, SIGN_MODES),
                                      ("architecture.reparam", a.reparam, REPARAM_FUNCS),
                                      ("neurons.model", n.model, NEURON_MODELS),
@@ -290,6 +298,8 @@ class ModelConfig:
                 raise bad(f"connectivity.feature_affinity[{key!r}]={v!r}: keys ori, phase with values >= 0")
         if c.input_sigma_mm <= 0 or c.lgn_extent_mm < 0:
             raise bad("connectivity.input_sigma_mm must be > 0 and connectivity.lgn_extent_mm >= 0")
+        if not 0 < c.expected_p_min < 1:
+            raise bad(f"connectivity.expected_p_min must be in (0, 1), got {c.expected_p_min}")
         if not 0 < c.distance_p_max <= 1:
             raise bad(f"connectivity.distance_p_max must be in (0, 1], got {c.distance_p_max}")
         for key in ("exc", "inh"):

@@ -41,6 +41,18 @@ class Rule:
               ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def probability(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int
+                    ) -> np.ndarray | None:
+        """Connection probability ``[n_post, n_pre]`` (float32) for ``weight_init = "expected"``; None for
+        rules without one (their mask and random initial weights are used)."""
+        return None
+
+    def expected_pairs(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`probability` for sparse storage: ``(post, pre, p)`` of the pairs with ``p >=
+        expected_p_min x distance_p_max``; None for rules without one."""
+        return None
+
     def mask(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int) -> np.ndarray | None:
         """Bool ``[n_post, n_pre]``; ``None`` means all pairs."""
         r, c = self.pairs(ctx, pre, post, n_pre, n_post)
@@ -101,6 +113,16 @@ class Distance(Rule):
     def mask(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int) -> np.ndarray:
         return distance_mask(*self._args(ctx, pre, post, n_pre, n_post),
                              log_affinity=self.affinity(ctx, pre, post))
+
+    def probability(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int) -> np.ndarray:
+        pre_xy, post_xy, sigma, p_max, _ = self._args(ctx, pre, post, n_pre, n_post)
+        return distance_mask(pre_xy, post_xy, sigma, p_max, None, log_affinity=self.affinity(ctx, pre, post))
+
+    def expected_pairs(self, ctx: RuleContext, pre: str, post: str, n_pre: int, n_post: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pre_xy, post_xy, sigma, p_max, _ = self._args(ctx, pre, post, n_pre, n_post)
+        return distance_pairs(pre_xy, post_xy, sigma, p_max, None, log_affinity=self.affinity(ctx, pre, post),
+                              p_min=ctx.config.connectivity.expected_p_min * p_max)
 
 
 @register

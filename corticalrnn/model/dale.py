@@ -232,14 +232,18 @@ def _sign_runs(col_sign: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def balanced_magnitudes(shapes: list[tuple[int, int]], col_signs: list[np.ndarray],
-                        masks: list[np.ndarray | None], generator: torch.Generator) -> list[torch.Tensor]:
+                        masks: list[np.ndarray | None], generator: torch.Generator,
+                        base: list[np.ndarray | None] | None = None) -> list[torch.Tensor]:
     """Random non-negative magnitudes for blocks that share rows, rescaled so that for every row
     the summed inhibitory weight equals the summed excitatory weight (E/I balance; zero row sums
     remove the outlier eigenvalue, Rajan & Abbott 2006). Scale is 1/sqrt(fan-in) before
-    :func:`scale_to_radius`."""
+    :func:`scale_to_radius`. ``base``: per block, magnitudes to start from instead of random ones
+    (``weight_init = "expected"``: the connection probabilities), balanced and scaled alike."""
     mags = []
-    for (r, c), m in zip(shapes, masks):
+    for k, ((r, c), m) in enumerate(zip(shapes, masks)):
         w = torch.rand(r, c, generator=generator, dtype=torch.float32)
+        if base is not None and base[k] is not None:
+            w = torch.as_tensor(base[k], dtype=torch.float32).clone()
         if m is not None:
             w *= torch.as_tensor(m)
         mags.append(w)
@@ -262,11 +266,15 @@ def balanced_magnitudes(shapes: list[tuple[int, int]], col_signs: list[np.ndarra
 
 def balanced_values(shapes: list[tuple[int, int]], col_signs: list[np.ndarray],
                     pairs: list[tuple[torch.Tensor, torch.Tensor]],
-                    generator: torch.Generator) -> list[torch.Tensor]:
+                    generator: torch.Generator, base: list[torch.Tensor | None] | None = None
+                    ) -> list[torch.Tensor]:
     """:func:`balanced_magnitudes` for blocks given by their entries ``(rows, cols)``: values
-    ``[nnz]`` per block, never a dense matrix (same balance and 1/sqrt(fan-in) scale)."""
+    ``[nnz]`` per block, never a dense matrix (same balance and 1/sqrt(fan-in) scale); ``base``: per
+    block, values to start from instead of random ones."""
     n = shapes[0][0] if shapes else 0
     vals = [torch.rand(r.numel(), generator=generator, dtype=torch.float32) for r, _ in pairs]
+    vals = [v if base is None or base[k] is None else base[k].to(torch.float32).clone()
+            for k, v in enumerate(vals)]
     e_sum, i_sum, fan = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     inh = [torch.as_tensor(s)[c] < 0 for s, (_, c) in zip(col_signs, pairs)]
     for v, (r, _), neg in zip(vals, pairs, inh):

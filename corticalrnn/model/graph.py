@@ -13,7 +13,7 @@ form one block per delay in the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,12 +136,13 @@ LogAffinity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def distance_mask(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_max: float,
-                  rng: np.random.Generator, self_connections: bool = True,
+                  rng: np.random.Generator | None, self_connections: bool = True,
                   log_affinity: LogAffinity | None = None) -> np.ndarray:
     """Bernoulli mask [n_post, n_pre] with P(connect) = p_max * exp(-d^2 / (2 sigma^2)), d in the x, y
     plane (mm), times ``exp(log_affinity(post_idx, pre_idx))`` (``[len(post), len(pre)]``, <= 0) when
-    given. Built in row chunks to bound memory."""
-    out = np.empty((len(post_xy), len(pre_xy)), dtype=bool)
+    given. Built in row chunks to bound memory. ``rng=None``: no draw, the probabilities themselves
+    (float32)."""
+    out = np.empty((len(post_xy), len(pre_xy)), dtype=bool if rng is not None else np.float32)
     pre, post = surface_xy(pre_xy), surface_xy(post_xy)
     step = max(1, 2_000_000 // max(len(pre), 1))
     for i in range(0, len(post), step):
@@ -149,22 +150,50 @@ def distance_mask(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_ma
         logp = -d2 / (2 * sigma_mm**2)
         if log_affinity is not None:
             logp = logp + log_affinity(np.arange(i, min(i + step, len(post))), np.arange(len(pre)))
-        out[i:i + step] = rng.random(logp.shape) < p_max * np.exp(logp)
+        p = p_max * np.exp(logp)
+        out[i:i + step] = p if rng is None else rng.random(logp.shape) < p
     if not self_connections:
         np.fill_diagonal(out, False)
     return out
 
 
 def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_max: float,
-                   rng: np.random.Generator, radius_sigmas: float = 5.0,
-                   log_affinity: LogAffinity | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator | None, radius_sigmas: float = 5.0,
+                   log_affinity: LogAffinity | None = None, p_min: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The connections of :func:`distance_mask` without the dense matrix: ``(post, pre)`` indices
     (int64, sorted by post then pre), sampled only among pairs closer than ``radius_sigmas * sigma``
     (a cell list of that size; farther pairs connect with probability below ``p_max * 3.7e-6`` at 5
     sigma and are dropped). Memory and time grow with the pairs inside the radius, not ``n_post *
-    n_pre``. Another random stream than :func:`distance_mask`, so not the same draw."""
+    n_pre``. Another random stream than :func:`distance_mask`, so not the same draw.
+
+    ``rng=None``: no draw; every pair with probability ``>= p_min``, and the probabilities as a third
+    array (float32), for ``weight_init = "expected"``."""
     pre, post = surface_xy(pre_xy), surface_xy(post_xy)
-    r = radius_sigmas * sigma_mm
+    posts, pres, probs = [], [], []
+    for group, cand in _neighbour_candidates(pre, post, radius_sigmas * sigma_mm):
+        d2 = ((post[group, None, :] - pre[None, cand, :]) ** 2).sum(-1)
+        logp = -d2 / (2 * sigma_mm**2)
+        if log_affinity is not None:
+            logp = logp + log_affinity(group, cand)
+        p = p_max * np.exp(logp)
+        hit = p >= p_min if rng is None else rng.random(d2.shape) < p
+        i, j = np.nonzero(hit)
+        posts.append(group[i])
+        pres.append(cand[j])
+        probs.append(p[i, j].astype(np.float32))
+    if not posts:
+        empty = np.zeros(0, np.int64)
+        return (empty, empty) if rng is not None else (empty, empty, np.zeros(0, np.float32))
+    a, b = np.concatenate(posts), np.concatenate(pres)
+    srt = np.lexsort((b, a))
+    return (a[srt], b[srt]) if rng is not None else (a[srt], b[srt], np.concatenate(probs)[srt])
+
+
+def _neighbour_candidates(pre: np.ndarray, post: np.ndarray, r: float
+                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per group of postsynaptic units sharing a cell of side ``r``, ``(group, candidates)``: the
+    presynaptic units in that cell and its 8 neighbours (every pair closer than ``r``, and some farther)."""
     lo = np.minimum(pre.min(0), post.min(0)) if len(pre) and len(post) else np.zeros(2)
     cell_pre = np.floor((pre - lo) / r).astype(np.int64)
     cell_post = np.floor((post - lo) / r).astype(np.int64)
@@ -172,7 +201,6 @@ def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_m
     key_pre = (cell_pre[:, 0] + 1) * ny + (cell_pre[:, 1] + 1)
     order = np.argsort(key_pre, kind="stable")
     sorted_keys = key_pre[order]
-    posts, pres = [], []
     post_key = (cell_post[:, 0] + 1) * ny + (cell_post[:, 1] + 1)
     post_order = np.argsort(post_key, kind="stable")
     bounds = np.flatnonzero(np.diff(post_key[post_order])) + 1
@@ -183,21 +211,8 @@ def distance_pairs(pre_xy: np.ndarray, post_xy: np.ndarray, sigma_mm: float, p_m
         cand = np.concatenate([order[np.searchsorted(sorted_keys, k + dx * ny + dy):
                                      np.searchsorted(sorted_keys, k + dx * ny + dy, side="right")]
                                for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
-        if not cand.size:
-            continue
-        d2 = ((post[group, None, :] - pre[None, cand, :]) ** 2).sum(-1)
-        logp = -d2 / (2 * sigma_mm**2)
-        if log_affinity is not None:
-            logp = logp + log_affinity(group, cand)
-        hit = rng.random(d2.shape) < p_max * np.exp(logp)
-        i, j = np.nonzero(hit)
-        posts.append(group[i])
-        pres.append(cand[j])
-    if not posts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    a, b = np.concatenate(posts), np.concatenate(pres)
-    srt = np.lexsort((b, a))
-    return a[srt], b[srt]
+        if cand.size:
+            yield group, cand
 
 
 def _check_sizes(sizes: dict[str, int]) -> dict[str, int]:

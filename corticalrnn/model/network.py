@@ -71,6 +71,7 @@ class CorticalRNN(nn.Module):
         # weight_storage = "sparse": recurrent blocks are built as their entries only (never dense)
         sparse = config.connectivity.storage == "sparse"
         masks: dict[str, np.ndarray | None] = {}
+        expected: dict[str, np.ndarray | None] = {}  # weight_init = "expected": initial magnitudes
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # input blocks: the input rule's own weight module, or a mask (model/input_rules.py)
         in_rule = input_rule(config.connectivity.input_rule)
@@ -78,18 +79,21 @@ class CorticalRNN(nn.Module):
                if b.source == "input" and (w := in_rule.weight(g, b, ctx)) is not None}
         for b in g.blocks:
             if sparse and b.source == "v1":
-                pairs[b.name] = self._block_pairs(b, ctx)
+                rows_, cols_, expected[b.name] = self._block_pairs(b, ctx)
+                pairs[b.name] = (rows_, cols_)
             elif b.source == "input" and b.name not in own:
                 masks[b.name] = in_rule.mask(g, b, ctx)
             elif b.name not in own:
-                masks[b.name] = self._block_mask(b, ctx)
+                masks[b.name], expected[b.name] = self._block_mask(b, ctx)
         arch = config.architecture
         mags: dict[str, torch.Tensor] = {}
         for st in range(g.n_stages):
             v1b = [b for b in g.blocks if b.row0 == g.stage_rows[st][0] and b.source == "v1"]
             shapes, signs = [b.shape for b in v1b], [b.col_sign for b in v1b]
-            vals = (balanced_values(shapes, signs, [pairs[b.name] for b in v1b], gen) if sparse else
-                    balanced_magnitudes(shapes, signs, [masks[b.name] for b in v1b], gen))
+            vals = (balanced_values(shapes, signs, [pairs[b.name] for b in v1b], gen,
+                                    [expected.get(b.name) for b in v1b]) if sparse else
+                    balanced_magnitudes(shapes, signs, [masks[b.name] for b in v1b], gen,
+                                        [expected.get(b.name) for b in v1b]))
             mags.update(zip([b.name for b in v1b], vals))
             for b in g.blocks:
                 if b.row0 == g.stage_rows[st][0] and b.source == "input" and b.name not in own:
@@ -161,35 +165,58 @@ class CorticalRNN(nn.Module):
         self._in_blocks = [b for b in g.blocks if b.source == "input"]
 
     # -- construction helpers -------------------------------------------------------------------
-    def _block_mask(self, b: Block, ctx: RuleContext) -> np.ndarray | None:
-        """Mask of a recurrent block from each pathway's connectivity rule (``model/connectivity.py``)."""
+    def _block_mask(self, b: Block, ctx: RuleContext) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Mask of a recurrent block from each pathway's connectivity rule (``model/connectivity.py``),
+        and with ``weight_init = "expected"`` the initial magnitudes (the connection probability where the
+        rule has one, uniform random elsewhere; else None)."""
         g, cfg = self.graph, self.config
+        conn = cfg.connectivity
         m = g.structure(b)
+        base = None
         for p in b.pathways:
-            rule = conn_rule(p.mask or cfg.connectivity.rule)
-            pm = rule.mask(ctx, p.pre, p.post, g.sizes[p.pre], g.sizes[p.post])
+            rule = conn_rule(p.mask or conn.rule)
+            n_pre, n_post = g.sizes[p.pre], g.sizes[p.post]
+            prob = (rule.probability(ctx, p.pre, p.post, n_pre, n_post) if conn.weight_init == "expected"
+                    else None)
+            pm = rule.mask(ctx, p.pre, p.post, n_pre, n_post) if prob is None else (
+                prob >= conn.expected_p_min * conn.distance_p_max)
+            rs, cs = g.slice(p.post), g.slice(p.pre)
+            at = (slice(rs.start - b.row0, rs.stop - b.row0), slice(cs.start - b.col0, cs.stop - b.col0))
+            if prob is not None:
+                if base is None:
+                    base = ctx.rng.random(b.shape).astype(np.float32)
+                base[at] = prob
             if pm is None:
                 continue
             if m is None:
                 m = np.ones(b.shape, dtype=bool)
-            rs, cs = g.slice(p.post), g.slice(p.pre)
-            m[rs.start - b.row0:rs.stop - b.row0, cs.start - b.col0:cs.stop - b.col0] = pm
-        return m
+            m[at] = pm
+        return m, base
 
-    def _block_pairs(self, b: Block, ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block_pairs(self, b: Block, ctx: RuleContext
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Entries ``(rows, cols)`` (int64, sorted row-major) of a recurrent block for sparse storage,
-        drawn by each pathway's connectivity rule (``model/connectivity.py``)."""
+        drawn by each pathway's connectivity rule (``model/connectivity.py``), and with ``weight_init =
+        "expected"`` their initial magnitudes (else None; see :meth:`_block_mask`)."""
         g, cfg = self.graph, self.config
-        rows, cols = [], []
+        rows, cols, vals = [], [], []
         for p in b.pathways:
             rs, cs = g.slice(p.post), g.slice(p.pre)
-            r, c = conn_rule(p.mask or cfg.connectivity.rule).pairs(ctx, p.pre, p.post, g.sizes[p.pre],
-                                                                g.sizes[p.post])
+            rule = conn_rule(p.mask or cfg.connectivity.rule)
+            args = (ctx, p.pre, p.post, g.sizes[p.pre], g.sizes[p.post])
+            got = rule.expected_pairs(*args) if cfg.connectivity.weight_init == "expected" else None
+            r, c, v = got if got is not None else (*rule.pairs(*args), None)
             rows.append(r + (rs.start - b.row0))
             cols.append(c + (cs.start - b.col0))
+            vals.append(v)
         r, c = np.concatenate(rows), np.concatenate(cols)
         order = np.lexsort((c, r))
-        return torch.as_tensor(r[order], dtype=torch.int64), torch.as_tensor(c[order], dtype=torch.int64)
+        base = None
+        if any(v is not None for v in vals):
+            base = np.concatenate([ctx.rng.random(len(rr)).astype(np.float32) if v is None else v
+                                   for rr, v in zip(rows, vals)])[order]
+        return (torch.as_tensor(r[order], dtype=torch.int64), torch.as_tensor(c[order], dtype=torch.int64),
+                None if base is None else torch.as_tensor(base))
 
     def _tie_hidden(self, observed: np.ndarray | None) -> None:
         """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``)."""
