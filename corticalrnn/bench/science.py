@@ -6,7 +6,8 @@ this builds train/test datastores, runs extract -> trim, measures the matched-ne
 trains and evaluates model variants at each observed fraction:
 
 * ``baseline``: the earlier default (dense LGN input, distance-masked recurrence: no identity);
-* ``identity``: Gabor input from each unit's identity + distance x orientation / phase recurrence;
+* ``identity``: Gabor input from each unit's identity + distance x orientation / phase recurrence with
+  initial weights proportional to the connection probability (the demo's model);
 * ``simulator``: Gabor input + the simulator's own connectome as the recurrent mask.
 
 Every model figure is printed beside the population baseline (observed neurons' mean time course over
@@ -25,7 +26,8 @@ import numpy as np
 
 #: per variant, the ``[model.connectivity]`` keys it sets over the demo's config
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"rule": "distance", "input_rule": "dense", "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
+    "baseline": {"rule": "distance", "input_rule": "dense", "weight_init": "random",
+                 "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
     "identity": {"rule": "feature", "input_rule": "gabor"},
     "simulator": {"rule": "simulator", "input_rule": "gabor", "storage": "dense"},
 }
