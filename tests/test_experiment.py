@@ -95,3 +95,23 @@ def test_prepare_takes_store_and_subset_objects(tmp_path, exp):
     assert saved.data.store == str(exp.store_path) and saved.data.subset == str(run_dir / "subset.json")
     assert cfg.data.store == cfg.data.subset == ""  # the caller's config is left as it was
     assert not list(exp.workdir.glob("runs/*/subset.input.json"))
+
+
+def test_trainer_starts_the_time_drive_at_the_training_population_course(tmp_path, exp):
+    from corticalrnn.baselines import training_baselines
+    from corticalrnn.store import open_store
+    from corticalrnn.train.setup import prepare, split_training_windows
+
+    subset = exp.make_subset(fraction=0.5, observed=0.5, method="spatial", seed=0, name="drive")
+    cfg = exp.config_for(steps=1, **{"model.architecture.time_drive": True})
+    store = open_store(exp.store_path)
+    model = prepare(cfg, tmp_path / "run", store=store, subset=subset).raw_model
+    assert model.time_drive.shape == (4, store.n_bins)  # sized to the store's window by the trainer
+    train_w = split_training_windows(store, cfg)[0]
+    course = training_baselines(store, subset, train_w).population
+    lab = np.asarray(subset.v1_sheet_labels())
+    for k, sheet in enumerate(model.config.architecture.time_drive):
+        c = np.nanmean(course[:, lab == sheet], axis=1)
+        inv = lambda r: np.log(np.expm1(r))  # noqa: E731
+        np.testing.assert_allclose(model.time_drive[k].detach().numpy(), inv(c) - inv(c.mean()), rtol=1e-5,
+                                   atol=1e-6)

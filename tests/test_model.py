@@ -682,3 +682,22 @@ def test_expected_weight_init_is_the_connection_probability():
                                  ("V1_Exc_L4", "V1_Inh_L2/3", 0)):
             torch.testing.assert_close(sparse.pathway_weight(pre, post, delay),
                                        model.pathway_weight(pre, post, delay), rtol=1e-6, atol=1e-9)
+
+
+def test_start_time_drive_from_a_time_course():
+    # per driven sheet: softplus^-1 of the sheet's mean course minus that of its time average (leaky units);
+    # 3 bins of course for 5 bins of drive: the last value holds; sheets without data keep zero
+    model = make(**_drive_kw(5, ["V1_Exc_L4", "V1_Exc_L2/3"])).double()
+    rng = np.random.default_rng(0)
+    course = rng.uniform(0.05, 0.5, (3, N_V1))
+    e23 = slice(9, 14)  # canonical: E4 (6), I4 (3), E2/3 (5), I2/3 (2)
+    course[:, e23] = np.nan
+    model.start_time_drive(course)
+    inv = lambda r: np.log(np.expm1(r))  # noqa: E731
+    c = course[:, :6].mean(1)[[0, 1, 2, 2, 2]]
+    np.testing.assert_allclose(model.time_drive[0].detach().numpy(), inv(c) - inv(c.mean()), rtol=1e-10)
+    assert float(model.time_drive[1].detach().abs().sum()) == 0.0
+    with pytest.raises(DataMismatchError, match="time course"):
+        model.start_time_drive(course[:, :5])
+    with pytest.raises(CorticalRNNError, match="time_drive"):
+        make().start_time_drive(course)

@@ -428,6 +428,32 @@ class CorticalRNN(nn.Module):
                 sl = g.slice(s)
                 self.bias[sl] = to_current(r[sl]).to(self.bias.dtype)
 
+    @torch.no_grad()
+    def start_time_drive(self, course: torch.Tensor | np.ndarray) -> None:
+        """Start the stimulus-locked drive at a time course ``[T, N_v1]`` (mean count per bin of each V1
+        unit, canonical order, NaN where unknown; e.g. the training windows' population baseline): for each
+        driven sheet, with ``c(t)`` the mean over its units, the current that moves a unit resting at
+        ``mean_t c`` to ``c(t)`` (through the unit's rate -> current map; softplus^-1 otherwise). Bins past
+        ``T`` hold the last value."""
+        if self.time_drive is None:
+            raise CorticalRNNError("model: start_time_drive needs architecture.time_drive")
+        c = torch.as_tensor(np.asarray(course), dtype=torch.float64)
+        if c.dim() != 2 or c.shape[1] != self.n_v1:
+            raise DataMismatchError(f"model: time course must be [T, {self.n_v1}], got {list(c.shape)}")
+        bins, scale = self.time_drive.shape[1], self.config.architecture.rate_scale
+        idx = torch.arange(bins).clamp(max=c.shape[0] - 1)
+        for k, s in enumerate(self.config.architecture.time_drive):
+            a = sum(self.sizes[t] for t in V1_SHEETS[:V1_SHEETS.index(s)])  # canonical column offset
+            part = c[:, a:a + self.sizes[s]]
+            mean_t = part.nanmean(1)[idx] if bool(torch.isfinite(part).any()) else None
+            if mean_t is None or not bool(torch.isfinite(mean_t).all()):
+                continue  # nothing known of this sheet: its drive stays at zero
+            rate = (mean_t * scale).clamp_min(1e-4)
+            to_current = getattr(self.units[file_sheet_name(s)], "current_for_rate", None)
+            if not callable(to_current):
+                to_current = softplus_inv
+            self.time_drive[k] = (to_current(rate) - to_current(rate.mean())).to(self.time_drive.dtype)
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
         # centered checkpoints written before the V1 centre was saved: it was init_rate x rate_scale
         if self.config.architecture.centered:

@@ -148,6 +148,10 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
         model.set_input_center(lgn_mean)
         obs_mask = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
         model.start_at_rates(torch.where(obs_mask, v1_mean, torch.nan))
+    if mcfg.architecture.time_drive:  # the stimulus-locked drive starts at the observed population's course
+        from corticalrnn.baselines import training_baselines
+
+        model.start_time_drive(training_baselines(store, subset, train_w).population)
     observed = torch.as_tensor(subset.observed_mask(), dtype=torch.bool)
     teacher = cfg.objective.teacher
     penalty = None
