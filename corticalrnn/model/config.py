@@ -210,6 +210,11 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{k: ("compute", k) for k in ("precision", "sparse_below", "sparse_grad_below", "cpu_blas",
                                     "cuda_graphs", "graph_chunk")},
 }
+#: (section, key) of fields added after the sections: no flat name; older configs and checkpoints lack them
+#: and get their defaults
+ADDED_KEYS: frozenset[tuple[str, str]] = frozenset({
+    ("architecture", "time_drive"), ("architecture", "time_drive_bins"),
+    ("connectivity", "weight_init"), ("connectivity", "expected_p_min")})
 #: old ``[model]`` keys that are training settings now (``[objective]`` of the training config)
 TRAINING_KEYS = ("loss", "tbptt_steps", "teacher")
 

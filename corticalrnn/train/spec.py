@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from corticalrnn.errors import DataMismatchError
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
 
 
 def rebin_hint(bin_ms: float) -> str:
@@ -283,10 +283,24 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
+def _complete_model_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`spec_model_config` with every key a checkpoint from before it was added lacks set to its
+    default (and values normalised as the config stores them); as stored when it does not parse."""
+    from corticalrnn.model import ModelConfig
+
+    d = spec_model_config(spec)
+    try:
+        full = ModelConfig.from_dict(d, "checkpoint spec").to_dict()
+    except CorticalRNNError:
+        return d
+    full["compute"].pop("precision", None)
+    return full
+
+
 def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys where two model specs differ (tensors compared by value; model configs in today's layout,
     :func:`spec_model_config`); empty when compatible."""
-    fa, fb = (_flat({**s, "model_config": spec_model_config(s)}) for s in (a, b))
+    fa, fb = (_flat({**s, "model_config": _complete_model_config(s)}) for s in (a, b))
     diffs = []
     for key in sorted(set(fa) | set(fb)):
         va, vb = fa.get(key), fb.get(key)
