@@ -54,7 +54,7 @@ TRUTH_COLUMNS: tuple[str, ...] = ("population", "neurons", "n", "r_model_truth_m
 TRUTH_NOTE = """\
 r_ceiling: the highest r with the true rates that a predictor of each image's trial-invariant rate can
   reach: the test trials' own noise (noise current, LGN spikes) stays in their average (sqrt of the true
-  rates' split-half r, even vs odd trials, Spearman-Brown corrected; TruthCeiling). imgspec: after
+  rates' split-half r, even vs odd trials, Spearman-Brown corrected; metrics.TruthCeiling). imgspec: after
   removing each neuron's mean time course over the test images; image-blind predictors score 0 there."""
 # the model beside the baselines and ceilings, per population x observed / hidden (med: medians over
 # neurons; bits/spike pooled over the group's neurons)
@@ -291,54 +291,6 @@ def truth_reader(path: str | Path, subset: Any, store: Any) -> Any:
         return r if per_trial else r[:, 0]
 
     return rates
-
-
-class TruthCeiling:
-    """Per neuron, the highest r with the trial-averaged true rates that a predictor of the *trial-
-    invariant* rate (what one image drives, the same in every trial) can reach, streamed over chunks of
-    images' per-trial true rates ``[images, trials, T, N]`` (:func:`truth_reader` ``per_trial``).
-
-    The trials' own noise (the generator's noise current, its LGN spikes) stays in the trial average,
-    so this is sqrt of the split-half r (even vs odd trials' averages, Spearman-Brown corrected to all
-    trials) over images x time (``total``), and after removing each neuron's mean time course over the
-    images (``imgspec``: the ceiling of the image-specific r). A model that sees each trial's LGN spikes
-    can exceed it by what those spikes explain."""
-
-    def __init__(self, n_t: int, n: int) -> None:
-        self.sums = {k: np.zeros((n_t, n)) for k in ("a", "b", "aa", "bb", "ab")}
-        self.n_img = 0
-        self.k = 0
-
-    def update(self, per_trial: np.ndarray) -> None:
-        if per_trial.shape[1] < 2:
-            self.k = 1
-            return
-        a = per_trial[:, 0::2].mean(1, dtype=np.float64)
-        b = per_trial[:, 1::2].mean(1, dtype=np.float64)
-        for key, v in (("a", a), ("b", b), ("aa", a * a), ("bb", b * b), ("ab", a * b)):
-            self.sums[key] += v.sum(0)
-        self.n_img += len(a)
-        self.k = per_trial.shape[1] if not self.k else min(self.k, per_trial.shape[1])
-
-    def result(self) -> dict[str, np.ndarray]:
-        s, n_img = self.sums, self.n_img
-        n = s["a"].shape[1]
-        if self.k < 2 or n_img < 1:
-            return {"total": np.full(n, np.nan), "imgspec": np.full(n, np.nan)}
-        m = n_img * s["a"].shape[0]
-        ma, mb = s["a"].sum(0) / m, s["b"].sum(0) / m
-        moments = {"total": (s["ab"].sum(0) - m * ma * mb, s["aa"].sum(0) - m * ma * ma,
-                             s["bb"].sum(0) - m * mb * mb),
-                   "imgspec": ((s["ab"] - s["a"] * s["b"] / n_img).sum(0),
-                               (s["aa"] - s["a"] ** 2 / n_img).sum(0),
-                               (s["bb"] - s["b"] ** 2 / n_img).sum(0))}
-        out = {}
-        for key, (cov, va, vb) in moments.items():
-            den = np.sqrt(np.clip(va, 0, None) * np.clip(vb, 0, None))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
-                out[key] = np.sqrt(np.clip(2 * r / (1 + r), 0, 1))  # Spearman-Brown: two halves -> all
-        return out
 
 
 def _training_baselines(ck: dict[str, Any], subset: Any, train_store: Any, notes: list[str]) -> Any:
@@ -593,7 +545,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     from tqdm import tqdm
 
     from corticalrnn.data import dense_batches, subset_windows
-    from corticalrnn.metrics import StreamingSummary
+    from corticalrnn.metrics import StreamingSummary, TruthCeiling
     from corticalrnn.store import open_store
     from corticalrnn.subsets import NeuronSubset
     from corticalrnn.train.checkpoint import load_checkpoint

@@ -729,6 +729,14 @@ class _Moments:
             zero = ~(np.sqrt(va * vb) > 0)
         return np.where(zero, np.nan, r)
 
+    def within_corr(self, a: str, b: str) -> np.ndarray:
+        """Pearson r of ``a`` and ``b`` after removing their mean at each entry of the kept leading axis
+        (time bins: each neuron's mean time course), pooled over that axis; NaN without variance."""
+        cov = self.cross[(a, b)].sum(axis=0)
+        den = np.sqrt(self.css[a].sum(axis=0) * self.css[b].sum(axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
+
     def pooled_corr(self, a: str, b: str) -> np.ndarray:
         """Pearson r of ``a`` and ``b`` over the reduced samples *and* the kept leading axis (trials)
         pooled, with :func:`_corr`'s zero-variance rule; both variables must have the same ``[K, n]``
@@ -1014,8 +1022,46 @@ class StreamingSummary:
             if self.n_img < 2:
                 out[key] = np.full(self.n_n, np.nan)
                 continue
-            cov = pt.cross[(a, "truth")].sum(axis=0)
-            den = np.sqrt(pt.css[a].sum(axis=0) * pt.css["truth"].sum(axis=0))
+            out[key] = pt.within_corr(a, "truth")
+        return out
+
+
+class TruthCeiling:
+    """Per neuron, the highest r with the trial-averaged true rates that a predictor of the *trial-
+    invariant* rate (what one image drives, the same in every trial) can reach, streamed over chunks of
+    images' per-trial true rates ``[images, trials, T, N]`` (``evaluate.truth_reader`` ``per_trial``).
+
+    The trials' own noise (the generator's noise current, its LGN spikes) stays in the trial average,
+    so this is sqrt of the split-half r (even vs odd trials' averages, Spearman-Brown corrected to all
+    trials) over images x time (``total``), and after removing each neuron's mean time course over the
+    images (``imgspec``: the ceiling of the image-specific r). A model that sees each trial's LGN spikes
+    can exceed it by what those spikes explain."""
+
+    def __init__(self, n_t: int, n: int) -> None:
+        self.n = n
+        self.total = _Moments(n, [("even", "odd")])  # over images x time
+        self.per_t = _Moments(n, [("even", "odd")])  # per time bin, over images
+        self.k = 0
+
+    def update(self, per_trial: np.ndarray) -> None:
+        k = per_trial.shape[1]
+        self.k = k if not self.k else min(self.k, k)
+        if k < 2 or not len(per_trial):
+            return
+        halves = {"even": per_trial[:, 0::2].mean(1, dtype=np.float64),
+                  "odd": per_trial[:, 1::2].mean(1, dtype=np.float64)}  # [I, T, N]
+        n_img, n_t = per_trial.shape[0], per_trial.shape[2]
+        self.total.add(slice(None), (0, 1), n_img * n_t, halves)
+        self.total.commit(n_img * n_t)
+        self.per_t.add(slice(None), (0,), n_img, halves)
+        self.per_t.commit(n_img)
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.k < 2 or not self.total.n:
+            return {"total": np.full(self.n, np.nan), "imgspec": np.full(self.n, np.nan)}
+        out = {}
+        for key, r in (("total", self.total.corr("even", "odd", rel_zero=False)),
+                       ("imgspec", self.per_t.within_corr("even", "odd"))):
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[key] = np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
+                out[key] = np.sqrt(np.clip(2 * r / (1 + r), 0, 1))  # Spearman-Brown: two halves -> all
         return out

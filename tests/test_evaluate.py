@@ -467,7 +467,7 @@ def _naive_ceiling(per_trial: np.ndarray, imgspec: bool) -> np.ndarray:
 
 
 def test_truth_ceiling_streams_equal_the_naive_formula_and_the_theory():
-    from corticalrnn.evaluate import TruthCeiling
+    from corticalrnn.metrics import TruthCeiling
 
     rng = np.random.default_rng(0)
     n_img, k, n_t, n = 200, 10, 20, 4
