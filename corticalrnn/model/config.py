@@ -26,7 +26,7 @@ NEURON_MODELS = ("leaky", "mlp", "gru", "adaptive")
 SIGN_MODES = ("projected", "reparam")
 REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance", "feature", "simulator")  # rules in model/connectivity.py
-INPUT_MASK_KINDS = ("dense", "retinotopic", "gabor")
+INPUT_MASK_KINDS = ("dense", "retinotopic", "gabor", "embedding")
 HIDDEN_WEIGHTS = ("free", "tied", "borrowed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_BLAS = ("auto", "torch", "openblas")  # see model/gemm.py
@@ -135,7 +135,9 @@ class ConnectivityConfig:
     # indices (i, j) map to ((i + 0.5) / side - 0.5) * extent, as the synthetic cortex places them)
     # ... or gabor: each unit's weights are a Gabor RF from its identity (model/identity.py; needs V1 and
     # LGN positions, per-neuron ori and phase; frequency / size where recorded, else these, in LGN units)
-    input_rule: str = "dense"  # dense | retinotopic (needs positions) | gabor
+    # ... or embedding: a learned vector per LGN input, combined with a learned function of each unit's
+    # labels (position, ori, phase, population; model/lgn_embedding.py): identity without LGN positions
+    input_rule: str = "dense"  # dense | retinotopic (needs positions) | gabor | embedding
     input_sigma_mm: float = 0.1
     lgn_extent_mm: float = 0.0  # 0: the side of the V1 positions' bounding box
     rf_size: float = 0.0  # 0: 1.5 LGN grid steps
@@ -144,6 +146,12 @@ class ConnectivityConfig:
     # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
     input_storage: str = "dense"  # dense | sparse (gabor only)
     input_footprint: float = 3.0
+    # input_rule = "embedding": size of each LGN input's vector, random Fourier features of position
+    # (length scale embedding_scale_mm) and hidden width of the label function
+    embedding_dim: int = 16
+    embedding_frequencies: int = 32
+    embedding_scale_mm: float = 0.2
+    embedding_hidden: int = 32
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,9 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 #: and get their defaults
 ADDED_KEYS: frozenset[tuple[str, str]] = frozenset({
     ("architecture", "time_drive"), ("architecture", "time_drive_bins"),
-    ("connectivity", "weight_init"), ("connectivity", "expected_p_min")})
+    ("connectivity", "weight_init"), ("connectivity", "expected_p_min"),
+    *(("connectivity", k) for k in ("embedding_dim", "embedding_frequencies", "embedding_scale_mm",
+                                    "embedding_hidden"))})
 #: old ``[model]`` keys that are training settings now (``[objective]`` of the training config)
 TRAINING_KEYS = ("loss", "tbptt_steps", "teacher")
 
@@ -296,6 +306,12 @@ class ModelConfig:
                       "(a footprint to store)")
         if not c.input_footprint > 0:
             raise bad(f"connectivity.input_footprint must be > 0, got {c.input_footprint}")
+        for key in ("embedding_dim", "embedding_frequencies", "embedding_hidden"):
+            if getattr(c, key) < 1:
+                raise bad(f"connectivity.{key} must be >= 1, got {getattr(c, key)}")
+        if not c.embedding_scale_mm > 0:
+            raise bad(f"connectivity.embedding_scale_mm must be a positive length in mm, got "
+                      f"{c.embedding_scale_mm}")
         if c.rf_size < 0 or c.rf_frequency < 0:
             raise bad("connectivity.rf_size and connectivity.rf_frequency must be >= 0 (0 = automatic)")
         for key, v in c.feature_affinity.items():

@@ -50,6 +50,8 @@ class GaborInputWeight(nn.Module):
     """An input block whose weights are computed from identity (the block interface of
     :class:`corticalrnn.model.dale.SignedWeight`: :meth:`weight`, :meth:`dense`, :meth:`project_`, ...)."""
 
+    identity_conditioned = True  # hidden units get their weights from their identity, not by borrowing
+
     def __init__(self, unit_xy: np.ndarray, props: dict[str, np.ndarray], row_pop: np.ndarray, n_pops: int,
                  lgn_xy: np.ndarray, polarity: np.ndarray, input_gain: float, default_size: float,
                  default_frequency: float, where: str = "model", footprint: float | None = None) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from corticalrnn.errors import DataMismatchError
 from corticalrnn.model.connectivity import RuleContext, sheet_properties, unit_positions
 from corticalrnn.model.graph import Block, Graph, distance_mask
 from corticalrnn.model.identity import GaborInputWeight, default_rf_size
+from corticalrnn.model.lgn_embedding import EmbeddingInputWeight
 from corticalrnn.sheets import surface_xy
 
 
@@ -92,7 +94,7 @@ class GaborInput(InputRule):
 
     def weight(self, g: Graph, b: Block, ctx: RuleContext) -> nn.Module | None:
         cfg = ctx.config
-        posts = [s for s in g.v1_order if g.offset[s] >= b.row0 and g.offset[s] + g.sizes[s] <= b.row1]
+        posts = _block_rows(g, b)
         pres = [s for s in g.inputs if g.offset[s] >= b.col0 and g.offset[s] + g.sizes[s] <= b.col1]
         unit_xy = _sheets_xy(g, ctx, posts)
         props = {k: np.concatenate([np.asarray(sheet_properties(ctx, s).get(k, np.full(g.sizes[s], np.nan)),
@@ -113,6 +115,39 @@ class GaborInput(InputRule):
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                 cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
                                 footprint=cc.input_footprint if cc.input_storage == "sparse" else None)
+
+
+@register_input
+class EmbeddingInput(InputRule):
+    """Weights from the units' labels and a learned embedding of each LGN input
+    (:class:`~corticalrnn.model.lgn_embedding.EmbeddingInputWeight`): identity-conditioned input without
+    LGN positions (the thesis .npz layout records none)."""
+
+    name = "embedding"
+
+    def weight(self, g: Graph, b: Block, ctx: RuleContext) -> nn.Module | None:
+        cc = ctx.config.connectivity
+        posts = _block_rows(g, b)
+        if ctx.positions is None or any(s not in {k.replace("L23", "L2/3") for k in ctx.positions}
+                                        for s in posts):
+            raise DataMismatchError("model: connectivity.input_rule='embedding' needs the cortical positions "
+                                    f"of the units receiving LGN input ({', '.join(posts)})")
+
+        def prop(key: str) -> np.ndarray:
+            return np.concatenate([np.asarray(sheet_properties(ctx, s).get(key, np.full(g.sizes[s], np.nan)),
+                                              np.float64) for s in posts])
+
+        row_pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(posts)])
+        gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
+        return EmbeddingInputWeight(_sheets_xy(g, ctx, posts), prop("ori"), prop("phase"), row_pop,
+                                    len(posts), b.col1 - b.col0, ctx.config.architecture.input_gain,
+                                    cc.embedding_dim, cc.embedding_frequencies, cc.embedding_scale_mm,
+                                    cc.embedding_hidden, gen)
+
+
+def _block_rows(g: Graph, b: Block) -> list[str]:
+    """The V1 sheets whose units are the rows of block ``b``."""
+    return [s for s in g.v1_order if g.offset[s] >= b.row0 and g.offset[s] + g.sizes[s] <= b.row1]
 
 
 def _v1_extent_mm(g: Graph, ctx: RuleContext) -> float:

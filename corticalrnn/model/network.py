@@ -24,7 +24,6 @@ from corticalrnn.model.dale import (
     spectral_radius,
 )
 from corticalrnn.model.graph import Block, Graph
-from corticalrnn.model.identity import GaborInputWeight
 from corticalrnn.model.input_rules import input_rule
 from corticalrnn.model.neurons import make_unit
 from corticalrnn.model.recurrence import LeakyRecurrence, RecBlock, RecLayout, generic_recurrence
@@ -256,7 +255,8 @@ class CorticalRNN(nn.Module):
         self.borrow = Borrow(hid, src, w, g.n_v1)
         for b in g.blocks:
             inner = self.weights[b.name]
-            if isinstance(inner, GaborInputWeight) or (b.source == "v1" and not nc.borrow_recurrent):
+            own_identity = getattr(inner, "identity_conditioned", False)  # gabor, embedding
+            if own_identity or (b.source == "v1" and not nc.borrow_recurrent):
                 continue
             if inner.stored_sparse:
                 raise CorticalRNNError("model config: hidden_weights='borrowed' needs dense weight storage "
