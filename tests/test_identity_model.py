@@ -559,3 +559,48 @@ def test_model_built_without_initial_scaling_equals_it_after_loading_the_state(k
     x = torch.rand(2, 6, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_learned_lgn_positions_match_reference_and_train():
+    """Gabor input on data without LGN positions: the positions are parameters, seeded, and get gradients."""
+    pos, props = identity()
+    del pos["X_ON"], pos["X_OFF"]
+    cfg = model_config(bin_ms=5.0, input_connectivity="gabor").with_values(
+        {"connectivity.lgn_positions": "learned"})
+    model = CorticalRNN(cfg, SIZES, pos, props).double()
+    again = CorticalRNN(cfg, SIZES, pos, props).double()
+    blocks = [w for w in model.weights.values() if isinstance(w, GaborInputWeight)]
+    assert blocks and all(isinstance(w.lgn_xy, torch.nn.Parameter) for w in blocks)
+    for w, w2 in zip(blocks, [w for w in again.weights.values() if isinstance(w, GaborInputWeight)]):
+        torch.testing.assert_close(w.lgn_xy, w2.lgn_xy)
+        # drawn over the units' own bounding box, with the retinotopic map at the identity
+        lo, hi = w.unit_xy.min(0).values, w.unit_xy.max(0).values
+        assert bool((w.lgn_xy >= lo).all() and (w.lgn_xy <= hi).all())
+        torch.testing.assert_close(w.retino_scale, torch.ones(2, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 5, 32, generator=g, dtype=torch.float64)
+    assert_matches_reference(model, x, g)
+    model(x).sum().backward()
+    assert all(float(w.lgn_xy.grad.abs().sum()) > 0 for w in blocks)
+    model.assert_constraints()
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"connectivity.lgn_positions": "guessed"}, "lgn_positions"),
+    ({"connectivity.lgn_positions": "learned"}, "lgn_positions='learned' needs"),
+    ({"connectivity.lgn_positions": "learned", "connectivity.input_rule": "gabor",
+      "connectivity.input_storage": "sparse"}, "lgn_positions='learned' needs"),
+])
+def test_learned_lgn_positions_config_errors_name_the_key(values, match):
+    from corticalrnn.errors import CorticalRNNError
+
+    with pytest.raises(CorticalRNNError, match=match):
+        model_config().with_values(values)
+
+
+def test_learned_lgn_positions_refuse_a_fixed_footprint():
+    pos, p = identity()
+    rows = pos["V1_Exc_L4"]
+    with pytest.raises(DataMismatchError, match="dense input storage"):
+        GaborInputWeight(rows, p["V1_Exc_L4"], np.zeros(8, int), 1, np.zeros((32, 2)),
+                         np.r_[np.ones(16), -np.ones(16)], 1.0, 1.2, 0.2, footprint=3.0, learn_positions=True)

@@ -146,6 +146,9 @@ class ConnectivityConfig:
     # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
     input_storage: str = "dense"  # dense | sparse (gabor only)
     input_footprint: float = 3.0
+    # gabor input on data without LGN positions (the thesis layout): "learned" makes them parameters,
+    # drawn uniformly over the units' bounding box (cortical mm) and moved by training ("store": the store's)
+    lgn_positions: str = "store"
     # input_rule = "embedding": size of each LGN input's vector, random Fourier features of position
     # (length scale embedding_scale_mm) and hidden width of the label function
     embedding_dim: int = 16
@@ -222,7 +225,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 #: and get their defaults
 ADDED_KEYS: frozenset[tuple[str, str]] = frozenset({
     ("architecture", "time_drive"), ("architecture", "time_drive_bins"),
-    ("connectivity", "weight_init"), ("connectivity", "expected_p_min"),
+    ("connectivity", "weight_init"), ("connectivity", "expected_p_min"), ("connectivity", "lgn_positions"),
     *(("connectivity", k) for k in ("embedding_dim", "embedding_frequencies", "embedding_scale_mm",
                                     "embedding_hidden"))})
 #: old ``[model]`` keys that are training settings now (``[objective]`` of the training config)
@@ -279,6 +282,7 @@ class ModelConfig:
                                      ("connectivity.input_rule", c.input_rule, INPUT_MASK_KINDS),
                                      ("connectivity.input_storage", c.input_storage, ("dense", "sparse")),
                                      ("connectivity.weight_init", c.weight_init, ("random", "expected")),
+                                     ("connectivity.lgn_positions", c.lgn_positions, ("store", "learned")),
                                      ("architecture.sign_mode", a.sign_mode, SIGN_MODES),
                                      ("architecture.reparam", a.reparam, REPARAM_FUNCS),
                                      ("neurons.model", n.model, NEURON_MODELS),
@@ -304,6 +308,9 @@ class ModelConfig:
         if c.input_storage == "sparse" and c.input_rule != "gabor":
             raise bad("connectivity.input_storage='sparse' needs connectivity.input_rule='gabor' "
                       "(a footprint to store)")
+        if c.lgn_positions == "learned" and (c.input_rule != "gabor" or c.input_storage != "dense"):
+            raise bad("connectivity.lgn_positions='learned' needs connectivity.input_rule='gabor' with "
+                      "input_storage='dense'")
         if not c.input_footprint > 0:
             raise bad(f"connectivity.input_footprint must be > 0, got {c.input_footprint}")
         for key in ("embedding_dim", "embedding_frequencies", "embedding_hidden"):

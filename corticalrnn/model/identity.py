@@ -54,14 +54,18 @@ class GaborInputWeight(nn.Module):
 
     def __init__(self, unit_xy: np.ndarray, props: dict[str, np.ndarray], row_pop: np.ndarray, n_pops: int,
                  lgn_xy: np.ndarray, polarity: np.ndarray, input_gain: float, default_size: float,
-                 default_frequency: float, where: str = "model", footprint: float | None = None) -> None:
+                 default_frequency: float, where: str = "model", footprint: float | None = None,
+                 learn_positions: bool = False) -> None:
         """``unit_xy [rows, 2]`` cortical positions; ``props`` per row ``ori``, ``phase`` and optionally
         ``frequency``, ``size``, ``aspect_ratio`` (NaN = not recorded); ``row_pop [rows]`` population
         index of each row; ``lgn_xy [cols, 2]`` and ``polarity [cols]`` (+1 ON, -1 OFF).
 
         ``footprint`` (sparse storage): keep only the LGN inputs within ``footprint`` envelope s.d.
         (along the longer axis) of each unit's initial RF centre; weights are then values on that fixed
-        pattern, and the input product a CSR product (memory O(units x footprint), not O(units x LGN))."""
+        pattern, and the input product a CSR product (memory O(units x footprint), not O(units x LGN)).
+        ``learn_positions``: the LGN positions are parameters (data without LGN positions, e.g. the thesis
+        layout: ``lgn_xy`` is then an initial guess in the units' own cortical frame, and the retinotopic
+        map starts at the identity)."""
         super().__init__()
         rows = len(unit_xy)
         for key in ("ori", "phase"):
@@ -87,7 +91,14 @@ class GaborInputWeight(nn.Module):
         self.register_buffer("freq0", freq)
         self.register_buffer("aspect", aspect)
         self.register_buffer("unit_xy", torch.as_tensor(surface_xy(unit_xy), dtype=torch.float32))
-        self.register_buffer("lgn_xy", torch.as_tensor(surface_xy(lgn_xy), dtype=torch.float32))
+        if footprint is not None and learn_positions:
+            raise DataMismatchError(f"{where}: learned LGN positions need dense input storage (a footprint "
+                                    "fixed at construction would not follow them)")
+        xy_lgn = torch.as_tensor(surface_xy(lgn_xy), dtype=torch.float32)
+        if learn_positions:
+            self.lgn_xy = nn.Parameter(xy_lgn)
+        else:
+            self.register_buffer("lgn_xy", xy_lgn)
         self.register_buffer("polarity", torch.as_tensor(polarity, dtype=torch.float32))
         self.register_buffer("row_pop", torch.as_tensor(row_pop, dtype=torch.int64))
         # retinotopic map: cortical position -> LGN units, by matching bounding boxes
@@ -95,6 +106,8 @@ class GaborInputWeight(nn.Module):
         xy = surface_xy(unit_xy)
         c_v1, ext_v1 = (xy.min(0) + xy.max(0)) / 2, np.maximum(xy.max(0) - xy.min(0), 1e-9)
         scale = ext_lgn / ext_v1
+        if learn_positions:  # the initial positions are in the units' own frame
+            scale, c_lgn, c_v1 = np.ones(2), np.zeros(2), np.zeros(2)
         self.retino_scale = nn.Parameter(torch.as_tensor(scale, dtype=torch.float32))
         self.retino_offset = nn.Parameter(torch.as_tensor(c_lgn - scale * c_v1, dtype=torch.float32))
         self.log_size = nn.Parameter(torch.zeros(n_pops))

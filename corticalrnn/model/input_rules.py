@@ -101,16 +101,26 @@ class GaborInput(InputRule):
                                                np.float64) for s in posts])
                  for k in ("ori", "phase", "frequency", "size", "aspect_ratio")}
         row_pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(posts)])
+        cc = cfg.connectivity
+        if cc.lgn_positions == "learned":
+            # no LGN positions in the data: parameters, drawn uniformly over the units' bounding box
+            lo, hi = unit_xy.min(0), unit_xy.max(0)
+            lgn_xy = ctx.rng.uniform(lo, hi, (b.col1 - b.col0, 2))
+            polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
+            size = cc.rf_size or default_rf_size(lgn_xy)
+            return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
+                                    cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
+                                    learn_positions=True)
         missing = [s for s in pres if ctx.positions is None or
                    s not in {k.replace("L23", "L2/3") for k in ctx.positions}]
         if missing:
             raise DataMismatchError(
                 f"model: connectivity.input_rule='gabor' needs the positions of the LGN inputs "
                 f"({', '.join(missing)} have none in the store; the thesis .npz layout records none): use "
-                "input_rule 'dense' or 'retinotopic', or extract the Mozaik datastores, which do")
+                "input_rule 'dense', 'retinotopic' or 'embedding', or connectivity.lgn_positions = "
+                "'learned', or extract the Mozaik datastores, which do")
         lgn_xy = _sheets_xy(g, ctx, pres)
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
-        cc = cfg.connectivity
         size = cc.rf_size or default_rf_size(lgn_xy)
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                 cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
