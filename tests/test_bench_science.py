@@ -30,3 +30,55 @@ def test_bench_science_quick(tmp_path):
         assert all(k in run["table"][0] for k in keys)
         assert len(run["criteria"]) == sum(1 for r in run["table"] if r["neurons"] == "hidden")
     assert {n["sheet"] for n in res["neighbours"]} == {"V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"}
+
+
+def thesis_folder(root, seed: int = 0):
+    """A small thesis-layout folder: every sheet, 6 single-trial training images, 5 test images x 3
+    trials, V1 positions / orientation / phase (no LGN positions, as in the real sample)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    sheets = {"X_ON": 12, "X_OFF": 12, "V1_Exc_L4": 16, "V1_Inh_L4": 6, "V1_Exc_L23": 16, "V1_Inh_L23": 6}
+    keys = {"train": [(i, None) for i in range(1, 7)],
+            "test": [(i, t) for i in range(7, 12) for t in range(3)]}
+    for split, ks in keys.items():
+        for sheet, n in sheets.items():
+            d = root / split / sheet
+            d.mkdir(parents=True, exist_ok=True)
+            for img, trial in ks:
+                name = f"spikes_{img}.npz" if trial is None else f"spikes_trial_{trial}_{img}.npz"
+                sp.save_npz(d / name, sp.csr_matrix(rng.poisson(0.4, (n, 35)).astype(np.uint64)))
+    (root / "neuron_ids").mkdir()
+    pos = {}
+    for k, (sheet, n) in enumerate(sheets.items()):
+        np.save(root / "neuron_ids" / f"neuron_ids_{sheet}_1.npy", np.arange(n) + 1000 * k)
+        if sheet.startswith("V1"):
+            pos |= {f"{sheet}.x": rng.uniform(-0.3, 0.3, n), f"{sheet}.y": rng.uniform(-0.3, 0.3, n),
+                    f"{sheet}.ori": rng.uniform(0, np.pi, n), f"{sheet}.phase": rng.uniform(0, 2 * np.pi, n)}
+    np.savez(root / "pos_ori_phase_dictionary.npz", **pos)
+
+
+@pytest.mark.slow
+def test_bench_science_v1_sample_quick(tmp_path, capsys):
+    """The real-sample mode on a generated thesis-layout folder: both variants train and evaluate on the
+    multi-trial images the training did not use, and the L4 criterion is checked per population."""
+    thesis_folder(tmp_path / "sample")
+    p = argparse.ArgumentParser()
+    science.add_arguments(p)
+    args = p.parse_args(["--quick", "--out", str(tmp_path / "out"), "--v1-sample", str(tmp_path / "sample"),
+                         "--observed", "0.5"])
+    res = science.run_bench(args)
+    assert [r["variant"] for r in res["runs"]] == ["config", "embedding"]
+    for run in res["runs"]:
+        pops = {(r["population"], r["neurons"]) for r in run["table"]}
+        assert ("L4 E", "hidden") in pops and ("L4 I", "observed") in pops
+        assert [c.split()[0:2] for c in run["criteria"]] == [["L4", "E"], ["L4", "I"]]
+    out = capsys.readouterr().out
+    assert "== v1 sample, embedding, observed 0.5" in out and "r_1 pop med" in out
+    # the generator's variants do not apply to the sample
+    from corticalrnn.errors import CorticalRNNError
+
+    with pytest.raises(CorticalRNNError, match="identity.*v1-sample"):
+        science.run_bench(p.parse_args(["--v1-sample", str(tmp_path / "sample"), "--variants", "identity",
+                                        "--out", str(tmp_path / "out")]))

@@ -79,8 +79,9 @@ def test_base_install_is_torch_free_and_neo_optional() -> None:
 def test_example_config_is_package_data() -> None:
     assert PYPROJECT["tool"]["setuptools"]["package-data"]["corticalrnn"] == ["configs/*.toml"]
     assert (REPO / "corticalrnn" / "configs" / "example.toml").is_file()
-    packaged = REPO / "corticalrnn" / "configs" / "example.toml"
-    assert (REPO / "configs" / "example.toml").resolve() == packaged.resolve()
+    for name in ("example.toml", "v1_sample.toml"):  # one file each: configs/ links to the packaged ones
+        packaged = REPO / "corticalrnn" / "configs" / name
+        assert (REPO / "configs" / name).resolve() == packaged.resolve()
 
 
 # A process in which `import torch` (and the training-side libraries) fails, like a data server.

@@ -8,7 +8,16 @@ trains and evaluates model variants at each observed fraction:
 * ``baseline``: the earlier default (dense LGN input, distance-masked recurrence: no identity);
 * ``identity``: Gabor input from each unit's identity + distance x orientation / phase recurrence with
   initial weights proportional to the connection probability (the demo's model);
-* ``simulator``: Gabor input + the simulator's own connectome as the recurrent mask.
+* ``simulator``: Gabor input + the simulator's own connectome as the recurrent mask;
+* ``embedding``: no LGN positions used: a learned vector per LGN input times a learned function of each
+  unit's labels (the rule for data without LGN positions, measured where the truth is known).
+
+``--v1-sample DIR`` runs the same comparison on the thesis-layout sample of the real model (no LGN
+positions, no truth): import, a 10 % spatial subset, training with the packaged ``v1_sample.toml``
+(variant ``config``; ``embedding`` swaps in the embedding input) on its training images plus
+``data.train_test_images`` of its multi-trial images, evaluation on the other multi-trial images, and
+that data's criterion (hidden L4 E and L4 I beat the population baseline on trial-average and
+single-trial r).
 
 Every model figure is printed beside the population baseline (observed neurons' mean time course over
 training windows) and the ceilings, per population and observed / hidden, with the issue's criteria
@@ -30,15 +39,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
                  "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
     "identity": {"rule": "feature", "input_rule": "gabor"},
     "simulator": {"rule": "simulator", "input_rule": "gabor", "storage": "dense"},
+    "embedding": {"rule": "feature", "input_rule": "embedding"},
 }
+#: ``--v1-sample``: per variant, the ``[model.connectivity]`` keys it sets over ``v1_sample.toml``
+V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "embedding": {"input_rule": "embedding"}}
+#: the real sample's criterion: populations whose hidden units must beat the population baseline
+V1_CRITERION_POPULATIONS = ("L4 E", "L4 I")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-science"), help="work folder (data reused)")
-    parser.add_argument("--observed", type=float, nargs="+", default=[0.1, 0.3],
-                        help="observed fractions of the modelled neurons")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--observed", type=float, nargs="+", default=None,
+                        help="observed fractions of the modelled neurons (default 0.1 0.3; --v1-sample: 0.1)")
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted({*VARIANTS, *V1_VARIANTS}),
+                        help=f"default: {' '.join(VARIANTS)}; with --v1-sample: {' '.join(V1_VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default 800; --v1-sample: the config's train.max_steps)")
+    parser.add_argument("--v1-sample", type=Path, default=None, metavar="DIR",
+                        help="the thesis-layout sample of the real model (e.g. ../shared/data/v1_sample) "
+                             "instead of the generator; see the module docstring")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (tests)")
     parser.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
@@ -156,6 +175,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from corticalrnn.tables import format_table
     from corticalrnn.train.config import apply_overrides
 
+    if args.v1_sample is not None:
+        return run_v1_sample(args)
+    variants = _variants(args, VARIANTS)
     t0 = time.perf_counter()
     size, train, test, truth = _data(args.out, args.quick, args.seed)
     st = open_store(test)
@@ -164,10 +186,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     print("matched-neighbour effect (r of a neuron with the mean of 5 of its 30 nearest neighbours, "
           "matched in orientation / phase or random; single trials, and trial averages):")
     print(format_table(neigh))
-    steps = 6 if args.quick else args.steps
+    steps = 6 if args.quick else args.steps or 800
     results: dict[str, Any] = {"neighbours": neigh, "runs": []}
-    for observed in args.observed:
-        for variant in args.variants:
+    for observed in args.observed or [0.1, 0.3]:
+        for variant in variants:
             cfg = demo_config(size, steps, 20, 1)
             cfg["model"]["connectivity"].update(VARIANTS[variant])
             cfg = apply_overrides(cfg, [f"model.{text}" for text in args.model_set])
@@ -196,6 +218,83 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             crit = _criteria(table, variant)
             print("\n".join(crit))
             results["runs"].append({"variant": variant, "observed": observed, "steps": steps,
+                                    "train_s": train_s, "table": table, "criteria": crit})
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def _variants(args: argparse.Namespace, known: dict[str, dict[str, Any]]) -> list[str]:
+    from corticalrnn.errors import CorticalRNNError
+
+    chosen = args.variants or list(known)
+    bad = [v for v in chosen if v not in known]
+    if bad:
+        where = "--v1-sample" if known is V1_VARIANTS else "the generator"
+        raise CorticalRNNError(f"bench science: variant(s) {', '.join(bad)} do not apply to {where}; "
+                               f"choose from {', '.join(known)}")
+    return chosen
+
+
+def _v1_criteria(table: list[dict[str, Any]]) -> list[str]:
+    """The real sample's criterion: hidden L4 E and L4 I beat the population baseline on median
+    trial-average r and median single-trial r."""
+    lines = []
+    for pop in V1_CRITERION_POPULATIONS:
+        r = next((r for r in table if r["population"] == pop and r["neurons"] == "hidden"), None)
+        if r is None:
+            lines.append(f"  {pop:6s} hidden: not in the subset")
+            continue
+        gaps = {k: r.get(_column("model", key), np.nan) - r.get(_column("population", key), np.nan)
+                for k, key in (("r_avg", "trial_avg_r_median"), ("r_1", "single_trial_r_median"))}
+        ok = all(g > 0 for g in gaps.values())
+        lines.append(f"  {pop:6s} hidden: r_avg {r[_column('model', 'trial_avg_r_median')]:.3f} vs pop "
+                     f"{r[_column('population', 'trial_avg_r_median')]:.3f} ({gaps['r_avg']:+.3f}), r_1 "
+                     f"{r[_column('model', 'single_trial_r_median')]:.3f} vs pop "
+                     f"{r[_column('population', 'single_trial_r_median')]:.3f} ({gaps['r_1']:+.3f}) -> "
+                     f"{'PASS' if ok else 'FAIL'}")
+    return lines
+
+
+def run_v1_sample(args: argparse.Namespace) -> dict[str, Any]:
+    """``--v1-sample``: import, subset, train with the packaged ``v1_sample.toml``, evaluate, criteria."""
+    from importlib.resources import files
+
+    import tomllib
+
+    from corticalrnn.experiment import Experiment
+    from corticalrnn.import_npz import ImportConfig, import_npz
+    from corticalrnn.tables import format_table
+    from corticalrnn.train.config import apply_overrides
+
+    variants = _variants(args, V1_VARIANTS)
+    t0 = time.perf_counter()
+    out = args.out / "v1"
+    store = import_npz(args.v1_sample, out / "v1_sample.zarr", ImportConfig(progress=not args.quick))
+    base = tomllib.loads(files("corticalrnn").joinpath("configs", "v1_sample.toml").read_text())
+    steps = args.steps or (3 if args.quick else None)
+    quick = ["train.batch_size=2", "train.eval_every=1", "train.checkpoint_every=1000",
+             "train.log_every=1"] if args.quick else []
+    results: dict[str, Any] = {"v1_sample": str(args.v1_sample), "runs": []}
+    for observed in args.observed or [0.1]:
+        for variant in variants:
+            cfg = apply_overrides(base, quick)
+            cfg["model"]["connectivity"].update(V1_VARIANTS[variant])
+            cfg = apply_overrides(cfg, [f"model.{text}" for text in args.model_set])
+            exp = Experiment(store, test_store=store, workdir=out / "work", config=cfg)
+            subset = exp.make_subset(fraction=1.0 if args.quick else 0.1, observed=observed, method="spatial",
+                                     seed=args.seed, name=f"obs{observed:g}")
+            t = time.perf_counter()
+            run = exp.train(subset, steps, name=f"{variant}-obs{observed:g}", train__progress=False)
+            train_s = time.perf_counter() - t
+            res = exp.evaluate(run, progress=False, figures=False)
+            table = [dict(r) for r in res.report["comparison"]]
+            n_steps = steps or int(base["train"]["max_steps"])
+            print(f"\n== v1 sample, {variant}, observed {observed:g} ({n_steps} steps, trained in "
+                  f"{train_s:.0f} s; test images {res.report.get('test_images', '?')})")
+            print(format_table(table))
+            crit = _v1_criteria(table)
+            print("\n".join(crit))
+            results["runs"].append({"variant": variant, "observed": observed, "steps": n_steps,
                                     "train_s": train_s, "table": table, "criteria": crit})
     results["seconds"] = time.perf_counter() - t0
     return results
