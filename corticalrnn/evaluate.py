@@ -60,7 +60,9 @@ r_ceiling: the highest r with the true rates that a predictor of each image's tr
 # neurons; bits/spike pooled over the group's neurons)
 COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "trial_avg_r_median", "r_avg model med"), ("population", "trial_avg_r_median", "r_avg pop med"),
-    ("psth", "trial_avg_r_median", "r_avg psth med"), ("model", "single_trial_r_median", "r_1 model med"),
+    ("psth", "trial_avg_r_median", "r_avg psth med"),
+    ("model_pop", "trial_avg_r_median", "r_avg model-popmean med"),
+    ("model", "single_trial_r_median", "r_1 model med"),
     ("population", "single_trial_r_median", "r_1 pop med"), ("model", "cc_norm_median", "CC_norm model med"),
     ("population", "cc_norm_median", "CC_norm pop med"), ("model", "co_bps", "bits/spike model pooled"),
     ("population", "co_bps", "bits/spike pop pooled"),
@@ -588,6 +590,7 @@ def evaluate(checkpoint: str | Path, store: str | Path | Any, out_dir: str | Pat
     base = _training_baselines(ck, subset, train_store, notes)
     rates = base.mean_rate if base is not None else _mean_counts(data, n_v1)
     acc = StreamingSummary(labels, observed, k, n_t, baseline_rates=rates, truth=truth is not None,
+                           group_mean=True,
                            baselines=None if base is None else {"psth": base.psth,
                                                                 "population": base.population})
     true_rates = None if truth is None else truth_reader(truth, subset, st)

@@ -779,6 +779,16 @@ class GroupPooledStats:
                                    x["sp"][:, g])
 
 
+def group_mean(prediction: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Each neuron's entry replaced by the mean over the neurons of its group (``member [N]``: group
+    index per neuron; last axis of ``prediction`` = neurons); float64."""
+    n_groups = int(member.max()) + 1 if member.size else 0
+    onehot = np.zeros((member.size, n_groups))
+    onehot[np.arange(member.size), member] = 1.0
+    onehot /= np.maximum(onehot.sum(0), 1.0)
+    return (np.asarray(prediction, dtype=np.float64) @ onehot)[..., member]
+
+
 class StreamingSummary:
     """:func:`summarize` (and :func:`compute_metrics` per predictor) fed one chunk of images at a time.
 
@@ -787,14 +797,18 @@ class StreamingSummary:
     number of images beyond O(images × groups × trials). Predictors: ``"model"`` (the ``prediction``
     of each :meth:`update`), ``"baseline"`` (the constant ``baseline_rates`` [N]; pass the data's own
     means, from a first pass, to reproduce :func:`summarize`'s default) and every entry of
-    ``baselines`` (image-independent time courses ``[T, N]``). With ``truth=True`` each update also
+    ``baselines`` (image-independent time courses ``[T, N]``). ``group_mean=True`` adds ``"model_pop"``:
+    for each neuron, the model's own prediction averaged over its population's observed or hidden
+    neurons (its group; :func:`group_mean`), the model with per-neuron identity removed: where it scores
+    as well as ``"model"``, the model's individual predictions add nothing over its population's image-
+    dependent time course. With ``truth=True`` each update also
     takes the generator's true rates ``[I, T, N]`` and :meth:`truth_r` gives the per-neuron r of
     ``corticalrnn.evaluate.truth_comparison``. Equal to the in-memory functions to rounding (tests).
     """
 
     def __init__(self, populations: Sequence[str] | np.ndarray, observed_mask: np.ndarray, n_trials: int,
                  n_bins: int, *, baseline_rates: np.ndarray, baselines: dict[str, np.ndarray] | None = None,
-                 truth: bool = False, chunk: int | None = None) -> None:
+                 truth: bool = False, chunk: int | None = None, group_mean: bool = False) -> None:
         self.labels = np.array([population_label(str(p)) for p in populations], dtype=object)
         self.mask = np.asarray(observed_mask, dtype=bool)
         n_n = len(self.labels)
@@ -813,7 +827,9 @@ class StreamingSummary:
             if v.shape != (self.n_t, n_n):
                 raise DataMismatchError(f"baseline {name!r} has shape {v.shape}, expected {(self.n_t, n_n)}")
             self.fixed[name] = v
-        self.predictors = ["model", *self.fixed]
+        self.dynamic = ["model_pop"] if group_mean else []  # derived from each update's prediction
+        _, self.member = np.unique([f"{p}|{m}" for p, m in zip(self.labels, self.mask)], return_inverse=True)
+        self.predictors = ["model", *self.fixed, *self.dynamic]
         self.truth = truth
         self.chunk = chunk
         self.n_img = 0
@@ -845,13 +861,15 @@ class StreamingSummary:
             raise DataMismatchError(f"true rates of shape {(n_img, n_t, n_n)} needed with truth=True")
         if not n_img:
             return
+        derived = {"model_pop": group_mean(prediction, self.member)} if self.dynamic else {}
         sums: dict[str, np.ndarray] = {}
         size = self.chunk or max(1, _CHUNK_ELEMENTS // max(1, n_img * k * n_t * 2))
         for a in range(0, n_n, size):
             sl = slice(a, min(a + size, n_n))
             tr = None if truth is None else np.asarray(truth[..., sl], dtype=np.float64)
             self._update_slice(sl, np.asarray(data[..., sl], dtype=np.float64),
-                               np.asarray(prediction[..., sl], dtype=np.float64), tr, sums)
+                               np.asarray(prediction[..., sl], dtype=np.float64), tr, sums,
+                               {k_: v[..., sl] for k_, v in derived.items()})
         self.trial.commit(n_img * n_t)
         self.avg.commit(n_img * n_t)
         if self.truth:
@@ -861,11 +879,11 @@ class StreamingSummary:
         self.n_img += n_img
 
     def _update_slice(self, sl: slice, y: np.ndarray, p: np.ndarray, truth: np.ndarray | None,
-                      sums: dict[str, np.ndarray]) -> None:
+                      sums: dict[str, np.ndarray], derived: dict[str, np.ndarray]) -> None:
         k, n_img, n_t = self.k, y.shape[0], self.n_t
         if truth is not None and not np.isfinite(truth).all():
             raise DataMismatchError("true rates contain NaN or infinite values")
-        preds = {"model": p}
+        preds = {"model": p, **{name: np.asarray(v, dtype=np.float64) for name, v in derived.items()}}
         for name, v in self.fixed.items():
             preds[name] = np.broadcast_to(v[:, sl], (n_img, n_t, v[:, sl].shape[1]))
         for name, q in preds.items():
@@ -1016,7 +1034,7 @@ class StreamingSummary:
         av, pt = self.avg, self.per_t
         out = {"model": av.corr("pbar:model", "truth", rel_zero=False),
                "data": av.corr("dmean", "truth", rel_zero=False)}
-        for name in self.fixed:
+        for name in [*self.dynamic, *self.fixed]:
             out[name] = av.corr(f"pbar:{name}", "truth", rel_zero=False)
         for key, a in (("model_imgspec", "pbar:model"), ("data_imgspec", "dmean")):
             if self.n_img < 2:

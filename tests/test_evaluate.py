@@ -216,8 +216,14 @@ def test_streaming_evaluate_equals_in_memory_reference(trained, tmp_path):
     assert base is not None
     bp = base.predictions(len(test.image_ids))
     labels, observed = np.asarray(subset.v1_sheet_labels()), np.asarray(subset.observed_mask(), bool)
+    # the model's own population mean (model_pop): each neuron's group of the same population and
+    # observed / hidden status, averaged with explicit loops
+    pop_mean = np.zeros(res.prediction.shape)
+    for i in range(len(labels)):
+        mates = (labels == labels[i]) & (observed == observed[i])
+        pop_mean[..., i] = res.prediction[..., mates].astype(np.float64).mean(-1)
     ref = summarize(test.v1, res.prediction, labels, observed, progress=False, baseline_rates=base.mean_rate,
-                    baselines={k: v for k, v in bp.items() if k != "mean_rate"})
+                    baselines={**{k: v for k, v in bp.items() if k != "mean_rate"}, "model_pop": pop_mean})
     rows = [dict(r) for r in ref]
     _add_group_medians(rows, split_half_r(test.v1), "split_half_r_median", labels, observed)
     assert len(rows) == len(res.rows)
@@ -259,7 +265,7 @@ def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
     res = evaluate(run / "best.pt", d / "test.zarr", None, device="cpu", progress=False, keep_images=None,
                    save_predictions=tmp_path / "p16", predictions_dtype="float16")
     assert any("baselines left out" in n for n in res.test.notes)
-    assert {r["predictor"] for r in res.rows} == {"model", "baseline"}
+    assert {r["predictor"] for r in res.rows} == {"model", "baseline", "model_pop"}
     subset = NeuronSubset.from_json_dict(ck["subset"])
     st = open_store(d / "test.zarr")
     test = load_test_data(st, subset, ck["split"])
@@ -267,7 +273,7 @@ def test_evaluate_without_training_store_uses_test_means(trained, tmp_path):
     np.testing.assert_allclose(means, test.v1.mean(axis=(0, 1, 2), dtype=np.float64), rtol=1e-12)
     labels, observed = np.asarray(subset.v1_sheet_labels()), np.asarray(subset.observed_mask(), bool)
     ref = summarize(test.v1, res.prediction, labels, observed, progress=False)
-    for a, b in zip(ref, res.rows):
+    for a, b in zip(ref, [r for r in res.rows if r["predictor"] != "model_pop"], strict=True):
         for key in ("trial_avg_r_median", "co_bps", "thesis_cc_abs", "feve_median", "bits_per_spike_mean"):
             assert np.isclose(a[key], b[key], rtol=1e-10, atol=1e-12, equal_nan=True), (a["predictor"], key)
     from corticalrnn.predictions import open_predictions

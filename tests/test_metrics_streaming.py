@@ -139,3 +139,26 @@ def test_streaming_new_definitions_equal_summarize(per_trial):
                                    err_msg=metric)
     row = next(r for r in got if (r["population"], r["neurons"], r["predictor"]) == ("all", "all", "model"))
     assert row["feve_n"] == int((fev > 0.15).sum()) < row["fev_n"]
+
+
+@pytest.mark.parametrize("per_trial", [True, False])
+def test_model_population_mean_predictor_equals_a_naive_group_average(per_trial):
+    """``group_mean=True``: "model_pop" scores, per neuron, the mean of the model's prediction over its
+    population's observed (or hidden) neurons, built here with explicit loops and streamed as "model"."""
+    data, pred, observed, _ = _data(4, per_trial, seed=3)
+    naive = np.zeros(pred.shape, dtype=np.float64)
+    for i in range(len(LABELS)):
+        mates = [j for j in range(len(LABELS)) if LABELS[j] == LABELS[i] and observed[j] == observed[i]]
+        naive[..., i] = sum(pred[..., j].astype(np.float64) for j in mates) / len(mates)
+    rates = np.full(len(LABELS), 0.5)
+    s = _stream(data, pred, observed, (2, 5), baseline_rates=rates, group_mean=True)
+    ref = _stream(data, naive, observed, (7,), baseline_rates=rates)
+    assert s.predictors == ["model", "baseline", "model_pop"]
+    got, want = s.result("model_pop"), ref.result("model")
+    for metric in ("trial_avg_r", "single_trial_r", "bits_per_spike", "cc_norm"):
+        np.testing.assert_allclose(got.per_neuron[metric], want.per_neuron[metric], rtol=1e-9, atol=1e-12,
+                                   equal_nan=True, err_msg=metric)
+    # the model itself is unchanged by the extra predictor
+    plain = _stream(data, pred, observed, (7,), baseline_rates=rates).result("model")
+    np.testing.assert_allclose(s.result("model").per_neuron["trial_avg_r"], plain.per_neuron["trial_avg_r"],
+                               rtol=1e-9, equal_nan=True)

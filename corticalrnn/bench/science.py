@@ -164,7 +164,7 @@ def _criteria(table: list[dict[str, Any]], variant: str) -> list[str]:
                      f"{r[r_pop]:.3f} ({gap:+.3f}), bits/spike vs pop "
                      f"{r[bps]:+.4f}, "
                      f"image-specific r(true) hidden/observed {ratio:.2f} (need >= {need}) -> "
-                     f"{'PASS' if ok else 'FAIL'}{reach}")
+                     f"{'PASS' if ok else 'FAIL'}{reach}{_identity_gain(r)}")
     return lines
 
 
@@ -235,6 +235,13 @@ def _variants(args: argparse.Namespace, known: dict[str, dict[str, Any]]) -> lis
     return chosen
 
 
+def _identity_gain(row: dict[str, Any]) -> str:
+    """What the model's per-neuron predictions add over its own population mean (identity removed)."""
+    own = row.get(_column("model_pop", "trial_avg_r_median"), np.nan)
+    gain = row[_column("model", "trial_avg_r_median")] - own
+    return f"; per-neuron identity adds {gain:+.3f} r_avg over the model's own population mean ({own:.3f})"
+
+
 def _v1_criteria(table: list[dict[str, Any]]) -> list[str]:
     """The real sample's criterion: hidden L4 E and L4 I beat the population baseline on median
     trial-average r and median single-trial r."""
@@ -251,7 +258,7 @@ def _v1_criteria(table: list[dict[str, Any]]) -> list[str]:
                      f"{r[_column('population', 'trial_avg_r_median')]:.3f} ({gaps['r_avg']:+.3f}), r_1 "
                      f"{r[_column('model', 'single_trial_r_median')]:.3f} vs pop "
                      f"{r[_column('population', 'single_trial_r_median')]:.3f} ({gaps['r_1']:+.3f}) -> "
-                     f"{'PASS' if ok else 'FAIL'}")
+                     f"{'PASS' if ok else 'FAIL'}{_identity_gain(r)}")
     return lines
 
 
