@@ -69,13 +69,13 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
     args = p.parse_args(["--quick", "--out", str(tmp_path / "out"), "--v1-sample", str(tmp_path / "sample"),
                          "--observed", "0.5"])
     res = science.run_bench(args)
-    assert [r["variant"] for r in res["runs"]] == ["config", "embedding"]
+    assert [r["variant"] for r in res["runs"]] == ["config", "dense"]
     for run in res["runs"]:
         pops = {(r["population"], r["neurons"]) for r in run["table"]}
         assert ("L4 E", "hidden") in pops and ("L4 I", "observed") in pops
         assert [c.split()[0:2] for c in run["criteria"]] == [["L4", "E"], ["L4", "I"]]
     out = capsys.readouterr().out
-    assert "== v1 sample, embedding, observed 0.5" in out and "r_1 pop med" in out
+    assert "== v1 sample, dense, observed 0.5" in out and "r_1 pop med" in out
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError
 

@@ -14,10 +14,10 @@ trains and evaluates model variants at each observed fraction:
 
 ``--v1-sample DIR`` runs the same comparison on the thesis-layout sample of the real model (no LGN
 positions, no truth): import, a 10 % spatial subset, training with the packaged ``v1_sample.toml``
-(variant ``config``; ``embedding`` swaps in the embedding input) on its training images plus
-``data.train_test_images`` of its multi-trial images, evaluation on the other multi-trial images, and
-that data's criterion (hidden L4 E and L4 I beat the population baseline on trial-average and
-single-trial r).
+(variant ``config``: its embedding input; ``dense`` swaps in dense LGN weights, the earlier default) on
+its training images plus ``data.train_test_images`` of its multi-trial images, evaluation on the other
+multi-trial images, and that data's criterion (hidden L4 E and L4 I beat the population baseline on
+trial-average and single-trial r).
 
 Every model figure is printed beside the population baseline (observed neurons' mean time course over
 training windows) and the ceilings, per population and observed / hidden, with the issue's criteria
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "embedding": {"rule": "feature", "input_rule": "embedding"},
 }
 #: ``--v1-sample``: per variant, the ``[model.connectivity]`` keys it sets over ``v1_sample.toml``
-V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "embedding": {"input_rule": "embedding"}}
+V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "dense": {"input_rule": "dense"}}
 #: the real sample's criterion: populations whose hidden units must beat the population baseline
 V1_CRITERION_POPULATIONS = ("L4 E", "L4 I")
 
@@ -173,7 +175,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from corticalrnn.experiment import Experiment
     from corticalrnn.store import open_store
     from corticalrnn.tables import format_table
-    from corticalrnn.train.config import apply_overrides
 
     if args.v1_sample is not None:
         return run_v1_sample(args)
@@ -187,40 +188,78 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
           "matched in orientation / phase or random; single trials, and trial averages):")
     print(format_table(neigh))
     steps = 6 if args.quick else args.steps or 800
-    results: dict[str, Any] = {"neighbours": neigh, "runs": []}
-    for observed in args.observed or [0.1, 0.3]:
-        for variant in variants:
-            cfg = demo_config(size, steps, 20, 1)
-            cfg["model"]["connectivity"].update(VARIANTS[variant])
-            cfg = apply_overrides(cfg, [f"model.{text}" for text in args.model_set])
-            exp = Experiment(train, test_store=test, workdir=args.out / "work", truth=truth, config=cfg)
-            subset = exp.make_subset(fraction=size.fraction, observed=observed, method="spatial",
-                                     seed=args.seed, name=f"obs{observed:g}")
-            t = time.perf_counter()
-            run = exp.train(subset, name=f"{variant}-obs{observed:g}", train__progress=False)
-            train_s = time.perf_counter() - t
-            res = exp.evaluate(run, progress=False, figures=False)
-            truth_by = {(r["population"], r["neurons"]): r for r in res.truth_rows or []}
-            table = []
-            for r in res.report["comparison"]:
-                row = dict(r)
-                tr = truth_by.get((r["population"], r["neurons"]), {})
-                row["r(true) model"] = tr.get("r_model_truth_median", np.nan)
-                row["r(true) pop"] = tr.get("r_population_truth_median", np.nan)
-                row["r(true) ceiling"] = tr.get("r_ceiling_truth_median", np.nan)
-                row["imgspec r(true)"] = tr.get("r_model_truth_imgspec_median", np.nan)
-                row["imgspec ceiling"] = tr.get("r_ceiling_truth_imgspec_median", np.nan)
-                # the generator's own rates as the predictor of the data's trial average: an oracle
-                row["r_avg of true rates"] = tr.get("r_data_truth_median", np.nan)
-                table.append(row)
-            print(f"\n== {variant}, observed {observed:g} ({steps} steps, trained in {train_s:.0f} s)")
-            print(format_table(table))
-            crit = _criteria(table, variant)
-            print("\n".join(crit))
-            results["runs"].append({"variant": variant, "observed": observed, "steps": steps,
-                                    "train_s": train_s, "table": table, "criteria": crit})
+
+    def config(variant: str) -> dict[str, Any]:
+        cfg = demo_config(size, steps, 20, 1)
+        cfg["model"]["connectivity"].update(VARIANTS[variant])
+        return cfg
+
+    def rows(res: Any) -> list[dict[str, Any]]:
+        truth_by = {(r["population"], r["neurons"]): r for r in res.truth_rows or []}
+        table = []
+        for r in res.report["comparison"]:
+            row = dict(r)
+            tr = truth_by.get((r["population"], r["neurons"]), {})
+            row["r(true) model"] = tr.get("r_model_truth_median", np.nan)
+            row["r(true) pop"] = tr.get("r_population_truth_median", np.nan)
+            row["r(true) ceiling"] = tr.get("r_ceiling_truth_median", np.nan)
+            row["imgspec r(true)"] = tr.get("r_model_truth_imgspec_median", np.nan)
+            row["imgspec ceiling"] = tr.get("r_ceiling_truth_imgspec_median", np.nan)
+            # the generator's own rates as the predictor of the data's trial average: an oracle
+            row["r_avg of true rates"] = tr.get("r_data_truth_median", np.nan)
+            table.append(row)
+        return table
+
+    runs = _compare(args, _Comparison(
+        variants=variants, config=config, steps=steps, fraction=size.fraction, rows=rows,
+        criteria=_criteria, title="",
+        experiment=lambda cfg: Experiment(train, test_store=test, workdir=args.out / "work", truth=truth,
+                                          config=cfg)))
+    results: dict[str, Any] = {"neighbours": neigh, "runs": runs}
     results["seconds"] = time.perf_counter() - t0
     return results
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    """What one ``bench science`` data source varies; :func:`_compare` runs it."""
+
+    variants: list[str]
+    config: Callable[[str], dict[str, Any]]  # variant -> config, before ``--set``
+    experiment: Callable[[dict[str, Any]], Any]  # config -> Experiment
+    steps: int
+    fraction: float  # of the store's neurons modelled
+    rows: Callable[[Any], list[dict[str, Any]]]  # evaluation result -> printed table
+    criteria: Callable[[list[dict[str, Any]], str], list[str]]  # (table, variant) -> PASS / FAIL lines
+    title: str  # printed before each run's variant
+
+
+def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
+    """Train and evaluate every variant at every observed fraction (``--observed``); print each table
+    and its criteria lines."""
+    from corticalrnn.tables import format_table
+    from corticalrnn.train.config import apply_overrides
+
+    runs = []
+    for observed in args.observed or ([0.1] if args.v1_sample is not None else [0.1, 0.3]):
+        for variant in c.variants:
+            cfg = apply_overrides(c.config(variant), [f"model.{text}" for text in args.model_set])
+            exp = c.experiment(cfg)
+            subset = exp.make_subset(fraction=c.fraction, observed=observed, method="spatial", seed=args.seed,
+                                     name=f"obs{observed:g}")
+            t = time.perf_counter()
+            run = exp.train(subset, c.steps, name=f"{variant}-obs{observed:g}", train__progress=False)
+            train_s = time.perf_counter() - t
+            res = exp.evaluate(run, progress=False, figures=False)
+            table = c.rows(res)
+            print(f"\n== {c.title}{variant}, observed {observed:g} ({c.steps} steps, trained in "
+                  f"{train_s:.0f} s; test images {res.report.get('test_images', '?')})")
+            print(format_table(table))
+            crit = c.criteria(table, variant)
+            print("\n".join(crit))
+            runs.append({"variant": variant, "observed": observed, "steps": c.steps, "train_s": train_s,
+                         "table": table, "criteria": crit})
+    return runs
 
 
 def _variants(args: argparse.Namespace, known: dict[str, dict[str, Any]]) -> list[str]:
@@ -270,7 +309,6 @@ def run_v1_sample(args: argparse.Namespace) -> dict[str, Any]:
 
     from corticalrnn.experiment import Experiment
     from corticalrnn.import_npz import ImportConfig, import_npz
-    from corticalrnn.tables import format_table
     from corticalrnn.train.config import apply_overrides
 
     variants = _variants(args, V1_VARIANTS)
@@ -278,30 +316,20 @@ def run_v1_sample(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out / "v1"
     store = import_npz(args.v1_sample, out / "v1_sample.zarr", ImportConfig(progress=not args.quick))
     base = tomllib.loads(files("corticalrnn").joinpath("configs", "v1_sample.toml").read_text())
-    steps = args.steps or (3 if args.quick else None)
     quick = ["train.batch_size=2", "train.eval_every=1", "train.checkpoint_every=1000",
              "train.log_every=1"] if args.quick else []
-    results: dict[str, Any] = {"v1_sample": str(args.v1_sample), "runs": []}
-    for observed in args.observed or [0.1]:
-        for variant in variants:
-            cfg = apply_overrides(base, quick)
-            cfg["model"]["connectivity"].update(V1_VARIANTS[variant])
-            cfg = apply_overrides(cfg, [f"model.{text}" for text in args.model_set])
-            exp = Experiment(store, test_store=store, workdir=out / "work", config=cfg)
-            subset = exp.make_subset(fraction=1.0 if args.quick else 0.1, observed=observed, method="spatial",
-                                     seed=args.seed, name=f"obs{observed:g}")
-            t = time.perf_counter()
-            run = exp.train(subset, steps, name=f"{variant}-obs{observed:g}", train__progress=False)
-            train_s = time.perf_counter() - t
-            res = exp.evaluate(run, progress=False, figures=False)
-            table = [dict(r) for r in res.report["comparison"]]
-            n_steps = steps or int(base["train"]["max_steps"])
-            print(f"\n== v1 sample, {variant}, observed {observed:g} ({n_steps} steps, trained in "
-                  f"{train_s:.0f} s; test images {res.report.get('test_images', '?')})")
-            print(format_table(table))
-            crit = _v1_criteria(table)
-            print("\n".join(crit))
-            results["runs"].append({"variant": variant, "observed": observed, "steps": n_steps,
-                                    "train_s": train_s, "table": table, "criteria": crit})
+
+    def config(variant: str) -> dict[str, Any]:
+        cfg = apply_overrides(base, quick)
+        cfg["model"]["connectivity"].update(V1_VARIANTS[variant])
+        return cfg
+
+    runs = _compare(args, _Comparison(
+        variants=variants, config=config, fraction=1.0 if args.quick else 0.1,
+        steps=args.steps or (3 if args.quick else int(base["train"]["max_steps"])),
+        rows=lambda res: [dict(r) for r in res.report["comparison"]],
+        criteria=lambda table, variant: _v1_criteria(table), title="v1 sample, ",
+        experiment=lambda cfg: Experiment(store, test_store=store, workdir=out / "work", config=cfg)))
+    results: dict[str, Any] = {"v1_sample": str(args.v1_sample), "runs": runs}
     results["seconds"] = time.perf_counter() - t0
     return results
