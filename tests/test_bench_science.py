@@ -16,10 +16,10 @@ def test_bench_science_quick(tmp_path):
     science.add_arguments(p)
     # model overrides reach every variant: the adaptive unit and borrowed hidden biases run end to end
     args = p.parse_args(["--quick", "--out", str(tmp_path), "--observed", "0.5", "--variants", "identity",
-                         "simulator", "--set", 'neurons.model="adaptive"',
+                         "simulator", "inferred", "--set", 'neurons.model="adaptive"',
                          "--set", 'neurons.hidden_weights="borrowed"'])
     res = science.run_bench(args)
-    assert [r["variant"] for r in res["runs"]] == ["identity", "simulator"]
+    assert [r["variant"] for r in res["runs"]] == ["identity", "simulator", "inferred"]
     for run in res["runs"]:
         pops = {(r["population"], r["neurons"]) for r in run["table"]}
         assert ("L4 E", "hidden") in pops and ("L2/3 I", "observed") in pops
@@ -30,6 +30,12 @@ def test_bench_science_quick(tmp_path):
         assert all(k in run["table"][0] for k in keys)
         assert len(run["criteria"]) == sum(1 for r in run["table"] if r["neurons"] == "hidden")
     assert {n["sheet"] for n in res["neighbours"]} == {"V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"}
+    # the inferred variant trained on LGN positions laid out from its training windows, in the checkpoint
+    from corticalrnn.train.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(tmp_path / "work" / "runs" / "inferred-obs0.5" / "best.pt")["spec"]
+    assert spec["inferred_positions"] == ["X_OFF", "X_ON"]
+    assert spec["positions"]["X_ON"].shape[1] == 2  # cortical mm, not the store's grid indices
 
 
 def thesis_folder(root, seed: int = 0):

@@ -588,6 +588,7 @@ def test_learned_lgn_positions_match_reference_and_train():
 @pytest.mark.parametrize("values,match", [
     ({"connectivity.lgn_positions": "guessed"}, "lgn_positions"),
     ({"connectivity.lgn_positions": "learned"}, "lgn_positions='learned' needs"),
+    ({"connectivity.lgn_positions": "inferred"}, "lgn_positions='inferred' needs"),
     ({"connectivity.lgn_positions": "learned", "connectivity.input_rule": "gabor",
       "connectivity.input_storage": "sparse"}, "lgn_positions='learned' needs"),
 ])
@@ -604,3 +605,24 @@ def test_learned_lgn_positions_refuse_a_fixed_footprint():
     with pytest.raises(DataMismatchError, match="dense input storage"):
         GaborInputWeight(rows, p["V1_Exc_L4"], np.zeros(8, int), 1, np.zeros((32, 2)),
                          np.r_[np.ones(16), -np.ones(16)], 1.0, 1.2, 0.2, footprint=3.0, learn_positions=True)
+
+
+def test_inferred_lgn_positions_are_fixed_and_in_the_units_frame():
+    """lgn_positions = "inferred": the spec's LGN positions (laid out from data, cortical mm) are used as
+    they are, with the retinotopic map at the identity, and the model matches the float64 reference."""
+    pos, props = identity()
+    rng = np.random.default_rng(3)
+    for s in ("X_ON", "X_OFF"):
+        pos[s] = rng.uniform(-0.2, 0.2, (len(pos[s]), 2))
+    cfg = model_config(bin_ms=5.0, input_connectivity="gabor").with_values(
+        {"connectivity.lgn_positions": "inferred"})
+    model = CorticalRNN(cfg, SIZES, pos, props).double()
+    blocks = [w for w in model.weights.values() if isinstance(w, GaborInputWeight)]
+    assert blocks
+    for w in blocks:
+        assert not isinstance(w.lgn_xy, torch.nn.Parameter)
+        torch.testing.assert_close(w.lgn_xy, torch.as_tensor(np.r_[pos["X_ON"], pos["X_OFF"]]))
+        torch.testing.assert_close(w.retino_scale, torch.ones(2, dtype=torch.float64))
+        torch.testing.assert_close(w.retino_offset, torch.zeros(2, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    assert_matches_reference(model, torch.rand(2, 5, 32, generator=g, dtype=torch.float64), g)

@@ -10,11 +10,14 @@ trains and evaluates model variants at each observed fraction:
   initial weights proportional to the connection probability (the demo's model);
 * ``simulator``: Gabor input + the simulator's own connectome as the recurrent mask;
 * ``embedding``: no LGN positions used: a learned vector per LGN input times a learned function of each
-  unit's labels (the rule for data without LGN positions, measured where the truth is known).
+  unit's labels (the rule for data without LGN positions, measured where the truth is known);
+* ``inferred``: the identity variant with the store's LGN positions replaced by positions laid out from
+  the training data (``connectivity.lgn_positions = "inferred"``, :mod:`corticalrnn.lgn_layout`).
 
 ``--v1-sample DIR`` runs the same comparison on the thesis-layout sample of the real model (no LGN
 positions, no truth): import, a 10 % spatial subset, training with the packaged ``v1_sample.toml``
-(variant ``config``: its embedding input; ``dense`` swaps in dense LGN weights, the earlier default) on
+(variant ``config``: its embedding input; ``dense`` swaps in dense LGN weights, the earlier default;
+``gabor`` the Gabor input on inferred LGN positions) on
 its training images plus ``data.train_test_images`` of its multi-trial images, evaluation on the other
 multi-trial images, and that data's criterion (hidden L4 E and L4 I beat the population baseline on
 trial-average and single-trial r).
@@ -42,9 +45,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "identity": {"rule": "feature", "input_rule": "gabor"},
     "simulator": {"rule": "simulator", "input_rule": "gabor", "storage": "dense"},
     "embedding": {"rule": "feature", "input_rule": "embedding"},
+    "inferred": {"rule": "feature", "input_rule": "gabor", "lgn_positions": "inferred"},
 }
 #: ``--v1-sample``: per variant, the ``[model.connectivity]`` keys it sets over ``v1_sample.toml``
-V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "dense": {"input_rule": "dense"}}
+V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "dense": {"input_rule": "dense"},
+                                          "gabor": {"input_rule": "gabor", "lgn_positions": "inferred"}}
 #: the real sample's criterion: populations whose hidden units must beat the population baseline
 V1_CRITERION_POPULATIONS = ("L4 E", "L4 I")
 

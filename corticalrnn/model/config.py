@@ -28,6 +28,7 @@ REPARAM_FUNCS = ("softplus", "abs")
 MASK_KINDS = ("dense", "distance", "feature", "simulator")  # rules in model/connectivity.py
 INPUT_MASK_KINDS = ("dense", "retinotopic", "gabor", "embedding")
 HIDDEN_WEIGHTS = ("free", "tied", "borrowed")
+LGN_POSITIONS = ("store", "inferred", "learned")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_BLAS = ("auto", "torch", "openblas")  # see model/gemm.py
 
@@ -146,9 +147,11 @@ class ConnectivityConfig:
     # envelope s.d. of its initial centre): memory O(units x footprint) instead of O(units x LGN)
     input_storage: str = "dense"  # dense | sparse (gabor only)
     input_footprint: float = 3.0
-    # gabor input on data without LGN positions (the thesis layout): "learned" makes them parameters,
-    # drawn uniformly over the units' bounding box (cortical mm) and moved by training ("store": the store's)
-    lgn_positions: str = "store"
+    # gabor input on data without LGN positions (the thesis layout): "inferred" lays them out from the
+    # training windows' LGN correlations, framed by the observed units' (corticalrnn/lgn_layout.py);
+    # "learned" makes them parameters drawn uniformly over the units' bounding box (cortical mm) and moved
+    # by training ("store": the store's)
+    lgn_positions: str = "store"  # store | inferred | learned
     # input_rule = "embedding": size of each LGN input's vector, random Fourier features of position
     # (length scale embedding_scale_mm) and hidden width of the label function
     embedding_dim: int = 16
@@ -282,7 +285,7 @@ class ModelConfig:
                                      ("connectivity.input_rule", c.input_rule, INPUT_MASK_KINDS),
                                      ("connectivity.input_storage", c.input_storage, ("dense", "sparse")),
                                      ("connectivity.weight_init", c.weight_init, ("random", "expected")),
-                                     ("connectivity.lgn_positions", c.lgn_positions, ("store", "learned")),
+                                     ("connectivity.lgn_positions", c.lgn_positions, LGN_POSITIONS),
                                      ("architecture.sign_mode", a.sign_mode, SIGN_MODES),
                                      ("architecture.reparam", a.reparam, REPARAM_FUNCS),
                                      ("neurons.model", n.model, NEURON_MODELS),
@@ -308,6 +311,9 @@ class ModelConfig:
         if c.input_storage == "sparse" and c.input_rule != "gabor":
             raise bad("connectivity.input_storage='sparse' needs connectivity.input_rule='gabor' "
                       "(a footprint to store)")
+        if c.lgn_positions == "inferred" and c.input_rule != "gabor":
+            raise bad("connectivity.lgn_positions='inferred' needs connectivity.input_rule='gabor' (the only "
+                      "rule that uses LGN positions)")
         if c.lgn_positions == "learned" and (c.input_rule != "gabor" or c.input_storage != "dense"):
             raise bad("connectivity.lgn_positions='learned' needs connectivity.input_rule='gabor' with "
                       "input_storage='dense'")

@@ -55,7 +55,7 @@ class GaborInputWeight(nn.Module):
     def __init__(self, unit_xy: np.ndarray, props: dict[str, np.ndarray], row_pop: np.ndarray, n_pops: int,
                  lgn_xy: np.ndarray, polarity: np.ndarray, input_gain: float, default_size: float,
                  default_frequency: float, where: str = "model", footprint: float | None = None,
-                 learn_positions: bool = False) -> None:
+                 learn_positions: bool = False, unit_frame: bool = False) -> None:
         """``unit_xy [rows, 2]`` cortical positions; ``props`` per row ``ori``, ``phase`` and optionally
         ``frequency``, ``size``, ``aspect_ratio`` (NaN = not recorded); ``row_pop [rows]`` population
         index of each row; ``lgn_xy [cols, 2]`` and ``polarity [cols]`` (+1 ON, -1 OFF).
@@ -65,7 +65,8 @@ class GaborInputWeight(nn.Module):
         pattern, and the input product a CSR product (memory O(units x footprint), not O(units x LGN)).
         ``learn_positions``: the LGN positions are parameters (data without LGN positions, e.g. the thesis
         layout: ``lgn_xy`` is then an initial guess in the units' own cortical frame, and the retinotopic
-        map starts at the identity)."""
+        map starts at the identity). ``unit_frame``: ``lgn_xy`` is in the units' cortical frame (inferred
+        positions, :mod:`corticalrnn.lgn_layout`): the retinotopic map starts at the identity."""
         super().__init__()
         rows = len(unit_xy)
         for key in ("ori", "phase"):
@@ -106,7 +107,7 @@ class GaborInputWeight(nn.Module):
         xy = surface_xy(unit_xy)
         c_v1, ext_v1 = (xy.min(0) + xy.max(0)) / 2, np.maximum(xy.max(0) - xy.min(0), 1e-9)
         scale = ext_lgn / ext_v1
-        if learn_positions:  # the initial positions are in the units' own frame
+        if learn_positions or unit_frame:  # the (initial) positions are in the units' own frame
             scale, c_lgn, c_v1 = np.ones(2), np.zeros(2), np.zeros(2)
         self.retino_scale = nn.Parameter(torch.as_tensor(scale, dtype=torch.float32))
         self.retino_offset = nn.Parameter(torch.as_tensor(c_lgn - scale * c_v1, dtype=torch.float32))

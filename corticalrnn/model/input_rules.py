@@ -117,14 +117,16 @@ class GaborInput(InputRule):
             raise DataMismatchError(
                 f"model: connectivity.input_rule='gabor' needs the positions of the LGN inputs "
                 f"({', '.join(missing)} have none in the store; the thesis .npz layout records none): use "
-                "input_rule 'dense', 'retinotopic' or 'embedding', or connectivity.lgn_positions = "
-                "'learned', or extract the Mozaik datastores, which do")
+                "connectivity.lgn_positions = 'inferred' (laid out from the training data) or 'learned', "
+                "or input_rule 'dense', 'retinotopic' or 'embedding', or extract the Mozaik datastores, "
+                "which record them")
         lgn_xy = _sheets_xy(g, ctx, pres)
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
         size = cc.rf_size or default_rf_size(lgn_xy)
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                 cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
-                                footprint=cc.input_footprint if cc.input_storage == "sparse" else None)
+                                footprint=cc.input_footprint if cc.input_storage == "sparse" else None,
+                                unit_frame=cc.lgn_positions == "inferred")
 
 
 @register_input

@@ -7,6 +7,8 @@ build the model and its checkpoint spec (the spec and the way back from a checkp
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from corticalrnn.data.batches import subset_windows
 from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.model.loss import LOSSES
 from corticalrnn.train.config import TrainConfig
-from corticalrnn.train.spec import build_model, make_spec, rebin_hint
+from corticalrnn.train.spec import build_model, infer_spec_lgn_positions, make_spec, rebin_hint
 from corticalrnn.train.trainer import Trainer, TrainResult, resolve_device, resolve_precision
 
 
@@ -139,6 +141,10 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
     mcfg = model_config(cfg, store.bin_ms, precision, store.n_bins)
     spec = make_spec(mcfg, subset, store)
     train_w, val_w, split = split_training_windows(store, cfg)
+    if mcfg.connectivity.lgn_positions == "inferred":  # from the training windows only
+        summary = infer_spec_lgn_positions(spec, mcfg, store, subset, train_w)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train: {summary}", file=sys.stderr, flush=True)
     train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
     val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)

@@ -10,6 +10,8 @@ A spec is a plain dict of tensors and numbers (stored as ``spec`` in every check
     neuron_ids    {sheet: int64 tensor}, the modelled neurons (subset order)
     observed      {sheet: int64 tensor}, the observed ones among them
     positions     {sheet: float64 tensor, a row per neuron} or None
+    inferred_positions  [sheet, ...]: sheets whose positions were laid out from the training data
+                  (``connectivity.lgn_positions = "inferred"``), absent otherwise
     properties    {sheet: {name: tensor}} (orientation preference, ...) or None
     connectome    {"pre->post": {"post", "pre", "weight": tensor}} or None (only where the model uses it)
     bin_ms        the store's bin size
@@ -52,9 +54,10 @@ def check_store_fits(spec: dict[str, Any], subset: Any, store: Any, checkpoint: 
     if not saved:
         return
     here = subset.positions(store)
+    inferred = set(spec.get("inferred_positions") or ())  # laid out from data, not the store's own
     for sheet, want in saved.items():
         got = here.get(sheet)
-        if got is None:
+        if got is None or sheet in inferred:
             continue
         want = np.asarray(want.cpu().numpy() if hasattr(want, "cpu") else want, dtype=np.float64)
         got = np.asarray(got, dtype=np.float64)
@@ -93,6 +96,22 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
         "connectome": _connectome_spec(ident.projections) if uses_connectome else None,
         "bin_ms": float(store.bin_ms),
     }
+
+
+def infer_spec_lgn_positions(spec: dict[str, Any], mcfg: Any, store: Any, subset: Any,
+                             windows: np.ndarray) -> str:
+    """``connectivity.lgn_positions = "inferred"``: put LGN positions laid out from ``windows`` of
+    ``store`` (:mod:`corticalrnn.lgn_layout`) into ``spec`` (cortical frame, mm; listed under
+    ``inferred_positions`` so they are not compared with a store's own) and return a summary line."""
+    from corticalrnn.lgn_layout import layout_from_store
+    from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS
+
+    fed = {p.normalized().post for p in mcfg.architecture.pathways if p.normalized().pre in INPUT_SHEETS}
+    layout, xy = layout_from_store(store, subset, windows, [s for s in V1_SHEETS if s in fed])
+    spec["positions"] = dict(spec.get("positions") or {}) | {
+        s: torch.as_tensor(v, dtype=torch.float64) for s, v in xy.items()}
+    spec["inferred_positions"] = sorted(xy)
+    return layout.summary()
 
 
 def _connectome_spec(projections: list[Any]) -> dict[str, dict[str, torch.Tensor]] | None:
