@@ -33,6 +33,8 @@ import numpy as np
 
 from corticalrnn.errors import DataMismatchError
 
+MIN_ANCHORS = 6  # observed units needed to fix a layout's frame (with fewer than 14, fewer eigenvectors)
+
 
 @dataclass(frozen=True)
 class LayoutConfig:
@@ -142,15 +144,14 @@ def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v
         if fit is None:
             continue
         coef, r2, n = fit
-        xy[members] = np.c_[emb, np.ones(len(emb))] @ coef
+        xy[members] = np.c_[emb[:, :len(coef) - 1], np.ones(len(emb))] @ coef
         r2s.append(r2)
         n_anchors = max(n_anchors, n)
     placed = np.isfinite(xy[:, 0])
     if not r2s:
-        need = max(6, 2 * config.dims + 2)
-        raise DataMismatchError(f"{where}: fewer than {need} observed units receiving LGN input have "
+        raise DataMismatchError(f"{where}: fewer than {MIN_ANCHORS} observed units receiving LGN input have "
                                 f"spikes correlated with the LGN; fixing the LGN layout's frame needs at "
-                                f"least {need}")
+                                f"least {MIN_ANCHORS}")
     xy[~placed] = xy[placed].mean(0)
     return LGNLayout(xy, np.asarray(r2s), n_anchors, int(placed.sum()))
 
@@ -164,8 +165,9 @@ def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int
     top = np.argpartition(-corr, m - 1, axis=1)[:, :m]
     w = np.take_along_axis(corr, top, 1)
     good = w.sum(1) > 0
-    if good.sum() < max(6, 2 * emb.shape[1] + 2):
+    if good.sum() < MIN_ANCHORS:
         return None
+    emb = emb[:, :max(2, min(emb.shape[1], (int(good.sum()) - 2) // 2))]  # >= 2 anchors per coefficient
     centre = np.einsum("im,imd->id", w[good], emb[top[good]]) / w[good].sum(1, keepdims=True)
     target = v1_xy[good]
     x = np.c_[centre, np.ones(len(centre))]
