@@ -626,3 +626,21 @@ def test_inferred_lgn_positions_are_fixed_and_in_the_units_frame():
         torch.testing.assert_close(w.retino_offset, torch.zeros(2, dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
     assert_matches_reference(model, torch.rand(2, 5, 32, generator=g, dtype=torch.float64), g)
+
+
+def test_recorded_sizes_move_into_a_frame_without_store_positions():
+    """Inferred / learned LGN positions are in cortical mm, recorded sizes and frequencies in the
+    simulator's visual-field units: one factor rescales both (median size -> the default), keeping each
+    unit's cycles per envelope and its size relative to the others."""
+    from corticalrnn.model.identity import recorded_in_frame
+
+    props = {"ori": np.zeros(3), "size": np.array([1.0, 2.0, 3.0]), "frequency": np.array([0.2, 0.1, np.nan])}
+    out = recorded_in_frame(props, 0.05, 5.0)
+    np.testing.assert_allclose(out["size"], [0.025, 0.05, 0.075])
+    np.testing.assert_allclose(out["frequency"][:2], [8.0, 4.0])
+    assert np.isnan(out["frequency"][2]) and out["ori"] is props["ori"]
+    np.testing.assert_allclose(out["size"][:2] * out["frequency"][:2],
+                               props["size"][:2] * props["frequency"][:2])
+    only_freq = recorded_in_frame({"frequency": np.array([0.1, 0.3])}, 0.05, 5.0)  # median 0.2 -> 5.0
+    np.testing.assert_allclose(only_freq["frequency"], [2.5, 7.5])
+    assert set(recorded_in_frame({"ori": np.zeros(2)}, 0.05, 5.0)) == {"ori"}

@@ -66,7 +66,8 @@ class GaborInputWeight(nn.Module):
         ``learn_positions``: the LGN positions are parameters (data without LGN positions, e.g. the thesis
         layout: ``lgn_xy`` is then an initial guess in the units' own cortical frame, and the retinotopic
         map starts at the identity). ``unit_frame``: ``lgn_xy`` is in the units' cortical frame (inferred
-        positions, :mod:`corticalrnn.lgn_layout`): the retinotopic map starts at the identity."""
+        positions, :mod:`corticalrnn.lgn_layout`): the retinotopic map starts at the identity. In both,
+        recorded sizes and frequencies are rescaled into that frame (:func:`recorded_in_frame`)."""
         super().__init__()
         rows = len(unit_xy)
         for key in ("ori", "phase"):
@@ -76,6 +77,9 @@ class GaborInputWeight(nn.Module):
                     f"{where}: connectivity.input_rule='gabor' needs the {key!r} of every unit receiving LGN "
                     "input (the store's per-neuron properties; Mozaik annotation "
                     f"{'LGNAfferentOrientation' if key == 'ori' else 'LGNAfferentPhase'})")
+
+        if learn_positions or unit_frame:
+            props = recorded_in_frame(props, default_size, default_frequency)
 
         def prop(key: str, default: float) -> tuple[torch.Tensor, torch.Tensor]:
             v = np.asarray(props.get(key, np.full(rows, np.nan)), np.float64)
@@ -242,6 +246,31 @@ def footprint_pairs(centres: np.ndarray, lgn_xy: np.ndarray, radius: np.ndarray
     rows = np.repeat(np.arange(len(centres)), [len(h) for h in hits])
     cols = np.concatenate([np.sort(np.asarray(h, np.int64)) for h in hits]) if len(hits) else np.zeros(0)
     return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def recorded_in_frame(props: dict[str, np.ndarray], default_size: float, default_frequency: float
+                      ) -> dict[str, np.ndarray]:
+    """``props`` with the recorded ``size`` and ``frequency`` (the simulator's visual-field units, those
+    of the store's LGN positions) moved into a frame without LGN positions from the store (inferred or
+    learned positions, cortical mm): both scaled by one factor that puts the median recorded size at
+    ``default_size`` (or, with no size recorded, the median frequency at ``default_frequency``), so
+    each unit's Gabor keeps its shape (cycles per envelope) and its size relative to the others; the
+    learned per-population factors then set the scale."""
+    out = dict(props)
+    size = np.asarray(props.get("size", []), np.float64)
+    freq = np.asarray(props.get("frequency", []), np.float64)
+    ok_size, ok_freq = size[np.isfinite(size) & (size > 0)], freq[np.isfinite(freq) & (freq > 0)]
+    if ok_size.size:
+        k = default_size / float(np.median(ok_size))
+    elif ok_freq.size:
+        k = float(np.median(ok_freq)) / default_frequency
+    else:
+        return out
+    if size.size:
+        out["size"] = size * k
+    if freq.size:
+        out["frequency"] = freq / k
+    return out
 
 
 def default_rf_size(lgn_xy: np.ndarray) -> float:
