@@ -28,21 +28,26 @@ units' spikes correlate weakly with single LGN cells, so the frame is rough ther
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from corticalrnn.errors import DataMismatchError
 
-MIN_ANCHORS = 6  # observed units needed to fix a layout's frame (with fewer than 14, fewer eigenvectors)
+MIN_ANCHORS = 6  # observed units needed to fix a layout's frame
+MIN_CROSS_SIGN = 0.05  # fraction of graph edges between ON and OFF cells needed to lay them out together
 
 
 @dataclass(frozen=True)
 class LayoutConfig:
-    neighbours: int = 10  # graph degree of step 1
+    # graph degree of step 1; median layout error on the generator's training store 0.5 grid steps at 6,
+    # 0.6-0.8 at 4 and 10, 0.7-1.0 at 14
+    neighbours: int = 6
     anchor_inputs: int = 20  # LGN cells averaged per observed unit in step 2
     # eigenvectors kept: more than 2, since the leading ones may split ON from OFF or bend along the
     # long side; the anchors' regression picks the combination that is position
     dims: int = 6
+    landmarks: int = 200
     seed: int = 0  # start vector of the sparse eigensolver
 
 
@@ -74,34 +79,69 @@ def _residuals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r, ok
 
 
-def _knn_graph(z: np.ndarray, sign: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric kNN adjacency (as ``rows, cols``) by signed correlation ``sign_i sign_j corr_ij``."""
+def _knn_graph(z: np.ndarray, sign: np.ndarray, k: int, chunk: int = 2048) -> Any:
+    """Symmetric graph (scipy CSR of edge lengths ``sqrt(2 (1 - c))``) joining each cell to the ``k`` cells
+    of highest signed correlation ``c = sign_i sign_j corr_ij``, plus the minimum spanning tree of the
+    ``3 k``-nearest graph among cells of one sign, so that stretches of poor data a small ``k`` leaves
+    apart stay joined through their best-correlated pairs. ON and OFF cells stay joined only where at
+    least ``MIN_CROSS_SIGN`` of the edges join them (57 % on the generator, whose ON and OFF cells at
+    one place anti-correlate strongly; 0.2 % on the thesis sample): a few bridges would fold one sign's
+    layout onto the other's, so then each sign is laid out and framed on its own."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
     n, s = z.shape[1], len(z)
-    idx = np.empty((n, k), np.int64)
+    wide = min(3 * k, n - 1)
+    idx = np.empty((n, wide), np.int64)
+    val = np.empty((n, wide))
     for a in range(0, n, chunk):
         c = (z[:, a:a + chunk].T @ z) / s * sign[a:a + chunk, None] * sign[None]
         c[np.arange(c.shape[0]), np.arange(a, a + c.shape[0])] = -np.inf
-        idx[a:a + chunk] = np.argpartition(-c, k, axis=1)[:, :k]
-    rows = np.repeat(np.arange(n), k)
-    pairs = np.unique(np.r_[rows * n + idx.ravel(), idx.ravel() * n + rows])
-    return pairs // n, pairs % n
+        part = np.argpartition(-c, wide - 1, axis=1)[:, :wide]
+        cv = np.take_along_axis(c, part, 1)
+        order = np.argsort(-cv, axis=1)
+        idx[a:a + chunk] = np.take_along_axis(part, order, 1)
+        val[a:a + chunk] = np.take_along_axis(cv, order, 1)
+    length = np.sqrt(np.maximum(2.0 * (1.0 - val), 1e-6))
+    rows = np.repeat(np.arange(n), wide).reshape(n, wide)
+
+    def graph(cols: slice, same_sign: bool = False) -> Any:
+        keep = sign[rows[:, cols]] == sign[idx[:, cols]] if same_sign else np.ones(rows[:, cols].shape, bool)
+        return csr_matrix((length[:, cols][keep], (rows[:, cols][keep], idx[:, cols][keep])), shape=(n, n))
+
+    g = graph(slice(0, k)).maximum(minimum_spanning_tree(graph(slice(0, wide), same_sign=True)))
+    g = g.maximum(g.T).tocoo()
+    cross = sign[g.row] != sign[g.col]
+    if cross.mean() < MIN_CROSS_SIGN:  # a few bridges would fold one sign's layout onto the other's
+        g = csr_matrix((g.data[~cross], (g.row[~cross], g.col[~cross])), shape=(n, n))
+    return g.tocsr()
 
 
-def _eigenmap(rows: np.ndarray, cols: np.ndarray, n: int, dims: int, seed: int) -> np.ndarray:
-    """Leading non-trivial eigenvectors of the normalised adjacency (random-walk scaled) ``[n, dims]``."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.linalg import eigsh
+def _isomap(g: Any, dims: int, landmarks: int, seed: int) -> np.ndarray:
+    """Landmark Isomap ``[n, dims]``: shortest-path lengths on the graph ``g`` (CSR of edge lengths) from
+    ``landmarks`` cells (farthest-point choice from a seeded start), classical MDS of the landmarks,
+    every cell placed by distance-based triangulation (de Silva & Tenenbaum 2003)."""
+    from scipy.sparse.csgraph import dijkstra
 
-    a = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    dm = 1.0 / np.sqrt(np.asarray(a.sum(1)).ravel())
-    norm = csr_matrix(a.multiply(dm[:, None]).multiply(dm[None]))
-    if n <= 600:
-        vals, vecs = np.linalg.eigh(norm.toarray())
-    else:
-        v0 = np.random.default_rng(seed).standard_normal(n)
-        vals, vecs = eigsh(norm, k=dims + 1, which="LA", v0=v0)
-    order = np.argsort(-vals)[1:dims + 1]  # (the first is the trivial one)
-    return vecs[:, order] * dm[:, None]
+    n = g.shape[0]
+    m = min(landmarks, n)
+    chosen = [int(np.random.default_rng(seed).integers(n))]
+    dist = np.empty((m, n))
+    nearest = np.full(n, np.inf)
+    for i in range(m):
+        dist[i] = dijkstra(g, directed=False, indices=chosen[i])
+        nearest = np.minimum(nearest, dist[i])
+        if i + 1 < m:
+            chosen.append(int(np.argmax(np.where(np.isfinite(nearest), nearest, -1.0))))
+    d2 = dist ** 2
+    dl = d2[:, chosen]
+    j = np.eye(m) - 1.0 / m
+    b = -0.5 * j @ dl @ j
+    vals, vecs = np.linalg.eigh(b)
+    order = np.argsort(-vals)[:dims]
+    vals, vecs = np.maximum(vals[order], 1e-12), vecs[:, order]
+    pinv = vecs / np.sqrt(vals)  # [m, dims]
+    return -0.5 * (d2 - dl.mean(1, keepdims=True)).T @ pinv
 
 
 def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v1_xy: np.ndarray,
@@ -126,20 +166,19 @@ def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v
         raise DataMismatchError(f"{where}: only {n_active} LGN cells vary over the training windows; "
                                 f"inferring their positions needs more than {max(k, 3)}")
     act = np.flatnonzero(active)
-    rows, cols = _knn_graph(z[:, act], np.asarray(polarity, np.float64)[act], k)
-    from scipy.sparse import csr_matrix
+    g = _knn_graph(z[:, act], np.asarray(polarity, np.float64)[act], k)
     from scipy.sparse.csgraph import connected_components
 
-    _, label = connected_components(csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(act),) * 2))
+    _, label = connected_components(g, directed=False)
     v, v_ok = _residuals(v1)
     xy = np.full((lgn.shape[2], 2), np.nan)
     r2s, n_anchors = [], 0
-    # each sizeable component (ON and OFF cells may form one each) gets its own layout and frame
+    # each sizeable component (the spanning tree joins all with any well-correlated pair) is laid out
+    # and framed on its own
     for comp in np.flatnonzero(np.bincount(label) >= max(2 * k, 20)):
-        members = act[label == comp]
-        keep = np.cumsum(label == comp) - 1
-        sel = (label[rows] == comp) & (label[cols] == comp)
-        emb = _eigenmap(keep[rows[sel]], keep[cols[sel]], len(members), config.dims, config.seed)
+        inside = np.flatnonzero(label == comp)
+        members = act[inside]
+        emb = _isomap(g[inside][:, inside], config.dims, config.landmarks, config.seed)
         fit = _frame(emb, np.abs(v[:, v_ok].T @ z[:, members]) / len(z), v1_xy[v_ok], config.anchor_inputs)
         if fit is None:
             continue
@@ -167,11 +206,19 @@ def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int
     good = w.sum(1) > 0
     if good.sum() < MIN_ANCHORS:
         return None
-    emb = emb[:, :max(2, min(emb.shape[1], (int(good.sum()) - 2) // 2))]  # >= 2 anchors per coefficient
     centre = np.einsum("im,imd->id", w[good], emb[top[good]]) / w[good].sum(1, keepdims=True)
     target = v1_xy[good]
-    x = np.c_[centre, np.ones(len(centre))]
-    coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+    # how many layout coordinates: the count whose linear map predicts held-out anchors best
+    # (leave-one-out, closed form), at most one per two anchors
+    best = None
+    for d in range(2, min(emb.shape[1], (int(good.sum()) - 2) // 2) + 1):
+        x = np.c_[centre[:, :d], np.ones(len(centre))]
+        coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+        hat = np.einsum("ij,ji->i", x, np.linalg.pinv(x))
+        press = float((((x @ coef - target) / np.maximum(1.0 - hat, 1e-9)[:, None]) ** 2).sum())
+        if best is None or press < best[0]:
+            best = (press, coef, x)
+    _, coef, x = best
     r2 = 1.0 - ((x @ coef - target) ** 2).sum(0) / np.maximum(((target - target.mean(0)) ** 2).sum(0), 1e-300)
     return coef, r2, int(good.sum())
 

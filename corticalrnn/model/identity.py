@@ -273,8 +273,12 @@ def recorded_in_frame(props: dict[str, np.ndarray], default_size: float, default
     return out
 
 
-def default_rf_size(lgn_xy: np.ndarray) -> float:
-    """Envelope s.d. where none is recorded: 1.5 LGN grid steps."""
-    _, ext = lgn_extent(lgn_xy)
-    n_side = max(math.sqrt(len(np.unique(surface_xy(lgn_xy), axis=0))), 1.0)
+def default_rf_size(lgn_xy: np.ndarray, polarity: np.ndarray | None = None) -> float:
+    """Envelope s.d. where none is recorded: 1.5 LGN grid steps (the spacing of one polarity's cells:
+    inferred ON and OFF positions do not coincide as a grid's do)."""
+    xy = surface_xy(lgn_xy)
+    if polarity is not None and np.any(np.asarray(polarity) > 0):
+        xy = xy[np.asarray(polarity) > 0]
+    _, ext = lgn_extent(xy)
+    n_side = max(math.sqrt(len(np.unique(xy, axis=0))), 1.0)
     return float(1.5 * np.mean(ext) / n_side)

@@ -107,7 +107,7 @@ class GaborInput(InputRule):
             lo, hi = unit_xy.min(0), unit_xy.max(0)
             lgn_xy = ctx.rng.uniform(lo, hi, (b.col1 - b.col0, 2))
             polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
-            size = cc.rf_size or default_rf_size(lgn_xy)
+            size = cc.rf_size or default_rf_size(lgn_xy, polarity)
             return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                     cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
                                     learn_positions=True)
@@ -122,7 +122,7 @@ class GaborInput(InputRule):
                 "which record them")
         lgn_xy = _sheets_xy(g, ctx, pres)
         polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
-        size = cc.rf_size or default_rf_size(lgn_xy)
+        size = cc.rf_size or default_rf_size(lgn_xy, polarity)
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                 cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
                                 footprint=cc.input_footprint if cc.input_storage == "sparse" else None,
