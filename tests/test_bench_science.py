@@ -75,7 +75,7 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
     args = p.parse_args(["--quick", "--out", str(tmp_path / "out"), "--v1-sample", str(tmp_path / "sample"),
                          "--observed", "0.5"])
     res = science.run_bench(args)
-    assert [r["variant"] for r in res["runs"]] == ["config", "dense"]
+    assert [r["variant"] for r in res["runs"]] == ["config", "dense", "gabor"]
     for run in res["runs"]:
         pops = {(r["population"], r["neurons"]) for r in run["table"]}
         assert ("L4 E", "hidden") in pops and ("L4 I", "observed") in pops
