@@ -33,7 +33,7 @@ def test_bench_science_quick(tmp_path):
     # the inferred variant trained on LGN positions laid out from its training windows, in the checkpoint
     from corticalrnn.train.checkpoint import load_checkpoint
 
-    spec = load_checkpoint(tmp_path / "work" / "runs" / "inferred-obs0.5" / "best.pt")["spec"]
+    spec = load_checkpoint(tmp_path / "work" / "runs" / "inferred-obs0.5-seed1" / "best.pt")["spec"]
     assert spec["inferred_positions"] == ["X_OFF", "X_ON"]
     assert spec["positions"]["X_ON"].shape[1] == 2  # cortical mm, not the store's grid indices
 

@@ -250,10 +250,11 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
         for variant in c.variants:
             cfg = apply_overrides(c.config(variant), [f"model.{text}" for text in args.model_set])
             exp = c.experiment(cfg)
+            tag = f"obs{observed:g}-seed{args.seed}"  # runs of other seeds in the same --out stay apart
             subset = exp.make_subset(fraction=c.fraction, observed=observed, method="spatial", seed=args.seed,
-                                     name=f"obs{observed:g}")
+                                     name=tag)
             t = time.perf_counter()
-            run = exp.train(subset, c.steps, name=f"{variant}-obs{observed:g}", train__progress=False)
+            run = exp.train(subset, c.steps, name=f"{variant}-{tag}", train__progress=False)
             train_s = time.perf_counter() - t
             res = exp.evaluate(run, progress=False, figures=False)
             table = c.rows(res)
