@@ -82,9 +82,31 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
         assert [c.split()[0:2] for c in run["criteria"]] == [["L4", "E"], ["L4", "I"]]
     out = capsys.readouterr().out
     assert "== v1 sample, dense, observed 0.5" in out and "r_1 pop med" in out
+    assert all("paired over neurons: r_avg" in c for run in res["runs"] for c in run["criteria"])
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError
 
     with pytest.raises(CorticalRNNError, match="identity.*v1-sample"):
         science.run_bench(p.parse_args(["--v1-sample", str(tmp_path / "sample"), "--variants", "identity",
                                         "--out", str(tmp_path / "out")]))
+
+
+def test_paired_difference_matches_a_loop():
+    """Hidden units of one population, model minus baseline per neuron: median, share won, count."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 41
+    neurons = {"population": np.array(["L4 E"] * 30 + ["L4 I"] * 11, dtype=object),
+               "observed": rng.random(n) < 0.3,
+               "model_single_trial_r": rng.normal(0.05, 0.02, n),
+               "population_single_trial_r": rng.normal(0.04, 0.02, n)}
+    neurons["model_single_trial_r"][3] = np.nan
+    keys = ("population", "observed", "model_single_trial_r", "population_single_trial_r")
+    cols = [neurons[k] for k in keys]
+    diffs = [m - b for pop, o, m, b in zip(*cols, strict=True)
+             if pop == "L4 E" and not o and not (np.isnan(m) or np.isnan(b))]
+    med, won, count = science.paired_difference(neurons, "L4 E", "single_trial_r")
+    assert count == len(diffs) and med == float(np.median(diffs))
+    assert won == sum(d > 0 for d in diffs) / len(diffs)
+    assert science.paired_difference(neurons, "L2/3 E", "single_trial_r")[2] == 0
