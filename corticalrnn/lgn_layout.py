@@ -60,6 +60,9 @@ class LGNLayout:
     anchor_r2: np.ndarray  # [components, 2] R^2 of the anchors' positions from their RF centres (x, y)
     n_anchors: int
     n_placed: int  # LGN cells laid out by the graph; the rest (silent, small components) sit at the mean
+    # per component laid out: the anchors' positions and the positions their RF centres map to [n, 2]
+    anchor_xy: tuple[np.ndarray, ...] = ()
+    anchor_fit: tuple[np.ndarray, ...] = ()
 
     def summary(self) -> str:
         r2 = ", ".join(f"x {a:.2f} y {b:.2f}" for a, b in self.anchor_r2)
@@ -173,7 +176,7 @@ def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v
     _, label = connected_components(g, directed=False)
     v, v_ok = _residuals(v1)
     xy = np.full((lgn.shape[2], 2), np.nan)
-    r2s, n_anchors = [], 0
+    r2s, targets, fits, n_anchors = [], [], [], 0
     # each sizeable component (the spanning tree joins all with any well-correlated pair) is laid out
     # and framed on its own
     for comp in np.flatnonzero(np.bincount(label) >= max(2 * k, 20)):
@@ -183,24 +186,27 @@ def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v
         fit = _frame(emb, np.abs(v[:, v_ok].T @ z[:, members]) / len(z), v1_xy[v_ok], config.anchor_inputs)
         if fit is None:
             continue
-        coef, r2, n = fit
+        coef, r2, target, fitted = fit
         xy[members] = np.c_[emb[:, :len(coef) - 1], np.ones(len(emb))] @ coef
         r2s.append(r2)
-        n_anchors = max(n_anchors, n)
+        targets.append(target)
+        fits.append(fitted)
+        n_anchors = max(n_anchors, len(target))
     placed = np.isfinite(xy[:, 0])
     if not r2s:
         raise DataMismatchError(f"{where}: fewer than {MIN_ANCHORS} observed units receiving LGN input have "
                                 f"spikes correlated with the LGN; fixing the LGN layout's frame needs at "
                                 f"least {MIN_ANCHORS}")
     xy[~placed] = xy[placed].mean(0)
-    return LGNLayout(xy, np.asarray(r2s), n_anchors, int(placed.sum()))
+    return LGNLayout(xy, np.asarray(r2s), n_anchors, int(placed.sum()), tuple(targets), tuple(fits))
 
 
 def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int
-           ) -> tuple[np.ndarray, np.ndarray, int] | None:
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Affine map ``[d + 1, 2]`` from layout coordinates ``emb [n, d]`` to the cortical frame: each anchor's
     RF centre (the ``corr``-weighted mean layout coordinate of its ``m`` most correlated cells; ``corr
-    [anchors, n]``) regressed onto its position; with the fit's R^2 per axis and the anchors used."""
+    [anchors, n]``) regressed onto its position; with the fit's R^2 per axis, and the anchors' positions
+    and fitted positions (the anchors used)."""
     m = min(m, corr.shape[1])
     top = np.argpartition(-corr, m - 1, axis=1)[:, :m]
     w = np.take_along_axis(corr, top, 1)
@@ -221,7 +227,7 @@ def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int
             best = (press, coef, x)
     _, coef, x = best
     r2 = 1.0 - ((x @ coef - target) ** 2).sum(0) / np.maximum(((target - target.mean(0)) ** 2).sum(0), 1e-300)
-    return coef, r2, int(good.sum())
+    return coef, r2, target, x @ coef
 
 
 def layout_from_store(store: object, subset: object, windows: np.ndarray, receiving: list[str],

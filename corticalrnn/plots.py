@@ -297,3 +297,36 @@ def truth_scatter(pred: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np
                  f"each neuron's r)" if r else f"model vs the generator's true rate, {bin_ms:g} ms bins",
                  fontsize=9)
     return _save(fig, path)
+
+
+def lgn_layout(xy: np.ndarray, polarity: np.ndarray, anchor_xy: Sequence[np.ndarray],
+               anchor_fit: Sequence[np.ndarray], r2: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """LGN positions inferred from activity (``corticalrnn.lgn_layout``), in cortical mm: left, the cells
+    (ON / OFF) and the observed units that fixed the frame; right, each of those units' position
+    against the position its RF centre maps to (x and y; on the diagonal when the frame is right)."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    on = np.asarray(polarity) > 0
+    ax.scatter(xy[on, 0], xy[on, 1], s=3, c="#d62728", alpha=0.5, lw=0, label="ON cells")
+    ax.scatter(xy[~on, 0], xy[~on, 1], s=3, c="#1f77b4", alpha=0.5, lw=0, label="OFF cells")
+    for k, a in enumerate(anchor_xy):
+        ax.scatter(a[:, 0], a[:, 1], s=12, marker="x", c="black", lw=0.8,
+                   label="observed units (frame)" if k == 0 else None)
+    ax.set_xlabel("x (mm, the units' cortical frame)")
+    ax.set_ylabel("y (mm)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper right", fontsize=8, markerscale=2)
+    ax.set_title("inferred LGN positions")
+    lo = min([float(np.min(a)) for a in (*anchor_xy, *anchor_fit)] or [0.0])
+    hi = max([float(np.max(a)) for a in (*anchor_xy, *anchor_fit)] or [1.0])
+    ax2.plot([lo, hi], [lo, hi], color="dimgrey", lw=0.8, ls="--")
+    for k, (a, f) in enumerate(zip(anchor_xy, anchor_fit, strict=True)):
+        for d, (mark, name) in enumerate((("o", "x"), ("s", "y"))):
+            ax2.scatter(a[:, d], f[:, d], s=8, marker=mark, alpha=0.6, lw=0,
+                        label=f"part {k + 1}, {name}: R² {r2[k][d]:.2f}")
+    ax2.set_xlabel("unit's position (mm)")
+    ax2.set_ylabel("position of its RF centre in the layout (mm)")
+    ax2.legend(loc="upper left", fontsize=8)
+    ax2.set_title("how well observed units fix the frame")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

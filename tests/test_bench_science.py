@@ -33,7 +33,9 @@ def test_bench_science_quick(tmp_path):
     # the inferred variant trained on LGN positions laid out from its training windows, in the checkpoint
     from corticalrnn.train.checkpoint import load_checkpoint
 
-    spec = load_checkpoint(tmp_path / "work" / "runs" / "inferred-obs0.5-seed1" / "best.pt")["spec"]
+    run_dir = tmp_path / "work" / "runs" / "inferred-obs0.5-seed1"
+    spec = load_checkpoint(run_dir / "best.pt")["spec"]
+    assert (run_dir / "lgn_layout.png").stat().st_size > 10_000  # the layout figure
     assert spec["inferred_positions"] == ["X_OFF", "X_ON"]
     assert spec["positions"]["X_ON"].shape[1] == 2  # cortical mm, not the store's grid indices
 

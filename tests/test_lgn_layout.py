@@ -65,6 +65,9 @@ def test_layout_comes_back_in_the_units_frame(rectified, parts):
     assert np.median(err) < 0.9, np.median(err)
     for k in range(2):
         assert np.corrcoef(lay.xy[:, k], truth[:, k])[0, 1] > 0.97
+    # the anchors' fitted positions are what the R^2 describes
+    for a, f, r2 in zip(lay.anchor_xy, lay.anchor_fit, lay.anchor_r2, strict=True):
+        np.testing.assert_allclose(1 - ((f - a) ** 2).sum(0) / ((a - a.mean(0)) ** 2).sum(0), r2)
     again = infer_lgn_positions(lgn, pol, v1, v1_xy)
     np.testing.assert_array_equal(lay.xy, again.xy)  # deterministic
 

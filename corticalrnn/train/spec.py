@@ -99,10 +99,11 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
 
 
 def infer_spec_lgn_positions(spec: dict[str, Any], mcfg: Any, store: Any, subset: Any,
-                             windows: np.ndarray) -> str:
+                             windows: np.ndarray) -> Any:
     """``connectivity.lgn_positions = "inferred"``: put LGN positions laid out from ``windows`` of
     ``store`` (:mod:`corticalrnn.lgn_layout`) into ``spec`` (cortical frame, mm; listed under
-    ``inferred_positions`` so they are not compared with a store's own) and return a summary line."""
+    ``inferred_positions`` so they are not compared with a store's own) and return the
+    :class:`~corticalrnn.lgn_layout.LGNLayout`."""
     from corticalrnn.lgn_layout import layout_from_store
     from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS
 
@@ -111,7 +112,7 @@ def infer_spec_lgn_positions(spec: dict[str, Any], mcfg: Any, store: Any, subset
     spec["positions"] = dict(spec.get("positions") or {}) | {
         s: torch.as_tensor(v, dtype=torch.float64) for s, v in xy.items()}
     spec["inferred_positions"] = sorted(xy)
-    return layout.summary()
+    return layout
 
 
 def _connectome_spec(projections: list[Any]) -> dict[str, dict[str, torch.Tensor]] | None:
