@@ -57,6 +57,7 @@ class LGNLayout:
     """Inferred LGN positions and how well the data determined them."""
 
     xy: np.ndarray  # [N_lgn, 2] in the anchors' cortical frame (mm)
+    polarity: np.ndarray  # [N_lgn] +1 ON, -1 OFF
     anchor_r2: np.ndarray  # [components, 2] R^2 of the anchors' positions from their RF centres (x, y)
     n_anchors: int
     n_placed: int  # LGN cells laid out by the graph; the rest (silent, small components) sit at the mean
@@ -198,7 +199,8 @@ def infer_lgn_positions(lgn: np.ndarray, polarity: np.ndarray, v1: np.ndarray, v
                                 f"spikes correlated with the LGN; fixing the LGN layout's frame needs at "
                                 f"least {MIN_ANCHORS}")
     xy[~placed] = xy[placed].mean(0)
-    return LGNLayout(xy, np.asarray(r2s), n_anchors, int(placed.sum()), tuple(targets), tuple(fits))
+    return LGNLayout(xy, np.asarray(polarity, np.float64), np.asarray(r2s), n_anchors, int(placed.sum()),
+                     tuple(targets), tuple(fits))
 
 
 def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int

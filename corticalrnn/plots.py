@@ -299,11 +299,13 @@ def truth_scatter(pred: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np
     return _save(fig, path)
 
 
-def lgn_layout(xy: np.ndarray, polarity: np.ndarray, anchor_xy: Sequence[np.ndarray],
-               anchor_fit: Sequence[np.ndarray], r2: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """LGN positions inferred from activity (``corticalrnn.lgn_layout``), in cortical mm: left, the cells
-    (ON / OFF) and the observed units that fixed the frame; right, each of those units' position
-    against the position its RF centre maps to (x and y; on the diagonal when the frame is right)."""
+def lgn_layout(layout: Any, path: str | Path, title: str = "") -> Path:
+    """LGN positions inferred from activity (a :class:`corticalrnn.lgn_layout.LGNLayout`), in cortical mm:
+    left, the cells (ON / OFF) and the observed units that fixed the frame; right, each of those units'
+    position against the position its RF centre maps to (x and y; on the diagonal when the frame is
+    right)."""
+    xy, polarity, r2 = layout.xy, layout.polarity, layout.anchor_r2
+    anchor_xy, anchor_fit = layout.anchor_xy, layout.anchor_fit
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     on = np.asarray(polarity) > 0
     ax.scatter(xy[on, 0], xy[on, 1], s=3, c="#d62728", alpha=0.5, lw=0, label="ON cells")

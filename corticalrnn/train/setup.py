@@ -147,10 +147,7 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
             from corticalrnn.plots import lgn_layout
 
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-            pol = np.concatenate([np.full(int(spec["sizes"][s]), 1.0 if s == "X_ON" else -1.0)
-                                  for s in ("X_ON", "X_OFF") if s in spec["sizes"]])
-            fig = lgn_layout(layout.xy, pol, layout.anchor_xy, layout.anchor_fit, layout.anchor_r2,
-                             Path(run_dir) / "lgn_layout.png", title=str(store.path))
+            fig = lgn_layout(layout, Path(run_dir) / "lgn_layout.png", title=str(store.path))
             print(f"train: {layout.summary()}; figure {fig}", file=sys.stderr, flush=True)
     train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
     val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
