@@ -232,32 +232,32 @@ def _frame(emb: np.ndarray, corr: np.ndarray, v1_xy: np.ndarray, m: int
     return coef, r2, target, x @ coef
 
 
-def layout_from_store(store: object, subset: object, windows: np.ndarray, receiving: list[str],
-                      config: LayoutConfig = LayoutConfig()) -> tuple[LGNLayout, dict[str, np.ndarray]]:
-    """:func:`infer_lgn_positions` on ``windows`` of a :class:`~corticalrnn.store.WindowStore` for a
-    :class:`~corticalrnn.subsets.NeuronSubset`: its LGN sheets' modelled cells, and its observed units
-    of the ``receiving`` sheets (those fed by LGN) as anchors. Returns the layout and the positions per
-    LGN sheet (subset order)."""
-    from corticalrnn.sheets import INPUT_SHEETS, surface_xy
+def layout_from_windows(data: Any, subset: Any, positions: dict[str, np.ndarray], receiving: list[str],
+                        config: LayoutConfig = LayoutConfig(), where: str = "training data",
+                        chunk: int = 64) -> tuple[LGNLayout, dict[str, np.ndarray]]:
+    """:func:`infer_lgn_positions` on the trainer's batches ``data`` of a
+    :class:`~corticalrnn.subsets.NeuronSubset` (``corticalrnn.data.batches.subset_windows``: LGN columns
+    per LGN sheet in ``INPUT_SHEETS`` order, V1 columns in the subset's canonical order): its LGN cells,
+    and its observed units of the ``receiving`` sheets (those fed by LGN) at ``positions`` (sheet ->
+    ``[modelled, >= 2]``) as anchors. Read in chunks of ``chunk`` windows, keeping only the anchors' V1
+    columns. Returns the layout and the positions per LGN sheet (subset order)."""
+    from corticalrnn.sheets import INPUT_SHEETS, input_polarity, surface_xy
 
-    rows = subset.indices(store)  # type: ignore[attr-defined]
-    observed = subset.indices(store, "observed")  # type: ignore[attr-defined]
-    lgn_sheets = [s for s in INPUT_SHEETS if s in rows]
-    w = np.asarray(windows)
-    lgn = np.concatenate([store.read(s, w, rows[s], np.float32) for s in lgn_sheets], -1)  # type: ignore
-    polarity = np.concatenate([np.full(len(rows[s]), 1.0 if s == "X_ON" else -1.0) for s in lgn_sheets])
-    v1, xy = [], []
-    for s in receiving:
-        pos = store.positions(s)  # type: ignore[attr-defined]
-        idx = np.asarray(observed.get(s, []), np.int64)
-        if pos is None or not idx.size:
-            continue
-        v1.append(store.read(s, w, idx, np.float32))  # type: ignore[attr-defined]
-        xy.append(surface_xy(pos)[idx])
-    where = f"{getattr(store, 'path', 'store')} ({len(w)} training windows)"
-    if not v1:
+    lgn_sheets = [s for s in INPUT_SHEETS if s in subset.sheets]
+    sizes = [len(subset.sheets[s].modelled) for s in lgn_sheets]
+    polarity = input_polarity(lgn_sheets, sizes)
+    labels = subset.v1_sheet_labels()
+    anchor = subset.observed_mask() & np.isin(labels, [s for s in receiving if positions.get(s) is not None])
+    if not anchor.any():
         raise DataMismatchError(f"{where}: connectivity.lgn_positions='inferred' needs observed units with "
                                 f"positions in the sheets LGN feeds ({', '.join(receiving)})")
-    layout = infer_lgn_positions(lgn, polarity, np.concatenate(v1, -1), np.concatenate(xy), config, where)
-    bounds = np.cumsum([0] + [len(rows[s]) for s in lgn_sheets])
+    xy = np.concatenate([surface_xy(positions[s])[subset.sheets[s].observed_mask()]
+                         for s in subset.v1_sheets if s in receiving and positions.get(s) is not None])
+    lgn, v1 = [], []
+    for a in range(0, len(data), chunk):
+        b = data.batch(np.arange(a, min(a + chunk, len(data))))
+        lgn.append(b["lgn"].numpy())
+        v1.append(b["v1"].numpy()[..., anchor])
+    layout = infer_lgn_positions(np.concatenate(lgn), polarity, np.concatenate(v1), xy, config, where)
+    bounds = np.cumsum([0, *sizes])
     return layout, {s: layout.xy[a:b] for s, a, b in zip(lgn_sheets, bounds[:-1], bounds[1:], strict=True)}

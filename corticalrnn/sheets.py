@@ -5,6 +5,7 @@ Torch-free; the single place that knows sheet names, order, layer and sign.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -79,6 +80,12 @@ def file_sheet_name(name: str) -> str:
 def sort_sheets(names: list[str] | tuple[str, ...]) -> list[str]:
     """Sort sheet names into canonical order (inputs first, then L4 E/I, L2/3 E/I)."""
     return sorted(names, key=lambda n: ALL_SHEETS.index(normalize_sheet_name(n)))
+
+
+def input_polarity(sheets: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
+    """+1 for each ON cell, -1 for each OFF cell of the LGN ``sheets`` (``sizes`` cells each, in order)."""
+    return np.concatenate([np.full(int(n), 1.0 if normalize_sheet_name(s) == "X_ON" else -1.0)
+                           for s, n in zip(sheets, sizes, strict=True)] or [np.zeros(0)])
 
 
 def surface_xy(positions: object) -> np.ndarray:

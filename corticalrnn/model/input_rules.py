@@ -20,7 +20,7 @@ from corticalrnn.model.connectivity import RuleContext, sheet_properties, unit_p
 from corticalrnn.model.graph import Block, Graph, distance_mask
 from corticalrnn.model.identity import GaborInputWeight, default_rf_size
 from corticalrnn.model.lgn_embedding import EmbeddingInputWeight
-from corticalrnn.sheets import surface_xy
+from corticalrnn.sheets import input_polarity, surface_xy
 
 
 class InputRule:
@@ -106,7 +106,7 @@ class GaborInput(InputRule):
             # no LGN positions in the data: parameters, drawn uniformly over the units' bounding box
             lo, hi = unit_xy.min(0), unit_xy.max(0)
             lgn_xy = ctx.rng.uniform(lo, hi, (b.col1 - b.col0, 2))
-            polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
+            polarity = input_polarity(pres, [g.sizes[s] for s in pres])
             size = cc.rf_size or default_rf_size(lgn_xy, polarity)
             return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                     cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),
@@ -121,7 +121,7 @@ class GaborInput(InputRule):
                 "or input_rule 'dense', 'retinotopic' or 'embedding', or extract the Mozaik datastores, "
                 "which record them")
         lgn_xy = _sheets_xy(g, ctx, pres)
-        polarity = np.concatenate([np.full(g.sizes[s], 1.0 if s == "X_ON" else -1.0) for s in pres])
+        polarity = input_polarity(pres, [g.sizes[s] for s in pres])
         size = cc.rf_size or default_rf_size(lgn_xy, polarity)
         return GaborInputWeight(unit_xy, props, row_pop, len(posts), lgn_xy, polarity,
                                 cfg.architecture.input_gain, size, cc.rf_frequency or 1.0 / (4.0 * size),

@@ -141,16 +141,17 @@ def prepare(cfg: TrainConfig, run_dir: str | Path, *, store: Any = None, subset:
     mcfg = model_config(cfg, store.bin_ms, precision, store.n_bins)
     spec = make_spec(mcfg, subset, store)
     train_w, val_w, split = split_training_windows(store, cfg)
+    train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
+    val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     if mcfg.connectivity.lgn_positions == "inferred":  # from the training windows only
-        layout = infer_spec_lgn_positions(spec, mcfg, store, subset, train_w)
+        layout = infer_spec_lgn_positions(spec, mcfg, subset, train_data,
+                                          f"{store.path} ({len(train_w)} training windows)")
         if os.environ.get("RANK", "0") == "0":
             from corticalrnn.plots import lgn_layout
 
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             fig = lgn_layout(layout, Path(run_dir) / "lgn_layout.png", title=str(store.path))
             print(f"train: {layout.summary()}; figure {fig}", file=sys.stderr, flush=True)
-    train_data = subset_windows(store, subset, train_w, cfg.data.cache_mb)
-    val_data = subset_windows(store, subset, val_w, cfg.data.cache_mb) if val_w.size else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, mcfg.compute.precision)
     if mcfg.architecture.centered:  # centres from the training data; units start at their population's rate

@@ -98,17 +98,17 @@ def make_spec(mcfg: Any, subset: Any, store: Any) -> dict[str, Any]:
     }
 
 
-def infer_spec_lgn_positions(spec: dict[str, Any], mcfg: Any, store: Any, subset: Any,
-                             windows: np.ndarray) -> Any:
-    """``connectivity.lgn_positions = "inferred"``: put LGN positions laid out from ``windows`` of
-    ``store`` (:mod:`corticalrnn.lgn_layout`) into ``spec`` (cortical frame, mm; listed under
+def infer_spec_lgn_positions(spec: dict[str, Any], mcfg: Any, subset: Any, data: Any, where: str) -> Any:
+    """``connectivity.lgn_positions = "inferred"``: put LGN positions laid out from the training batches
+    ``data`` (:mod:`corticalrnn.lgn_layout`) into ``spec`` (cortical frame, mm; listed under
     ``inferred_positions`` so they are not compared with a store's own) and return the
     :class:`~corticalrnn.lgn_layout.LGNLayout`."""
-    from corticalrnn.lgn_layout import layout_from_store
+    from corticalrnn.lgn_layout import layout_from_windows
     from corticalrnn.sheets import INPUT_SHEETS, V1_SHEETS
 
     fed = {p.normalized().post for p in mcfg.architecture.pathways if p.normalized().pre in INPUT_SHEETS}
-    layout, xy = layout_from_store(store, subset, windows, [s for s in V1_SHEETS if s in fed])
+    positions = {s: p.cpu().numpy() for s, p in (spec.get("positions") or {}).items()}
+    layout, xy = layout_from_windows(data, subset, positions, [s for s in V1_SHEETS if s in fed], where=where)
     spec["positions"] = dict(spec.get("positions") or {}) | {
         s: torch.as_tensor(v, dtype=torch.float64) for s, v in xy.items()}
     spec["inferred_positions"] = sorted(xy)
