@@ -96,3 +96,34 @@ def test_few_observed_units_still_fix_the_frame():
     assert lay.n_anchors == 8
     for k in range(2):
         assert np.corrcoef(lay.xy[:, k], truth[:, k])[0, 1] > 0.8
+
+
+def test_layout_from_windows_reads_the_trainer_batches_and_names_a_missing_anchor_set():
+    """The same layout from the trainer's batches as from the arrays; with no observed unit in the sheets
+    LGN feeds, a clear error naming the data."""
+    import torch
+
+    from corticalrnn.lgn_layout import layout_from_windows
+    from corticalrnn.subsets import SubsetConfig, make_subset
+
+    lgn, pol, v1, v1_xy, _ = _simulate(anchors=20)
+    n = SIDE * SIDE
+    ids = {"X_ON": np.arange(n), "X_OFF": np.arange(n) + n, "V1_Exc_L4": np.arange(20) + 2 * n}
+
+    class Batches:  # the trainer's batch interface (corticalrnn.data.batches)
+        def __len__(self) -> int:
+            return lgn.shape[0]
+
+        def batch(self, idx):
+            idx = np.asarray(idx)
+            return {"lgn": torch.as_tensor(lgn[idx]), "v1": torch.as_tensor(v1[idx])}
+
+    explicit = SubsetConfig(method="explicit", input_method="explicit", observed_method="explicit")
+    subset = make_subset(ids, explicit, modelled_ids=ids, observed_ids={"V1_Exc_L4": ids["V1_Exc_L4"]})
+    positions = {"V1_Exc_L4": v1_xy}
+    lay, xy = layout_from_windows(Batches(), subset, positions, ["V1_Exc_L4"], chunk=7)
+    np.testing.assert_allclose(lay.xy, infer_lgn_positions(lgn, pol, v1, v1_xy).xy, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.r_[xy["X_ON"], xy["X_OFF"]], lay.xy)
+    blind = make_subset(ids, explicit, modelled_ids=ids, observed_ids={"V1_Exc_L4": []})
+    with pytest.raises(DataMismatchError, match=r"run.zarr.*needs observed units .*V1_Exc_L4"):
+        layout_from_windows(Batches(), blind, positions, ["V1_Exc_L4"], where="run.zarr")
