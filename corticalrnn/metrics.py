@@ -789,6 +789,39 @@ def group_mean(prediction: np.ndarray, member: np.ndarray) -> np.ndarray:
     return (np.asarray(prediction, dtype=np.float64) @ onehot)[..., member]
 
 
+def split_half_beyond_course(data: np.ndarray, labels: np.ndarray, observed: np.ndarray
+                             ) -> dict[str, np.ndarray]:
+    """How much of each neuron's test response is reliable *beyond its population's time course*: the
+    most any per-neuron identity can add over a population-course predictor on this test set.
+
+    ``data`` ``[images, trials, time, neurons]`` (>= 2 trials), ``labels`` the neurons' populations,
+    ``observed`` a bool mask. Trials are split even / odd; in each half the population course is the
+    mean over the population's *observed* neurons of that half's trial average (images x time; all
+    the population's neurons when none is observed). Per neuron, ``"raw"`` is r between the halves'
+    trial averages (:func:`corticalrnn.evaluate.split_half_r`), ``"beyond"`` the same r after each
+    half's least-squares fit of [1, that half's course] is subtracted. NaN where undefined (< 2
+    trials, a constant half). Computed in float64.
+    """
+    y = np.asarray(data, np.float64)
+    n = y.shape[-1]
+    out = {"raw": np.full(n, np.nan), "beyond": np.full(n, np.nan)}
+    if y.shape[1] < 2:
+        return out
+    halves = [y[:, h::2].mean(axis=1).reshape(-1, n) for h in (0, 1)]  # [I*T, N] each
+    out["raw"] = _corr(halves[0], halves[1], axis=0)
+    labels, observed = np.asarray(labels), np.asarray(observed, bool)
+    resid = [np.full_like(h, np.nan) for h in halves]
+    for pop in np.unique(labels):
+        members = labels == pop
+        source = members & observed if (members & observed).any() else members
+        for h, r in zip(halves, resid):
+            x = np.c_[np.ones(len(h)), h[:, source].mean(axis=1)]
+            coef, *_ = np.linalg.lstsq(x, h[:, members], rcond=None)
+            r[:, members] = h[:, members] - x @ coef
+    out["beyond"] = _corr(resid[0], resid[1], axis=0)
+    return out
+
+
 class StreamingSummary:
     """:func:`summarize` (and :func:`compute_metrics` per predictor) fed one chunk of images at a time.
 

@@ -29,6 +29,11 @@ def test_bench_science_quick(tmp_path):
                 "imgspec ceiling", "r_avg of true rates"]
         assert all(k in run["table"][0] for k in keys)
         assert len(run["criteria"]) == sum(1 for r in run["table"] if r["neurons"] == "hidden")
+    # the data's own limit, once per observed fraction: split-half r raw and beyond the population course
+    ceiling = res["runs"][0]["beyond_course"]
+    assert all(run["beyond_course"] is ceiling for run in res["runs"])
+    hid = next(r for r in ceiling if (r["population"], r["neurons"]) == ("L4 E", "hidden"))
+    assert -1 <= hid["beyond course mean"] <= hid["split-half r mean"] + 0.2 and hid["n defined"] > 0
     assert {n["sheet"] for n in res["neighbours"]} == {"V1_Exc_L4", "V1_Inh_L4", "V1_Exc_L2/3", "V1_Inh_L2/3"}
     # the inferred variant trained on LGN positions laid out from its training windows, in the checkpoint
     from corticalrnn.train.checkpoint import load_checkpoint
@@ -84,6 +89,7 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
         assert [c.split()[0:2] for c in run["criteria"]] == [["L4", "E"], ["L4", "I"]]
     out = capsys.readouterr().out
     assert "== v1 sample, dense, observed 0.5" in out and "r_1 pop med" in out
+    assert out.count("beyond the population course") == 1 and "beyond course mean" in out
     assert all("paired over neurons: r_avg" in c for run in res["runs"] for c in run["criteria"])
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError

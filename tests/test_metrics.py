@@ -15,6 +15,7 @@ from corticalrnn.metrics import (
     mean_rate_prediction,
     pooled_image_cc,
     population_label,
+    split_half_beyond_course,
     summarize,
 )
 
@@ -429,3 +430,37 @@ def test_feve_summary_uses_sensorium_fev_threshold() -> None:
     assert row["feve_median"] == pytest.approx(float(np.median(full["feve"][:4])))
     assert row["feve_mean"] == pytest.approx(float(np.mean(full["feve"][:4])))
     assert row["fev_mean"] == pytest.approx(float(np.nanmean(full["fev"])))
+
+
+def test_split_half_beyond_course_matches_naive_and_separates_identity() -> None:
+    """Against a per-neuron loop (np.polyfit residuals, np.corrcoef), and on data where some hidden
+    neurons follow only their population's course and others add a reliable response of their own."""
+    rng = np.random.default_rng(3)
+    n_img, k, n_t, n = 4, 10, 20, 40
+    labels = np.array(["L4 E"] * 24 + ["L4 I"] * 16, dtype=object)
+    observed = rng.random(n) < 0.4
+    observed[[0, 24]] = True
+    course = {p: rng.gamma(2.0, 1.0, (n_img, 1, n_t)) for p in ("L4 E", "L4 I")}
+    own = (rng.random(n) < 0.5) & ~observed  # an own response in an observed unit would enter the course
+    rate = np.stack([course[p] * (0.5 + rng.random()) for p in labels], -1)  # [I, 1, T, N]
+    rate[..., own] += 3.0 * rng.gamma(2.0, 1.0, (n_img, 1, n_t, int(own.sum())))
+    data = rng.poisson(np.broadcast_to(rate, (n_img, k, n_t, n))).astype(float)
+    data[..., 5] = 0.0  # a silent neuron: undefined
+    got = split_half_beyond_course(data, labels, observed)
+
+    halves = [data[:, h::2].mean(1).reshape(-1, n) for h in (0, 1)]
+    for j in range(n):
+        if j == 5:
+            assert np.isnan(got["raw"][j]) and np.isnan(got["beyond"][j])
+            continue
+        src = (labels == labels[j]) & observed
+        res = []
+        for h in halves:
+            c = h[:, src].mean(1)
+            slope, icpt = np.polyfit(c, h[:, j], 1)
+            res.append(h[:, j] - (slope * c + icpt))
+        assert got["raw"][j] == pytest.approx(np.corrcoef(halves[0][:, j], halves[1][:, j])[0, 1], abs=1e-12)
+        assert got["beyond"][j] == pytest.approx(np.corrcoef(res[0], res[1])[0, 1], abs=1e-9)
+    ok = np.isfinite(got["beyond"])
+    assert np.mean(got["beyond"][own & ok]) > 0.5 > 0.1 > abs(np.mean(got["beyond"][~own & ok]))
+    assert np.isnan(split_half_beyond_course(data[:, :1], labels, observed)["beyond"]).all()

@@ -132,6 +132,32 @@ def matched_neighbours(store: Any, sheet: str, k: int = 5, pool: int = 30, seed:
     return {"sheet": sheet, "neurons": len(ori), **{k_: float(np.nanmedian(v)) for k_, v in out.items()}}
 
 
+def beyond_course_rows(data: np.ndarray, labels: np.ndarray, observed: np.ndarray) -> list[dict[str, Any]]:
+    """Per population x observed / hidden, the mean over neurons (± its standard error) of the test
+    data's split-half r, raw and beyond the population course (:func:`corticalrnn.metrics.
+    split_half_beyond_course`): the per-neuron signal a population-course predictor (the baseline, or a
+    model whose units lack an identity) cannot reach. Means, not medians: most values lie near 0."""
+    from corticalrnn.metrics import split_half_beyond_course, summary_groups
+    from corticalrnn.sheets import population_label
+
+    pops = np.array([population_label(str(x)) for x in labels], dtype=object)
+    r = split_half_beyond_course(data, pops, observed)
+    rows = []
+    for pop, group, sel in summary_groups(pops, np.asarray(observed, bool)):
+        if group == "all":
+            continue
+        row: dict[str, Any] = {"population": pop, "neurons": group, "n": int(sel.sum())}
+        for key, head in (("raw", "split-half r"), ("beyond", "beyond course")):
+            v = r[key][sel]
+            v = v[np.isfinite(v)]
+            sem = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else np.nan
+            row[f"{head} mean"] = float(v.mean()) if v.size else np.nan
+            row[f"{head} s.e.m."] = float(sem)
+        row["n defined"] = int(np.isfinite(r["beyond"][sel]).sum())
+        rows.append(row)
+    return rows
+
+
 def _r(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
@@ -247,6 +273,7 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
     from corticalrnn.train.config import apply_overrides
 
     runs = []
+    ceilings: dict[float, list[dict[str, Any]]] = {}
     for observed in args.observed or ([0.1] if args.v1_sample is not None else [0.1, 0.3]):
         for variant in c.variants:
             cfg = apply_overrides(c.config(variant), [f"model.{text}" for text in args.model_set])
@@ -258,6 +285,12 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
             run = exp.train(subset, c.steps, name=f"{variant}-{tag}", train__progress=False)
             train_s = time.perf_counter() - t
             res = exp.evaluate(run, progress=False, figures=False)
+            if observed not in ceilings:  # the data's own limit, the same for every variant
+                ceilings[observed] = _beyond_course(exp, subset, run)
+                print(f"\n== observed {observed:g}: test data's split-half r (even / odd trials; mean ± "
+                      "s.e.m. over neurons), raw and beyond the population course (the observed units' "
+                      "mean time course in each half, fitted out): what any per-neuron identity can add")
+                print(format_table(ceilings[observed]))
             table = c.rows(res)
             print(f"\n== {c.title}{variant}, observed {observed:g} ({c.steps} steps, trained in "
                   f"{train_s:.0f} s; test images {res.report.get('test_images', '?')})")
@@ -265,8 +298,18 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
             crit = c.criteria(table, variant, res)
             print("\n".join(crit))
             runs.append({"variant": variant, "observed": observed, "steps": c.steps, "train_s": train_s,
-                         "table": table, "criteria": crit})
+                         "table": table, "criteria": crit, "beyond_course": ceilings[observed]})
     return runs
+
+
+def _beyond_course(exp: Any, subset: Any, run: Any) -> list[dict[str, Any]]:
+    """:func:`beyond_course_rows` of ``run``'s test windows (its image split) in the test store."""
+    from corticalrnn.evaluate import load_test_data
+    from corticalrnn.jsonio import read_json
+
+    split = read_json(run.run_dir / "split.json")
+    test = load_test_data(exp.test_store, subset, split)
+    return beyond_course_rows(test.v1, subset.v1_sheet_labels(), subset.observed_mask())
 
 
 def _variants(args: argparse.Namespace, known: dict[str, dict[str, Any]]) -> list[str]:
