@@ -89,8 +89,10 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
         assert [c.split()[0:2] for c in run["criteria"]] == [["L4", "E"], ["L4", "I"]]
     out = capsys.readouterr().out
     assert "== v1 sample, dense, observed 0.5" in out and "r_1 pop med" in out
-    assert out.count("beyond the population course") == 1 and "beyond course mean" in out
-    assert all("paired over neurons: r_avg" in c for run in res["runs"] for c in run["criteria"])
+    assert out.count("raw and beyond the population course") == 1 and "beyond course mean" in out
+    assert all("paired over neurons: r_avg" in c and "beyond the population course" in c
+               for run in res["runs"] for c in run["criteria"])
+    assert all(science.BEYOND_COLUMN in row for run in res["runs"] for row in run["table"])
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError
 
