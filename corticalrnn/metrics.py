@@ -822,6 +822,33 @@ def split_half_beyond_course(data: np.ndarray, labels: np.ndarray, observed: np.
     return out
 
 
+def population_course_oracle(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The best predictor without identity, known from the test data itself: for each neuron, the
+    mean over the *other* neurons of its population of their z-scored trial averages (each neuron
+    weighted alike, silent ones left out), shifted to be >= 0 (correlations ignore the shift).
+
+    ``data`` ``[images, trials, time, neurons]``; returns the trial-averaged prediction
+    ``[images, time, neurons]`` (float64) for :func:`compute_metrics`. A neuron alone in its
+    population gets a constant (its correlations are then undefined).
+    """
+    y = np.asarray(data, np.float64)
+    n_img, _, n_t, n = y.shape
+    avg = y.mean(axis=1).reshape(n_img * n_t, n)
+    sd = avg.std(axis=0)
+    ok = sd > _REL_ZERO * np.sqrt((avg * avg).mean(axis=0))
+    z = np.where(ok, (avg - avg.mean(axis=0)) / np.where(ok, sd, 1.0), 0.0)
+    out = np.zeros_like(avg)
+    labels = np.asarray(labels)
+    for pop in np.unique(labels):
+        members = np.flatnonzero(labels == pop)
+        total, count = z[:, members].sum(axis=1, keepdims=True), int(ok[members].sum())
+        others = count - ok[members]  # valid neurons other than each member
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.where(others > 0, (total - z[:, members]) / np.maximum(others, 1), 0.0)
+        out[:, members] = c - c.min(axis=0)
+    return out.reshape(n_img, n_t, n)
+
+
 class StreamingSummary:
     """:func:`summarize` (and :func:`compute_metrics` per predictor) fed one chunk of images at a time.
 

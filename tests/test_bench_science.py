@@ -92,7 +92,9 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
     assert out.count("raw and beyond the population course") == 1 and "beyond course mean" in out
     assert all("paired over neurons: r_avg" in c and "beyond the population course" in c
                for run in res["runs"] for c in run["criteria"])
-    assert all(science.BEYOND_COLUMN in row for run in res["runs"] for row in run["table"])
+    assert all(k in row for run in res["runs"] for row in run["table"]
+               for k in (science.BEYOND_COLUMN, *science.COURSE_COLUMNS))
+    assert all("best course without identity" in c for c in res["runs"][0]["criteria"])
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError
 

@@ -14,6 +14,7 @@ from corticalrnn.metrics import (
     compute_metrics,
     mean_rate_prediction,
     pooled_image_cc,
+    population_course_oracle,
     population_label,
     split_half_beyond_course,
     summarize,
@@ -464,3 +465,23 @@ def test_split_half_beyond_course_matches_naive_and_separates_identity() -> None
     ok = np.isfinite(got["beyond"])
     assert np.mean(got["beyond"][own & ok]) > 0.5 > 0.1 > abs(np.mean(got["beyond"][~own & ok]))
     assert np.isnan(split_half_beyond_course(data[:, :1], labels, observed)["beyond"]).all()
+
+
+def test_population_course_oracle_matches_a_loop() -> None:
+    """Each neuron's predictor is the mean of the other (non-silent) members' z-scored trial averages."""
+    rng = np.random.default_rng(4)
+    n_img, k, n_t, n = 3, 4, 7, 9
+    labels = np.array(["a"] * 5 + ["b"] * 3 + ["c"], dtype=object)
+    data = rng.poisson(1.5, (n_img, k, n_t, n)).astype(float)
+    data[..., 2] = 0.0  # silent: left out of the others' course
+    got = population_course_oracle(data, labels)
+    assert got.shape == (n_img, n_t, n) and got.min() >= 0
+    avg = data.mean(1).reshape(-1, n)
+    for j in range(n):
+        others = [i for i in range(n) if labels[i] == labels[j] and i != j and avg[:, i].std() > 0]
+        if not others:
+            assert np.ptp(got[..., j]) == 0
+            continue
+        want = np.mean([(avg[:, i] - avg[:, i].mean()) / avg[:, i].std() for i in others], axis=0)
+        assert np.corrcoef(got[..., j].ravel(), want)[0, 1] == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(got[..., j].ravel() - want, (got[..., j].ravel() - want)[0], atol=1e-12)

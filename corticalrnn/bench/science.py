@@ -52,6 +52,9 @@ V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "dense": {"input_rule": 
                                           "gabor": {"input_rule": "gabor", "lgn_positions": "inferred"}}
 #: model-table column: mean split-half r of the test data beyond the population course
 BEYOND_COLUMN = "split-half beyond course mean"
+#: columns of the course oracle (:func:`corticalrnn.metrics.population_course_oracle`): the best
+#: predictor without identity, from the test data itself
+COURSE_COLUMNS = ("course oracle r_avg med", "course oracle r_1 med")
 #: the real sample's criterion: populations whose hidden units must beat the population baseline
 V1_CRITERION_POPULATIONS = ("L4 E", "L4 I")
 
@@ -138,12 +141,20 @@ def beyond_course_rows(data: np.ndarray, labels: np.ndarray, observed: np.ndarra
     """Per population x observed / hidden, the mean over neurons (± its standard error) of the test
     data's split-half r, raw and beyond the population course (:func:`corticalrnn.metrics.
     split_half_beyond_course`): the per-neuron signal a population-course predictor (the baseline, or a
-    model whose units lack an identity) cannot reach. Means, not medians: most values lie near 0."""
-    from corticalrnn.metrics import split_half_beyond_course, summary_groups
+    model whose units lack an identity) cannot reach. Means, not medians: most values lie near 0. Also the
+    median r_avg / r_1 of the course oracle (:func:`corticalrnn.metrics.population_course_oracle`), the
+    best predictor without identity, known from the test data."""
+    from corticalrnn.metrics import (
+        compute_metrics,
+        population_course_oracle,
+        split_half_beyond_course,
+        summary_groups,
+    )
     from corticalrnn.sheets import population_label
 
     pops = np.array([population_label(str(x)) for x in labels], dtype=object)
     r = split_half_beyond_course(data, pops, observed)
+    course = compute_metrics(data, population_course_oracle(data, pops), progress=False).per_neuron
     rows = []
     for pop, group, sel in summary_groups(pops, np.asarray(observed, bool)):
         if group == "all":
@@ -156,6 +167,9 @@ def beyond_course_rows(data: np.ndarray, labels: np.ndarray, observed: np.ndarra
             row[f"{head} mean"] = float(v.mean()) if v.size else np.nan
             row[f"{head} s.e.m."] = float(sem)
         row["n defined"] = int(np.isfinite(r["beyond"][sel]).sum())
+        for key, head in (("trial_avg_r", COURSE_COLUMNS[0]), ("single_trial_r", COURSE_COLUMNS[1])):
+            v = course[key][sel]
+            row[head] = float(np.median(v[np.isfinite(v)])) if np.isfinite(v).any() else np.nan
         rows.append(row)
     return rows
 
@@ -298,6 +312,7 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
             for row in table:  # the data's ceiling on identity beside each model row
                 b = beyond.get((row["population"], row["neurons"]), {})
                 row[BEYOND_COLUMN] = b.get("beyond course mean", np.nan)
+                row.update({k: b.get(k, np.nan) for k in COURSE_COLUMNS})
             print(f"\n== {c.title}{variant}, observed {observed:g} ({c.steps} steps, trained in "
                   f"{train_s:.0f} s; test images {res.report.get('test_images', '?')})")
             print(format_table(table))
@@ -375,8 +390,10 @@ def _v1_criteria(table: list[dict[str, Any]], neurons: dict[str, np.ndarray] | N
                      f"{r[_column('model', 'single_trial_r_median')]:.3f} vs pop "
                      f"{r[_column('population', 'single_trial_r_median')]:.3f} ({gaps['r_1']:+.3f}) -> "
                      f"{'PASS' if ok else 'FAIL'}{paired}{_identity_gain(r)}"
-                     "; the test data's split-half r beyond the population course "
-                     f"{r.get(BEYOND_COLUMN, np.nan):.3f} (what any identity could draw on)")
+                     f"; ceilings from the test data: the best course without identity reaches r_avg "
+                     f"{r.get(COURSE_COLUMNS[0], np.nan):.3f} / r_1 {r.get(COURSE_COLUMNS[1], np.nan):.3f}, "
+                     "and split-half r beyond the population course (what any identity could draw on) is "
+                     f"{r.get(BEYOND_COLUMN, np.nan):.3f}")
     return lines
 
 
