@@ -24,7 +24,9 @@ trial-average and single-trial r).
 
 Every model figure is printed beside the population baseline (observed neurons' mean time course over
 training windows) and the ceilings, per population and observed / hidden, with the issue's criteria
-checked. Timing is not the point here; run it when the science changes.
+checked. Once per subset it prints what the test data leave for identity to find: each neuron's split-half
+r beyond its population's time course, and the course oracle (the best predictor without identity, from
+the test data); each model row carries both. Timing is not the point here; run it when the science changes.
 """
 
 from __future__ import annotations
