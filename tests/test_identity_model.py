@@ -12,7 +12,7 @@ import torch
 from modelconfigs import model_config
 
 from corticalrnn.baselines import from_psth
-from corticalrnn.errors import DataMismatchError
+from corticalrnn.errors import CorticalRNNError, DataMismatchError
 from corticalrnn.evaluate import split_half_r
 from corticalrnn.model import CorticalRNN, ModelConfig
 from corticalrnn.model.connectivity import RULES, RuleContext, rule
@@ -351,6 +351,49 @@ def test_tied_hidden_rows_follow_observed_rows(storage):
     assert model.sign_violations() == dict.fromkeys(model.weights, 0)
     with pytest.raises(DataMismatchError, match="observed"):
         CorticalRNN(cfg, SIZES, pos, props)
+
+
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_tied_sheets_ties_only_their_hidden_rows(storage):
+    """``tied_sheets``: hidden rows of the listed sheets follow the observed rows' gain; the other hidden
+    rows stay the inner block's free weights; the forward pass still matches the float64 reference."""
+    pos, props = identity()
+    n_v1 = sum(SIZES[s] for s in V1_SHEETS)
+    observed = np.arange(n_v1) % 3 == 0
+    cfg = model_config(bin_ms=5.0, hidden_weights="tied", connectivity="feature", weight_storage=storage,
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3}, **{"neurons.tied_sheets": ["V1_Exc_L23"]})
+    assert cfg.neurons.tied_sheets == ("V1_Exc_L2/3",)
+    model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
+    g = model.graph
+    ext = np.arange(n_v1) if g.internal_to_external is None else g.internal_to_external
+    obs = observed[ext]
+    sheet = np.concatenate([np.full(g.sizes[s], s, dtype=object) for s in g.v1_order])
+    with torch.no_grad():
+        for w in model.weights.values():
+            if hasattr(w, "w0"):
+                w.inner.param.mul_(1.7)  # observed (and free) rows change; tied rows follow by gain
+    checked = 0
+    for b in g.blocks:
+        if b.source != "v1":
+            continue
+        w = model.weights[b.name]
+        dense, inner = w.dense().detach(), w.inner.pattern().dense(w.inner.weight()) if w.stored_sparse \
+            else w.inner.weight()
+        rows = np.arange(b.row0, b.row1)
+        free = obs[rows] | (sheet[rows] != "V1_Exc_L2/3")
+        torch.testing.assert_close(dense[torch.as_tensor(free)], inner.detach()[torch.as_tensor(free)])
+        tied = ~free
+        if tied.any():
+            w0 = w.inner.pattern().dense(w.w0) if w.stored_sparse else w.w0
+            nz = w0[torch.as_tensor(tied)] != 0
+            ratio = dense[torch.as_tensor(tied)][nz] / w0[torch.as_tensor(tied)][nz]
+            assert torch.allclose(ratio, torch.tensor(1.7, dtype=ratio.dtype)), b.name
+            checked += int(nz.sum())
+    assert checked > 0
+    x = torch.rand(2, 5, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(model(x), reference_forward(model, x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(CorticalRNNError, match="tied_sheets.*not a V1 sheet|tied_sheets.*unknown"):
+        model_config(hidden_weights="tied", **{"neurons.tied_sheets": ["X_ON"]})
 
 
 def test_gabor_without_lgn_positions_is_a_clear_error():

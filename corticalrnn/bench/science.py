@@ -5,9 +5,11 @@ LGN afferents, feature-specific recurrence, annotations and the connectome writt
 this builds train/test datastores, runs extract -> trim, measures the matched-neighbour effect, then
 trains and evaluates model variants at each observed fraction:
 
-* ``baseline``: the earlier default (dense LGN input, distance-masked recurrence: no identity);
+* ``baseline``: the earlier default (dense LGN input, distance-masked recurrence, free hidden weights: no
+  identity);
 * ``identity``: Gabor input from each unit's identity + distance x orientation / phase recurrence with
-  initial weights proportional to the connection probability (the demo's model);
+  initial weights proportional to the connection probability, hidden L2/3 E rows tied to the observed
+  rows' learned gain (the demo's model);
 * ``simulator``: Gabor input + the simulator's own connectome as the recurrent mask;
 * ``embedding``: no LGN positions used: a learned vector per LGN input times a learned function of each
   unit's labels (the rule for data without LGN positions, measured where the truth is known);
@@ -40,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-#: per variant, the ``[model.connectivity]`` keys it sets over the demo's config
+#: per variant, the ``[model.connectivity]`` keys it sets over the demo's config (``neurons``: the
+#: ``[model.neurons]`` keys)
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"rule": "distance", "input_rule": "dense", "weight_init": "random",
-                 "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}},
+                 "distance_sigma_mm": {"exc": 0.07, "inh": 0.05}, "neurons": {"hidden_weights": "free"}},
     "identity": {"rule": "feature", "input_rule": "gabor"},
     "simulator": {"rule": "simulator", "input_rule": "gabor", "storage": "dense"},
     "embedding": {"rule": "feature", "input_rule": "embedding"},
@@ -240,7 +243,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     def config(variant: str) -> dict[str, Any]:
         cfg = demo_config(size, steps, 20, 1)
-        cfg["model"]["connectivity"].update(VARIANTS[variant])
+        _set_variant(cfg, VARIANTS[variant])
         return cfg
 
     def rows(res: Any) -> list[dict[str, Any]]:
@@ -335,6 +338,13 @@ def _beyond_course(exp: Any, subset: Any, run: Any) -> list[dict[str, Any]]:
     return beyond_course_rows(test.v1, subset.v1_sheet_labels(), subset.observed_mask())
 
 
+def _set_variant(cfg: dict[str, Any], keys: dict[str, Any]) -> None:
+    """Apply a variant's keys (``VARIANTS``) to a config dict in place."""
+    keys = dict(keys)
+    cfg["model"].setdefault("neurons", {}).update(keys.pop("neurons", {}))
+    cfg["model"]["connectivity"].update(keys)
+
+
 def _variants(args: argparse.Namespace, known: dict[str, dict[str, Any]]) -> list[str]:
     from corticalrnn.errors import CorticalRNNError
 
@@ -419,7 +429,7 @@ def run_v1_sample(args: argparse.Namespace) -> dict[str, Any]:
 
     def config(variant: str) -> dict[str, Any]:
         cfg = apply_overrides(base, quick)
-        cfg["model"]["connectivity"].update(V1_VARIANTS[variant])
+        _set_variant(cfg, V1_VARIANTS[variant])
         return cfg
 
     runs = _compare(args, _Comparison(

@@ -95,20 +95,27 @@ class ArchitectureConfig:
     time_drive_bins: int = 0
 
     def __post_init__(self) -> None:
-        td = self.time_drive
-        if isinstance(td, bool):
-            td = V1_SHEETS if td else ()
-        elif isinstance(td, str):
-            td = (td,)
-        try:
-            names = {normalize_sheet_name(str(s)) for s in td}
-        except TypeError as exc:
-            raise CorticalRNNError(f"architecture.time_drive: expected true/false or a list of V1 sheets, "
-                                   f"got {self.time_drive!r}") from exc
-        if names - set(V1_SHEETS):
-            raise CorticalRNNError(f"architecture.time_drive: {', '.join(sorted(names - set(V1_SHEETS)))} "
-                                   f"is not a V1 sheet (V1 sheets: {', '.join(V1_SHEETS)})")
-        object.__setattr__(self, "time_drive", tuple(s for s in V1_SHEETS if s in names))
+        object.__setattr__(self, "time_drive", v1_sheet_tuple(self.time_drive, "architecture.time_drive"))
+
+
+def v1_sheet_tuple(value: Any, key: str) -> tuple[str, ...]:
+    """A config value naming V1 sheets (true: all, false: none, a name, or a list; Mozaik or thesis
+    spelling) as a tuple in canonical order; a clear error naming ``key`` otherwise."""
+    td = value
+    if isinstance(td, bool):
+        td = V1_SHEETS if td else ()
+    elif isinstance(td, str):
+        td = (td,)
+    try:
+        names = {normalize_sheet_name(str(s)) for s in td}
+    except TypeError as exc:
+        raise CorticalRNNError(f"{key}: expected true/false or a list of V1 sheets, got {value!r}") from exc
+    except ValueError as exc:
+        raise CorticalRNNError(f"{key}: {exc}") from exc
+    if names - set(V1_SHEETS):
+        raise CorticalRNNError(f"{key}: {', '.join(sorted(names - set(V1_SHEETS)))} "
+                               f"is not a V1 sheet (V1 sheets: {', '.join(V1_SHEETS)})")
+    return tuple(s for s in V1_SHEETS if s in names)
 
 
 @dataclass(frozen=True)
@@ -176,12 +183,17 @@ class NeuronConfig:
     # observed units of its population most similar in identity (softmax of -d^2/2 sigma^2 +
     # kappa cos 2 d_ori + kappa/2 cos d_phase): a hidden unit is what its observed neighbours learned
     hidden_weights: str = "free"  # free | tied | borrowed
+    # tied only: the V1 sheets whose hidden units are tied (true: all); the others' stay free
+    tied_sheets: tuple[str, ...] = V1_SHEETS
     borrow_neighbours: int = 32
     borrow_sigma_mm: float = 0.3
     borrow_kappa: float = 1.0
     # also the recurrent rows (restricted to the unit's own mask; ~3x slower step on the thesis sample,
     # since the averaged rows are materialised every step; input rows average the products instead)
     borrow_recurrent: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tied_sheets", v1_sheet_tuple(self.tied_sheets, "neurons.tied_sheets"))
 
 
 @dataclass(frozen=True)
@@ -227,7 +239,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 #: (section, key) of fields added after the sections: no flat name; older configs and checkpoints lack them
 #: and get their defaults
 ADDED_KEYS: frozenset[tuple[str, str]] = frozenset({
-    ("architecture", "time_drive"), ("architecture", "time_drive_bins"),
+    ("architecture", "time_drive"), ("architecture", "time_drive_bins"), ("neurons", "tied_sheets"),
     ("connectivity", "weight_init"), ("connectivity", "expected_p_min"), ("connectivity", "lgn_positions"),
     *(("connectivity", k) for k in ("embedding_dim", "embedding_frequencies", "embedding_scale_mm",
                                     "embedding_hidden"))})

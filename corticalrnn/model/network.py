@@ -218,14 +218,17 @@ class CorticalRNN(nn.Module):
                 None if base is None else torch.as_tensor(base))
 
     def _tie_hidden(self, observed: np.ndarray | None) -> None:
-        """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``)."""
+        """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``); only the
+        hidden units of ``neurons.tied_sheets`` are tied."""
         g = self.graph
         obs = self._observed_internal(observed, "tied")
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
+        tied = np.concatenate([np.full(g.sizes[s], s in self.config.neurons.tied_sheets) for s in g.v1_order])
         for b in g.blocks:
             if b.source == "v1":
                 self.weights[b.name] = TiedHidden(self.weights[b.name], obs[b.row0:b.row1],
-                                                  pop[b.row0:b.row1], pop[b.col0:b.col1])
+                                                  pop[b.row0:b.row1], pop[b.col0:b.col1],
+                                                  tied[b.row0:b.row1])
 
     def _observed_internal(self, observed: np.ndarray | None, what: str) -> np.ndarray:
         g = self.graph

@@ -59,8 +59,10 @@ class TiedHidden(_WrappedBlock):
     """Wraps a recurrent weight block (:class:`~corticalrnn.model.dale.SignedWeight` or
     :class:`~corticalrnn.model.dale.SparseSignedWeight`) and replaces its hidden rows."""
 
-    def __init__(self, inner: nn.Module, observed_rows: np.ndarray, row_pop: np.ndarray, col_pop: np.ndarray
-                 ) -> None:
+    def __init__(self, inner: nn.Module, observed_rows: np.ndarray, row_pop: np.ndarray, col_pop: np.ndarray,
+                 tied_rows: np.ndarray | None = None) -> None:
+        """``tied_rows`` (default: all): the rows whose hidden units are tied; the other hidden rows stay
+        free parameters (and, like them, never enter the gain, which comes from the observed rows)."""
         super().__init__()
         self.inner = inner
         self.stored_sparse = bool(inner.stored_sparse)
@@ -68,15 +70,19 @@ class TiedHidden(_WrappedBlock):
             w0 = inner.weight().detach().clone()
         self.register_buffer("w0", w0)
         obs = torch.as_tensor(np.asarray(observed_rows, bool))
+        tied = np.ones(len(obs), bool) if tied_rows is None else np.asarray(tied_rows, bool)
+        free = obs | torch.as_tensor(~tied)  # rows that keep the inner block's own weights
         rp = torch.as_tensor(np.asarray(row_pop, np.int64))
         cp = torch.as_tensor(np.asarray(col_pop, np.int64))
         self.n_rp, self.n_cp = int(rp.max()) + 1, int(cp.max()) + 1
         if self.stored_sparse:
             r, c = inner.pattern().entries()
             self.register_buffer("obs_e", obs[r], persistent=False)
+            self.register_buffer("free_e", free[r], persistent=False)
             self.register_buffer("group_e", rp[r] * self.n_cp + cp[c], persistent=False)
         else:
             self.register_buffer("obs_r", obs, persistent=False)
+            self.register_buffer("free_r", free, persistent=False)
             self.register_buffer("rp", rp, persistent=False)
             self.register_buffer("cp", cp, persistent=False)
 
@@ -102,9 +108,9 @@ class TiedHidden(_WrappedBlock):
         w = self.inner.weight()
         g = self._gain(w)
         if self.stored_sparse:
-            return torch.where(self.obs_e, w, self.w0.to(w.dtype) * g[self.group_e])
+            return torch.where(self.free_e, w, self.w0.to(w.dtype) * g[self.group_e])
         g = g.view(self.n_rp, self.n_cp)[self.rp][:, self.cp]
-        return torch.where(self.obs_r[:, None], w, self.w0.to(w.dtype) * g)
+        return torch.where(self.free_r[:, None], w, self.w0.to(w.dtype) * g)
 
     def dense(self) -> torch.Tensor:
         return self.inner.pattern().dense(self.weight()) if self.stored_sparse else self.weight()
