@@ -329,13 +329,17 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
 
 
 def _beyond_course(exp: Any, subset: Any, run: Any) -> list[dict[str, Any]]:
-    """:func:`beyond_course_rows` of ``run``'s test windows (its image split) in the test store."""
-    from corticalrnn.evaluate import load_test_data
+    """:func:`beyond_course_rows` of ``run``'s test windows (its image split) in the test store (V1 counts
+    only, in memory: a subset's test images)."""
+    from corticalrnn.data import subset_windows
+    from corticalrnn.evaluate import test_index
     from corticalrnn.jsonio import read_json
 
-    split = read_json(run.run_dir / "split.json")
-    test = load_test_data(exp.test_store, subset, split)
-    return beyond_course_rows(test.v1, subset.v1_sheet_labels(), subset.observed_mask())
+    _, _, win, _ = test_index(exp.test_store, read_json(run.run_dir / "split.json"))
+    data = subset_windows(exp.test_store, subset, win.ravel())
+    v1 = data.batch(np.arange(len(data)))["v1"].numpy()
+    return beyond_course_rows(v1.reshape(win.shape + v1.shape[1:]), subset.v1_sheet_labels(),
+                              subset.observed_mask())
 
 
 def _set_variant(cfg: dict[str, Any], keys: dict[str, Any]) -> None:
