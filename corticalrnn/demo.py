@@ -57,8 +57,8 @@ TIME_DRIVE = ["V1_Exc_L2/3", "V1_Inh_L2/3"]
 # hidden L2/3 E units' recurrent rows tied to the observed ones (neurons.hidden_weights = "tied"): their
 # expected initial structure, scaled by the gain the observed L2/3 E rows learned per pathway. Free, a
 # hidden row has no loss of its own and keeps its initial scale while the observed rows grow. Measured
-# (bench science, 10 % / 30 % observed): hidden L2/3 E image-specific r vs truth 0.17 -> 0.33 / 0.39 ->
-# 0.38 (simulator connectome 0.24 -> 0.43 / 0.33 -> 0.39), L4 unchanged. Tying every sheet instead
+# (bench science, 10 % / 30 % observed): hidden L2/3 E image-specific r vs truth 0.166 -> 0.325 / 0.385 ->
+# 0.381 (simulator connectome 0.241 -> 0.433 / 0.332 -> 0.388), L4 unchanged. Tying every sheet instead
 # lowered hidden L4 E r with the truth 0.88 -> 0.76 and hidden L2/3 I image-specific r 0.44 -> 0.27.
 TIED_SHEETS = ["V1_Exc_L2/3"]
 HIDDEN_RATE_PRIOR = 3.0  # weight of corticalrnn.train.rate_prior.HiddenRatePrior

@@ -791,16 +791,17 @@ def group_mean(prediction: np.ndarray, member: np.ndarray) -> np.ndarray:
 
 def split_half_beyond_course(data: np.ndarray, labels: np.ndarray, observed: np.ndarray
                              ) -> dict[str, np.ndarray]:
-    """How much of each neuron's test response is reliable *beyond its population's time course*: the
-    most any per-neuron identity can add over a population-course predictor on this test set.
+    """How reliable each neuron's test response is *beyond its population's time course*: a reference
+    for what per-neuron identity could add over a predictor that knows only that course.
 
     ``data`` ``[images, trials, time, neurons]`` (>= 2 trials), ``labels`` the neurons' populations,
-    ``observed`` a bool mask. Trials are split even / odd; in each half the population course is the
-    mean over the population's *observed* neurons of that half's trial average (images x time; all
-    the population's neurons when none is observed). Per neuron, ``"raw"`` is r between the halves'
-    trial averages (:func:`corticalrnn.evaluate.split_half_r`), ``"beyond"`` the same r after each
-    half's least-squares fit of [1, that half's course] is subtracted. NaN where undefined (< 2
-    trials, a constant half). Computed in float64.
+    ``observed`` a bool mask. Trials are split even / odd; in each half a neuron's course is the mean
+    over its population's *observed* neurons, itself left out, of that half's trial average (images x
+    time; all the population's other neurons when none is observed). Per neuron, ``"raw"`` is r between
+    the halves' trial averages (:func:`corticalrnn.evaluate.split_half_r`), ``"beyond"`` the same r
+    after each half's least-squares fit of [1, that half's course] is subtracted. Each half holds half
+    the trials (no Spearman-Brown correction). NaN where undefined: < 2 trials, a constant half, no
+    other neuron to form the course, or nothing left after the fit. Computed in float64.
     """
     y = np.asarray(data, np.float64)
     n = y.shape[-1]
@@ -812,20 +813,35 @@ def split_half_beyond_course(data: np.ndarray, labels: np.ndarray, observed: np.
     labels, observed = np.asarray(labels), np.asarray(observed, bool)
     resid = [np.full_like(h, np.nan) for h in halves]
     for pop in np.unique(labels):
-        members = labels == pop
-        source = members & observed if (members & observed).any() else members
+        members = np.flatnonzero(labels == pop)
+        source = observed[members] if observed[members].any() else np.ones(len(members), bool)
+        others = source.sum() - source  # source neurons besides each member
+        if not (others > 0).any():
+            continue
         for h, r in zip(halves, resid):
-            x = np.c_[np.ones(len(h)), h[:, source].mean(axis=1)]
-            coef, *_ = np.linalg.lstsq(x, h[:, members], rcond=None)
-            r[:, members] = h[:, members] - x @ coef
-    out["beyond"] = _corr(resid[0], resid[1], axis=0)
+            x = h[:, members]
+            total = x[:, source].sum(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                course = (total - x * source) / others  # [I*T, members], NaN where no other source
+            xc, cc = x - x.mean(axis=0), course - course.mean(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                slope = (xc * cc).sum(axis=0) / (cc * cc).sum(axis=0)
+            rx = xc - slope * cc
+            # nothing left after the fit (the neuron is its course): undefined, not rounding noise
+            empty = (rx * rx).sum(axis=0) <= 1e-20 * (xc * xc).sum(axis=0)
+            rx[:, empty | (others == 0) | ~np.isfinite(slope)] = np.nan
+            r[:, members] = rx
+    with np.errstate(invalid="ignore"):
+        out["beyond"] = _corr(resid[0], resid[1], axis=0)
+    out["beyond"][~np.isfinite(out["raw"])] = np.nan
     return out
 
 
 def population_course_oracle(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The best predictor without identity, known from the test data itself: for each neuron, the
-    mean over the *other* neurons of its population of their z-scored trial averages (each neuron
-    weighted alike, silent ones left out), shifted to be >= 0 (correlations ignore the shift).
+    """A reference predictor without identity, from the test data itself (an oracle, not a bound: an
+    equal-weight mean need not be the best shared course): for each neuron, the mean over the *other*
+    neurons of its population of their z-scored trial averages (silent or constant ones left out),
+    shifted to be >= 0 (correlations ignore the shift).
 
     ``data`` ``[images, trials, time, neurons]``; returns the trial-averaged prediction
     ``[images, time, neurons]`` (float64) for :func:`compute_metrics`. A neuron alone in its
@@ -835,7 +851,7 @@ def population_course_oracle(data: np.ndarray, labels: np.ndarray) -> np.ndarray
     n_img, _, n_t, n = y.shape
     avg = y.mean(axis=1).reshape(n_img * n_t, n)
     sd = avg.std(axis=0)
-    ok = sd > _REL_ZERO * np.sqrt((avg * avg).mean(axis=0))
+    ok = avg.var(axis=0) > _REL_ZERO * (avg * avg).mean(axis=0)  # silent or constant: left out (as _corr)
     z = np.where(ok, (avg - avg.mean(axis=0)) / np.where(ok, sd, 1.0), 0.0)
     out = np.zeros_like(avg)
     labels = np.asarray(labels)

@@ -94,7 +94,11 @@ def test_bench_science_v1_sample_quick(tmp_path, capsys):
                for run in res["runs"] for c in run["criteria"])
     assert all(k in row for run in res["runs"] for row in run["table"]
                for k in (science.BEYOND_COLUMN, *science.COURSE_COLUMNS))
-    assert all("best course without identity" in c for c in res["runs"][0]["criteria"])
+    import numpy as np
+
+    hid = next(r for r in res["runs"][0]["table"] if (r["population"], r["neurons"]) == ("L4 E", "hidden"))
+    assert all(np.isfinite(hid[k]) for k in (science.BEYOND_COLUMN, *science.COURSE_COLUMNS))
+    assert all("course oracle (no identity)" in c for c in res["runs"][0]["criteria"])
     # the generator's variants do not apply to the sample
     from corticalrnn.errors import CorticalRNNError
 

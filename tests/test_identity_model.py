@@ -368,18 +368,24 @@ def test_tied_sheets_ties_only_their_hidden_rows(storage):
     ext = np.arange(n_v1) if g.internal_to_external is None else g.internal_to_external
     obs = observed[ext]
     sheet = np.concatenate([np.full(g.sizes[s], s, dtype=object) for s in g.v1_order])
-    with torch.no_grad():
-        for w in model.weights.values():
-            if hasattr(w, "w0"):
-                w.inner.param.mul_(1.7)  # observed (and free) rows change; tied rows follow by gain
     checked = 0
     for b in g.blocks:
         if b.source != "v1":
             continue
         w = model.weights[b.name]
+        rows = np.arange(b.row0, b.row1)
+        if not hasattr(w, "w0"):  # no tied hidden row in this block: not wrapped
+            assert not ((sheet[rows] == "V1_Exc_L2/3") & ~obs[rows]).any()
+            continue
+        free_hidden = torch.as_tensor(~obs[rows] & (sheet[rows] != "V1_Exc_L2/3"))
+        with torch.no_grad():
+            w.inner.param.mul_(1.7)  # observed rows change by 1.7: tied rows follow by that gain
+            if w.stored_sparse:  # free hidden rows change by more, and must not enter the gain
+                w.inner.param[free_hidden[w.inner.pattern().entries()[0]]] *= 3.0
+            else:
+                w.inner.param[free_hidden] *= 3.0
         dense, inner = w.dense().detach(), w.inner.pattern().dense(w.inner.weight()) if w.stored_sparse \
             else w.inner.weight()
-        rows = np.arange(b.row0, b.row1)
         free = obs[rows] | (sheet[rows] != "V1_Exc_L2/3")
         torch.testing.assert_close(dense[torch.as_tensor(free)], inner.detach()[torch.as_tensor(free)])
         tied = ~free

@@ -455,6 +455,7 @@ def test_split_half_beyond_course_matches_naive_and_separates_identity() -> None
             assert np.isnan(got["raw"][j]) and np.isnan(got["beyond"][j])
             continue
         src = (labels == labels[j]) & observed
+        src[j] = False  # an observed neuron is left out of its own course
         res = []
         for h in halves:
             c = h[:, src].mean(1)
@@ -465,6 +466,14 @@ def test_split_half_beyond_course_matches_naive_and_separates_identity() -> None
     ok = np.isfinite(got["beyond"])
     assert np.mean(got["beyond"][own & ok]) > 0.5 > 0.1 > abs(np.mean(got["beyond"][~own & ok]))
     assert np.isnan(split_half_beyond_course(data[:, :1], labels, observed)["beyond"]).all()
+    # undefined, not rounding noise: a constant half, and a lone observed neuron (no other source)
+    const = data.copy()
+    const[:, 0::2, :, 7] = 0.3
+    assert np.isnan(split_half_beyond_course(const, labels, observed)["beyond"][7])
+    lone = np.zeros(n, bool)
+    lone[0] = True
+    got = split_half_beyond_course(data, labels, lone)
+    assert np.isnan(got["beyond"][0]) and np.isfinite(got["beyond"][1:5]).all()
 
 
 def test_population_course_oracle_matches_a_loop() -> None:
@@ -474,11 +483,12 @@ def test_population_course_oracle_matches_a_loop() -> None:
     labels = np.array(["a"] * 5 + ["b"] * 3 + ["c"], dtype=object)
     data = rng.poisson(1.5, (n_img, k, n_t, n)).astype(float)
     data[..., 2] = 0.0  # silent: left out of the others' course
+    data[..., 3] = 0.3  # constant, not silent: left out too
     got = population_course_oracle(data, labels)
     assert got.shape == (n_img, n_t, n) and got.min() >= 0
     avg = data.mean(1).reshape(-1, n)
     for j in range(n):
-        others = [i for i in range(n) if labels[i] == labels[j] and i != j and avg[:, i].std() > 0]
+        others = [i for i in range(n) if labels[i] == labels[j] and i != j and np.ptp(avg[:, i]) > 0]
         if not others:
             assert np.ptp(got[..., j]) == 0
             continue

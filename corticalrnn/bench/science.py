@@ -27,7 +27,7 @@ trial-average and single-trial r).
 Every model figure is printed beside the population baseline (observed neurons' mean time course over
 training windows) and the ceilings, per population and observed / hidden, with the issue's criteria
 checked. Once per subset it prints what the test data leave for identity to find: each neuron's split-half
-r beyond its population's time course, and the course oracle (the best predictor without identity, from
+r beyond its population's time course, and the course oracle (a reference predictor without identity, from
 the test data); each model row carries both. Timing is not the point here; run it when the science changes.
 """
 
@@ -148,7 +148,7 @@ def beyond_course_rows(data: np.ndarray, labels: np.ndarray, observed: np.ndarra
     split_half_beyond_course`): the per-neuron signal a population-course predictor (the baseline, or a
     model whose units lack an identity) cannot reach. Means, not medians: most values lie near 0. Also the
     median r_avg / r_1 of the course oracle (:func:`corticalrnn.metrics.population_course_oracle`), the
-    best predictor without identity, known from the test data."""
+    reference predictor without identity, known from the test data (an oracle, not a bound)."""
     from corticalrnn.metrics import (
         compute_metrics,
         population_course_oracle,
@@ -406,7 +406,7 @@ def _v1_criteria(table: list[dict[str, Any]], neurons: dict[str, np.ndarray] | N
                      f"{r[_column('model', 'single_trial_r_median')]:.3f} vs pop "
                      f"{r[_column('population', 'single_trial_r_median')]:.3f} ({gaps['r_1']:+.3f}) -> "
                      f"{'PASS' if ok else 'FAIL'}{paired}{_identity_gain(r)}"
-                     f"; ceilings from the test data: the best course without identity reaches r_avg "
+                     f"; ceilings from the test data: the course oracle (no identity) reaches r_avg "
                      f"{r.get(COURSE_COLUMNS[0], np.nan):.3f} / r_1 {r.get(COURSE_COLUMNS[1], np.nan):.3f}, "
                      "and split-half r beyond the population course (what any identity could draw on) is "
                      f"{r.get(BEYOND_COLUMN, np.nan):.3f}")

@@ -224,8 +224,8 @@ class CorticalRNN(nn.Module):
         obs = self._observed_internal(observed, "tied")
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
         tied = np.concatenate([np.full(g.sizes[s], s in self.config.neurons.tied_sheets) for s in g.v1_order])
-        for b in g.blocks:
-            if b.source == "v1":
+        for b in g.blocks:  # blocks without a tied hidden row stay as they are
+            if b.source == "v1" and (tied[b.row0:b.row1] & ~obs[b.row0:b.row1]).any():
                 self.weights[b.name] = TiedHidden(self.weights[b.name], obs[b.row0:b.row1],
                                                   pop[b.row0:b.row1], pop[b.col0:b.col1],
                                                   tied[b.row0:b.row1])

@@ -9,6 +9,7 @@ figures); :attr:`DistInfo.is_main` says which process that is.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -55,8 +56,11 @@ def current() -> DistInfo:
 
 
 def shutdown() -> None:
-    """Leave the process group if this process joined one."""
+    """Leave the process group if this process joined one. Unreachable objects that still hold it (a
+    finished trainer's DDP wrapper in a reference cycle) are collected first, so the group is torn down
+    here, while the interpreter is fully alive, not at exit."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

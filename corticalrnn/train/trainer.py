@@ -178,13 +178,7 @@ class Trainer:
         self.hidden = ~self.observed
 
         self.raw_model = model.to(self.device)
-        self.model: nn.Module = self.raw_model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # every buffer (signs, masks, sparsity patterns, permutations) is fixed at construction
-            # and identical on all ranks: no need to re-broadcast them (masks alone are ~N^2 bytes)
-            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids,
-                                                             broadcast_buffers=False)
+        self.model: nn.Module = self._ddp_model()
         self.optimizer = adamw(self.raw_model.parameters(), cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.schedule, loop.max_steps))
@@ -384,9 +378,20 @@ class Trainer:
         yield from dense_batches(data, batches, self.device, ring, workers)
 
     # ----------------------------------------------------------------- loop
+    def _ddp_model(self) -> nn.Module:
+        """The model the training step runs: the DDP wrapper of ``raw_model`` on several ranks."""
+        if not self.dist.enabled:
+            return self.raw_model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # every buffer (signs, masks, sparsity patterns, permutations) is fixed at construction
+        # and identical on all ranks: no need to re-broadcast them (masks alone are ~N^2 bytes)
+        return nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids, broadcast_buffers=False)
+
     def fit(self, resume: str | Path | None = None, init_from: str | Path | None = None) -> TrainResult:
         """Train until ``train.max_steps`` or a stop signal; return how it ended."""
         loop, p = self.cfg.train, self.progress
+        if self.model is self.raw_model:  # released by an earlier fit
+            self.model = self._ddp_model()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()))
@@ -493,4 +498,8 @@ class Trainer:
             # no validation split: the final weights are the selected ones
             save_checkpoint(self.run_dir / "best.pt", self.state())
         ddp.barrier()
+        # Release the DDP wrapper: its reducer holds the process group, which would otherwise live on
+        # (the trainer's reference cycles keep it) until interpreter exit, after destroy_process_group,
+        # where tearing down gloo's threads occasionally aborts a rank (SIGABRT after "finished").
+        self.model = self.raw_model
         return TrainResult(status, p["step"], p["best_val"], p["best_step"], self.run_dir)
