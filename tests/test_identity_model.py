@@ -354,17 +354,23 @@ def test_tied_hidden_rows_follow_observed_rows(storage):
 
 
 @pytest.mark.parametrize("storage", ["dense", "sparse"])
-def test_tied_sheets_ties_only_their_hidden_rows(storage):
+@pytest.mark.parametrize("reordered", [False, True])
+def test_tied_sheets_ties_only_their_hidden_rows(storage, reordered):
     """``tied_sheets``: hidden rows of the listed sheets follow the observed rows' gain; the other hidden
     rows stay the inner block's free weights; the forward pass still matches the float64 reference."""
     pos, props = identity()
     n_v1 = sum(SIZES[s] for s in V1_SHEETS)
     observed = np.arange(n_v1) % 3 == 0
+    from test_model import ODD_PATHWAYS  # L2/3 -> L4 in the same step: units reordered internally
+
+    extra = {"pathways": ODD_PATHWAYS} if reordered else {}
     cfg = model_config(bin_ms=5.0, hidden_weights="tied", connectivity="feature", weight_storage=storage,
-                       distance_sigma_mm={"exc": 0.3, "inh": 0.3}, **{"neurons.tied_sheets": ["V1_Exc_L23"]})
+                       distance_sigma_mm={"exc": 0.3, "inh": 0.3}, **{"neurons.tied_sheets": ["V1_Exc_L23"]},
+                       **extra)
     assert cfg.neurons.tied_sheets == ("V1_Exc_L2/3",)
     model = CorticalRNN(cfg, SIZES, pos, props, observed=observed).double()
     g = model.graph
+    assert (g.internal_to_external is not None) == reordered
     ext = np.arange(n_v1) if g.internal_to_external is None else g.internal_to_external
     obs = observed[ext]
     sheet = np.concatenate([np.full(g.sizes[s], s, dtype=object) for s in g.v1_order])
