@@ -57,7 +57,7 @@ V1_VARIANTS: dict[str, dict[str, Any]] = {"config": {}, "dense": {"input_rule": 
                                           "gabor": {"input_rule": "gabor", "lgn_positions": "inferred"}}
 #: model-table column: mean split-half r of the test data beyond the population course
 BEYOND_COLUMN = "split-half beyond course mean"
-#: columns of the course oracle (:func:`corticalrnn.metrics.population_course_oracle`): the best
+#: columns of the course oracle (:func:`corticalrnn.metrics.population_course_oracle`): a reference
 #: predictor without identity, from the test data itself
 COURSE_COLUMNS = ("course oracle r_avg med", "course oracle r_1 med")
 #: the real sample's criterion: populations whose hidden units must beat the population baseline
@@ -329,17 +329,13 @@ def _compare(args: argparse.Namespace, c: _Comparison) -> list[dict[str, Any]]:
 
 
 def _beyond_course(exp: Any, subset: Any, run: Any) -> list[dict[str, Any]]:
-    """:func:`beyond_course_rows` of ``run``'s test windows (its image split) in the test store (V1 counts
-    only, in memory: a subset's test images)."""
-    from corticalrnn.data import subset_windows
-    from corticalrnn.evaluate import test_index
+    """:func:`beyond_course_rows` of ``run``'s test windows (its image split) in the test store (in
+    memory: a subset's test images)."""
+    from corticalrnn.evaluate import load_test_data
     from corticalrnn.jsonio import read_json
 
-    _, _, win, _ = test_index(exp.test_store, read_json(run.run_dir / "split.json"))
-    data = subset_windows(exp.test_store, subset, win.ravel())
-    v1 = data.batch(np.arange(len(data)))["v1"].numpy()
-    return beyond_course_rows(v1.reshape(win.shape + v1.shape[1:]), subset.v1_sheet_labels(),
-                              subset.observed_mask())
+    test = load_test_data(exp.test_store, subset, read_json(run.run_dir / "split.json"))
+    return beyond_course_rows(test.v1, subset.v1_sheet_labels(), subset.observed_mask())
 
 
 def _set_variant(cfg: dict[str, Any], keys: dict[str, Any]) -> None:

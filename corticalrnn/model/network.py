@@ -218,8 +218,8 @@ class CorticalRNN(nn.Module):
                 None if base is None else torch.as_tensor(base))
 
     def _tie_hidden(self, observed: np.ndarray | None) -> None:
-        """Wrap every recurrent block in :class:`TiedHidden` (``hidden_weights = "tied"``); only the
-        hidden units of ``neurons.tied_sheets`` are tied."""
+        """Wrap each recurrent block holding a hidden unit of ``neurons.tied_sheets`` in
+        :class:`TiedHidden` (``hidden_weights = "tied"``); only those hidden units are tied."""
         g = self.graph
         obs = self._observed_internal(observed, "tied")
         pop = np.concatenate([np.full(g.sizes[s], i) for i, s in enumerate(g.v1_order)])
